@@ -1,0 +1,73 @@
+# wg-site-to-site: every target installs what it needs (Debian 12, as root).
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+STACK ?= dev
+VENV := .venv
+PY := $(VENV)/bin/python
+# Debian packages the tests and the lab use: WireGuard (kernel or wireguard-go),
+# the network tools the lab drives, and cloud-init for schema checks.
+APT_PACKAGES := wireguard-tools wireguard-go iproute2 iptables nftables iputils-ping \
+	mtr-tiny iperf3 procps psmisc cloud-init python3-venv nodejs npm
+
+.PHONY: help deps test lint typecheck unit lab lab-down lab-bench plan policy \
+	test-stack test-stack-destroy clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+
+.deps-apt.stamp: Makefile
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		apt-get update -qq; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@touch $@
+
+$(VENV)/.installed: requirements.lock pyproject.toml | .deps-apt.stamp
+	@command -v python3.11 >/dev/null || { echo "python3.11 is required" >&2; exit 1; }
+	@test -x $(PY) || python3.11 -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
+	@touch $@
+
+node_modules/.installed: package.json package-lock.json | .deps-apt.stamp
+	@npm ci --silent --no-audit --no-fund >/dev/null
+	@touch $@
+
+deps: .deps-apt.stamp $(VENV)/.installed node_modules/.installed ## install Debian, Python and npm dependencies
+
+lint: deps ## ruff (lint and format check)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: deps ## mypy, strict, against pulumi-aws's typed SDK
+	$(VENV)/bin/mypy .
+
+test: deps lint typecheck ## everything CI runs: lint, types, unit, policy and lab tests
+	$(PY) -m pytest
+
+plan: deps ## offline plan of STACK (no credentials): make plan STACK=dev [ARGS="--diff main"]
+	$(PY) -m plan $(STACK) $(ARGS)
+
+policy: deps ## offline policy check of STACK's plan
+	$(PY) -m policy.offline $(STACK)
+
+lab: deps ## stand up STACK's two sites in network namespaces and check the tunnel (root)
+	$(PY) -m lab up $(STACK)
+
+lab-down: deps ## remove everything the lab made
+	$(PY) -m lab down
+
+lab-bench: deps ## lab benchmark: time to first packet, tunnel vs plain throughput, teardown time
+	$(PY) -m lab bench $(STACK)
+
+test-stack: deps ## create ephemeral stack test-NAME from BASE (default dev): make test-stack NAME=x
+	$(PY) -m tools.ephemeral create --name "$(NAME)" --base "$(or $(BASE),dev)"
+
+test-stack-destroy: deps ## destroy ephemeral stack test-NAME, keeping committed stack files
+	$(PY) -m tools.ephemeral destroy --name "$(NAME)"
+
+clean: ## remove the virtualenv, node_modules and caches
+	rm -rf $(VENV) node_modules .deps-apt.stamp .pytest_cache .mypy_cache .ruff_cache

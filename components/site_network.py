@@ -1,0 +1,122 @@
+"""A site's network: a new VPC laid out from the site facts, or an existing one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+from core.config import SiteConfig
+from core.facts import SiteLayout
+
+
+@dataclass
+class SiteNetworkArgs:
+    site: SiteConfig
+    """The site's config; with vpcId set, nothing is created and its ids are used."""
+    layout: SiteLayout
+    """Subnets computed by the core (public for the gateway, private for workloads)."""
+    availability_zone: pulumi.Input[str]
+    """Where both subnets go: one that offers the gateway's instance type."""
+    tags: dict[str, str]
+    """Tags for every resource."""
+
+
+class SiteNetwork(pulumi.ComponentResource):
+    """The VPC, subnets, internet gateway and route tables of one site.
+
+    Routes to the peer site are not here: they point at the gateway's interface, so the
+    gateway adds them to `route_table_ids`.
+    """
+
+    vpc_id: pulumi.Output[str]
+    gateway_subnet_id: pulumi.Output[str]
+    route_table_ids: list[pulumi.Output[str]]
+    internet_gateway: list[pulumi.Resource]
+    """What must exist before an Elastic IP can be associated (empty for an existing VPC)."""
+
+    def __init__(
+        self, name: str, args: SiteNetworkArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("wg-site-to-site:network:SiteNetwork", name, None, opts)
+        self._site = name
+        self._inputs = args
+        if args.site.uses_existing_vpc:
+            self._use_existing(args.site)
+        else:
+            self._create_vpc()
+        self.register_outputs(
+            {
+                "vpcId": self.vpc_id,
+                "gatewaySubnetId": self.gateway_subnet_id,
+                "routeTableIds": self.route_table_ids,
+            }
+        )
+
+    def _use_existing(self, site: SiteConfig) -> None:
+        assert site.vpc_id and site.subnet_id and site.route_table_ids
+        self.vpc_id = pulumi.Output.from_input(site.vpc_id)
+        self.gateway_subnet_id = pulumi.Output.from_input(site.subnet_id)
+        self.route_table_ids = [pulumi.Output.from_input(rtb) for rtb in site.route_table_ids]
+        self.internet_gateway = []
+
+    def _tags(self, role: str) -> dict[str, str]:
+        return {**self._inputs.tags, "Name": f"{self._site}-{role}"}
+
+    def _create_vpc(self) -> None:
+        name, args, child = self._site, self._inputs, pulumi.ResourceOptions(parent=self)
+        vpc = aws.ec2.Vpc(
+            f"{name}-vpc",
+            cidr_block=str(args.layout.cidr),
+            enable_dns_support=True,
+            enable_dns_hostnames=True,
+            tags=self._tags("vpc"),
+            opts=child,
+        )
+        igw = aws.ec2.InternetGateway(
+            f"{name}-igw", vpc_id=vpc.id, tags=self._tags("igw"), opts=child
+        )
+        public = aws.ec2.Subnet(
+            f"{name}-public",
+            vpc_id=vpc.id,
+            cidr_block=str(args.layout.public_subnet),
+            availability_zone=args.availability_zone,
+            # The gateway gets an Elastic IP; nothing else gets a public address.
+            map_public_ip_on_launch=False,
+            tags=self._tags("public"),
+            opts=child,
+        )
+        private = aws.ec2.Subnet(
+            f"{name}-private",
+            vpc_id=vpc.id,
+            cidr_block=str(args.layout.private_subnet),
+            availability_zone=args.availability_zone,
+            map_public_ip_on_launch=False,
+            tags=self._tags("private"),
+            opts=child,
+        )
+        public_routes = aws.ec2.RouteTable(
+            f"{name}-public", vpc_id=vpc.id, tags=self._tags("public"), opts=child
+        )
+        aws.ec2.Route(
+            f"{name}-public-internet",
+            route_table_id=public_routes.id,
+            destination_cidr_block="0.0.0.0/0",
+            gateway_id=igw.id,
+            opts=child,
+        )
+        # Workloads have no route to the internet: no NAT anywhere in this design.
+        private_routes = aws.ec2.RouteTable(
+            f"{name}-private", vpc_id=vpc.id, tags=self._tags("private"), opts=child
+        )
+        aws.ec2.RouteTableAssociation(
+            f"{name}-public", subnet_id=public.id, route_table_id=public_routes.id, opts=child
+        )
+        aws.ec2.RouteTableAssociation(
+            f"{name}-private", subnet_id=private.id, route_table_id=private_routes.id, opts=child
+        )
+        self.vpc_id = vpc.id
+        self.gateway_subnet_id = public.id
+        self.route_table_ids = [public_routes.id, private_routes.id]
+        self.internet_gateway = [igw]

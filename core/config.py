@@ -1,0 +1,281 @@
+"""The stack config contract, validated before anything is declared.
+
+Every consumer (the Pulumi program, the offline plan, the lab) loads config through
+`load_stack_config`, so a bad stack fails the same way everywhere: one line per
+problem, naming the config key and the offending value.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+PROJECT = "wg-site-to-site"
+CONFIG_KEYS = ("tunnel", "sites", "firewall", "tags")
+
+# wg-quick's own rule for interface names (it refuses anything else), which is also
+# within Linux's IFNAMSIZ of 15 characters.
+INTERFACE_NAME = re.compile(r"^[a-zA-Z0-9_=+.-]{1,15}$")
+# us-east-1, eu-central-2, ap-southeast-4, us-gov-west-1, cn-north-1 ...
+REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[1-9]$")
+SITE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,22}$")
+INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+PORT_RANGE = re.compile(r"^(\d{1,5})-(\d{1,5})$")
+
+
+class ConfigError(Exception):
+    """The stack config is invalid; `problems` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _network(value: Any) -> ipaddress.IPv4Network:
+    if isinstance(value, ipaddress.IPv4Network):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("must be an IPv4 CIDR string such as 10.1.0.0/16")
+    text = value.strip()
+    if "/" not in text:
+        raise ValueError("must be an IPv4 CIDR with a prefix length, such as 10.1.0.0/16")
+    try:
+        return ipaddress.IPv4Network(text)
+    except ValueError as strict_error:
+        try:
+            loose = ipaddress.IPv4Network(text, strict=False)
+        except ValueError:
+            raise ValueError(f"is not an IPv4 CIDR ({strict_error})") from None
+        raise ValueError(f"has host bits set (did you mean {loose}?)") from None
+
+
+Cidr = Annotated[ipaddress.IPv4Network, BeforeValidator(_network)]
+
+
+def _tunnel_prefix(net: ipaddress.IPv4Network) -> ipaddress.IPv4Network:
+    if net.prefixlen not in (30, 31):
+        raise ValueError("must be a /31 (RFC 3021) or a /30")
+    return net
+
+
+def _site_prefix(net: ipaddress.IPv4Network) -> ipaddress.IPv4Network:
+    # A VPC is /16../28, and the site is split into a public and a private subnet of
+    # at least /28 each, so the site itself can be at most /27.
+    if not 16 <= net.prefixlen <= 27:
+        raise ValueError("must be between /16 and /27 (a VPC split into two subnets)")
+    return net
+
+
+def _matches(pattern: re.Pattern[str], what: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value):
+            raise ValueError(f"is not {what}")
+        return value
+
+    return AfterValidator(check)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        alias_generator=to_camel,
+        populate_by_name=True,
+        strict=False,
+    )
+
+
+class TunnelConfig(_Model):
+    """`wg-site-to-site:tunnel`: the transfer net between the two gateways."""
+
+    cidr: Annotated[Cidr, AfterValidator(_tunnel_prefix)]
+    port: Annotated[int, Field(ge=1, le=65535)]
+    mtu: Annotated[int, Field(ge=1280, le=1500)] = 1420
+    persistent_keepalive: Annotated[int, Field(ge=1, le=65535)] | None = None
+
+
+class SiteConfig(_Model):
+    """One entry of `wg-site-to-site:sites`: a network and its gateway."""
+
+    name: Annotated[str, _matches(SITE_NAME, "a lowercase name (a-z, 0-9, -; at most 23)")]
+    region: Annotated[str, _matches(REGION, "an AWS region name such as us-east-1")]
+    cidr: Annotated[Cidr, AfterValidator(_site_prefix)]
+    interface: Annotated[
+        str, _matches(INTERFACE_NAME, "a Linux interface name (1-15 of a-z A-Z 0-9 _=+.-)")
+    ]
+    instance_type: Annotated[
+        str, _matches(INSTANCE_TYPE, "an EC2 instance type such as t4g.nano")
+    ] = "t4g.nano"
+    vpc_id: Annotated[str, _matches(re.compile(r"^vpc-[0-9a-f]{8,17}$"), "a VPC id")] | None = None
+    subnet_id: (
+        Annotated[str, _matches(re.compile(r"^subnet-[0-9a-f]{8,17}$"), "a subnet id")] | None
+    ) = None
+    route_table_ids: (
+        list[Annotated[str, _matches(re.compile(r"^rtb-[0-9a-f]{8,17}$"), "a route table id")]]
+        | None
+    ) = None
+
+    @model_validator(mode="after")
+    def _existing_vpc_is_complete(self) -> SiteConfig:
+        given = [self.vpc_id is not None, self.subnet_id is not None, bool(self.route_table_ids)]
+        if any(given) and not all(given):
+            raise ValueError(
+                "an existing VPC needs all of vpcId, subnetId and routeTableIds (non-empty)"
+            )
+        return self
+
+    @property
+    def uses_existing_vpc(self) -> bool:
+        return self.vpc_id is not None
+
+
+def _port_spec(value: Any) -> int | str:
+    if isinstance(value, bool):
+        raise ValueError("must be a port number or a range such as 1000-2000")
+    if isinstance(value, int):
+        if not 1 <= value <= 65535:
+            raise ValueError("must be between 1 and 65535")
+        return value
+    if isinstance(value, str):
+        if value.isdigit():
+            return _port_spec(int(value))
+        match = PORT_RANGE.fullmatch(value)
+        if match:
+            low, high = int(match[1]), int(match[2])
+            if not (1 <= low <= 65535 and 1 <= high <= 65535):
+                raise ValueError("range ends must be between 1 and 65535")
+            if low > high:
+                raise ValueError(f"range is reversed (did you mean {high}-{low}?)")
+            return value
+    raise ValueError("must be a port number or a range such as 1000-2000")
+
+
+class FirewallRule(_Model):
+    """One entry of `wg-site-to-site:firewall`: traffic arriving from the tunnel."""
+
+    # Becomes a comment line in the wg-quick config: one printable line.
+    description: Annotated[
+        str,
+        Field(min_length=1, max_length=200),
+        _matches(re.compile(r"^[^\x00-\x1f\x7f]+$"), "one line of printable text"),
+    ]
+    protocol: Literal["tcp", "udp", "icmp"]
+    port: Annotated[int | str, BeforeValidator(_port_spec)] | None = None
+    action: Literal["reject", "drop", "accept"]
+
+    @model_validator(mode="after")
+    def _no_port_on_icmp(self) -> FirewallRule:
+        if self.protocol == "icmp" and self.port is not None:
+            raise ValueError("icmp has no ports; remove port from this rule")
+        return self
+
+
+TagKey = Annotated[str, Field(min_length=1, max_length=128)]
+TagValue = Annotated[str, Field(max_length=256)]
+
+
+class StackConfig(_Model):
+    """All of the project's config for one stack."""
+
+    tunnel: TunnelConfig
+    sites: list[SiteConfig]
+    firewall: list[FirewallRule] = []
+    # Extra tags for every resource (ephemeral test stacks add owner and expiry).
+    tags: dict[TagKey, TagValue] = {}
+
+
+def _key(loc: tuple[int | str, ...]) -> str:
+    """('sites', 1, 'cidr') -> 'wg-site-to-site:sites[1].cidr'."""
+    text = f"{PROJECT}:{loc[0]}" if loc else PROJECT
+    for part in loc[1:]:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return text
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{...}"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _format_pydantic(error: ValidationError) -> list[str]:
+    lines = []
+    for item in error.errors():
+        loc = tuple(
+            p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-"))
+        )
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{_key(loc)}: unknown key (value {_shown(item['input'])})")
+        elif item["type"] == "missing":
+            lines.append(f"{_key(loc)}: required key is missing")
+        else:
+            lines.append(f"{_key(loc)}: {_shown(item['input'])} {message}")
+    return lines
+
+
+def _cross_checks(config: StackConfig) -> list[str]:
+    problems = []
+    sites = config.sites
+    if len(sites) != 2:
+        problems.append(f"{_key(('sites',))}: exactly two sites are needed, got {len(sites)}")
+    for i, site in enumerate(sites):
+        for j in range(i):
+            other = sites[j]
+            if site.cidr.overlaps(other.cidr):
+                problems.append(
+                    f"{_key(('sites', i, 'cidr'))}: {site.cidr} overlaps site "
+                    f"{other.name!r} ({other.cidr}); sites are routed without NAT"
+                )
+            if site.name == other.name:
+                problems.append(f"{_key(('sites', i, 'name'))}: {site.name!r} is used twice")
+            if site.interface == other.interface:
+                problems.append(
+                    f"{_key(('sites', i, 'interface'))}: {site.interface!r} is used twice"
+                )
+        if config.tunnel.cidr.overlaps(site.cidr):
+            problems.append(
+                f"{_key(('tunnel', 'cidr'))}: {config.tunnel.cidr} overlaps site "
+                f"{site.name!r} ({site.cidr})"
+            )
+    return problems
+
+
+def load_stack_config(raw: Mapping[str, Any]) -> StackConfig:
+    """Validates the project's config keys (without the `wg-site-to-site:` prefix).
+
+    Raises ConfigError with every problem found, one line each.
+    """
+    try:
+        config = StackConfig.model_validate(dict(raw))
+    except ValidationError as error:
+        raise ConfigError(_format_pydantic(error)) from None
+    problems = _cross_checks(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def project_config_from_stack_file(document: Mapping[str, Any]) -> dict[str, Any]:
+    """Picks `wg-site-to-site:*` keys out of a parsed Pulumi.<stack>.yaml.
+
+    Keys of other namespaces (aws:region, ...) belong to other packages and are left alone.
+    """
+    config = document.get("config") or {}
+    if not isinstance(config, Mapping):
+        raise ConfigError(["config: must be a mapping of keys to values"])
+    prefix = f"{PROJECT}:"
+    return {key[len(prefix) :]: value for key, value in config.items() if key.startswith(prefix)}

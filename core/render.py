@@ -1,0 +1,149 @@
+"""Renders a gateway's files from its facts and its peer's deploy-time values.
+
+The templates live in cloud-init/. Everything a gateway runs comes out of
+`render_gateway`: the Pulumi component passes the result to EC2 as user data, the
+offline plan shows it, and the lab extracts the files from that same user data.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+from core.facts import FETCH_KEY_PATH, SYSCTL_PATH, GatewayFacts
+from core.keys import is_key
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "cloud-init"
+
+
+@dataclass(frozen=True)
+class PeerEndpoint:
+    """What a gateway learns about its peer only at deploy time."""
+
+    public_key: str
+    public_ip: str
+
+
+@dataclass(frozen=True)
+class RenderedGateway:
+    wg_config: str
+    sysctl: str
+    fetch_key: str
+    user_data: str
+
+
+def _literal_block(text: str, indent: int) -> str:
+    """A YAML literal block scalar, so reviewers read the files as they will be written.
+
+    Only our own rendered files go through here; render_gateway parses the result back
+    and compares, so a file this cannot represent fails loudly instead of changing.
+    """
+    if not text.endswith("\n") or text.startswith((" ", "\n")):
+        raise ValueError("a literal block needs text that ends in a newline and starts flush")
+    pad = " " * indent
+    return "|\n" + "".join(pad + line if line.strip() else "\n" for line in text.splitlines(True))
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,  # noqa: S701 - renders config files and YAML, never HTML
+    )
+    environment.filters["literal_block"] = _literal_block
+    return environment
+
+
+def _render(template: str, **values: Any) -> str:
+    return _environment().get_template(template).render(**values)
+
+
+def render_wg_config(facts: GatewayFacts, peer: PeerEndpoint) -> str:
+    """The wg-quick config: no private key, only the PostUp that loads it from a file."""
+    if not is_key(peer.public_key):
+        raise ValueError(f"peer public key for {facts.peer.name} is not a WireGuard key")
+    endpoint = ipaddress.IPv4Address(peer.public_ip)
+    return _render(
+        "wg-quick.conf.j2",
+        interface=facts.interface,
+        site=facts.name,
+        peer=facts.peer.name,
+        peer_region=facts.peer.region,
+        stack=facts.stack,
+        key_path=facts.key_path,
+        key_path_template="/etc/wireguard/%i.key",
+        address=str(facts.tunnel_address),
+        listen_port=facts.listen_port,
+        mtu=facts.mtu,
+        rules=facts.rules,
+        peer_public_key=peer.public_key,
+        allowed_ips=[str(net) for net in facts.allowed_ips],
+        peer_endpoint=f"{endpoint}:{facts.peer_port}",
+        persistent_keepalive=facts.persistent_keepalive,
+    )
+
+
+def render_sysctl(facts: GatewayFacts) -> str:
+    return _render("sysctl.conf.j2", interface=facts.interface)
+
+
+def render_fetch_key(facts: GatewayFacts) -> str:
+    return _render(
+        "fetch-key.sh.j2",
+        key_path=facts.key_path,
+        region=facts.site.region,
+        parameter=facts.key_parameter_name,
+    )
+
+
+def render_gateway(facts: GatewayFacts, peer: PeerEndpoint) -> RenderedGateway:
+    wg_config = render_wg_config(facts, peer)
+    sysctl = render_sysctl(facts)
+    fetch_key = render_fetch_key(facts)
+    user_data = _render(
+        "user-data.yaml.j2",
+        site=facts.name,
+        stack=facts.stack,
+        interface=facts.interface,
+        config_path=facts.config_path,
+        wg_config=wg_config,
+        sysctl_path=SYSCTL_PATH,
+        sysctl=sysctl,
+        fetch_key_path=FETCH_KEY_PATH,
+        fetch_key=fetch_key,
+    )
+    # Parsing the document back proves it says what we meant before it reaches an instance.
+    written = {path: entry["content"] for path, entry in written_files(user_data).items()}
+    if written != {facts.config_path: wg_config, SYSCTL_PATH: sysctl, FETCH_KEY_PATH: fetch_key}:
+        raise ValueError(f"rendered user data for {facts.name} does not round-trip")
+    return RenderedGateway(
+        wg_config=wg_config, sysctl=sysctl, fetch_key=fetch_key, user_data=user_data
+    )
+
+
+def parse_user_data(user_data: str) -> dict[str, Any]:
+    """The cloud-config document, as cloud-init will read it."""
+    if not user_data.startswith("#cloud-config\n"):
+        raise ValueError("user data is not a #cloud-config document")
+    document = yaml.safe_load(user_data)
+    if not isinstance(document, dict):
+        raise ValueError("user data is not a YAML mapping")
+    return document
+
+
+def written_files(user_data: str) -> dict[str, dict[str, str]]:
+    """path -> {content, permissions} for every file the user data writes."""
+    return {
+        entry["path"]: {"content": entry["content"], "permissions": entry.get("permissions", "")}
+        for entry in parse_user_data(user_data).get("write_files", [])
+    }

@@ -1,0 +1,354 @@
+"""Runs this Pulumi program under the SDK's mock engine and records what it declares.
+
+This is how the project looks at itself without a cloud account or the Pulumi CLI:
+the unit tests, the offline plan (`make plan`) and the lab all start here, from a
+stack's config file, and so all see the same resources and the same rendered user data.
+
+The mocks stand in for AWS with stable, made-up values: resource ids derived from
+names, Elastic IPs from the documentation range 203.0.113.0/24, and private keys
+derived from the stack and resource name (or planted by a test). Nothing here talks to
+a network.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import ipaddress
+import json
+import os
+import runpy
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from core.config import PROJECT, ConfigError, load_stack_config, project_config_from_stack_file
+
+REPO = Path(__file__).resolve().parent.parent
+PROGRAM = REPO / "__main__.py"
+STACKS = REPO / "stacks"
+ACCOUNT = "123456789012"
+# Elastic IPs come from here, in site order: 203.0.113.10, 203.0.113.20, ...
+ELASTIC_IP_BASE = ipaddress.IPv4Address("203.0.113.0")
+
+
+class PlanError(Exception):
+    """The program could not be planned; the message is one line per problem."""
+
+
+@dataclass(frozen=True)
+class Secret:
+    """An input the program marked secret. Printers must show it as `[secret]`."""
+
+    value: Any
+
+
+@dataclass(frozen=True)
+class Unknown:
+    """An input whose value is not known until the real deployment."""
+
+
+@dataclass
+class PlannedResource:
+    urn: str
+    type: str
+    name: str
+    parent: str | None
+    custom: bool
+    provider: str | None  # URN of the explicit provider, if any
+    inputs: dict[str, Any]  # may hold Secret and Unknown values
+    outputs: dict[str, Any]  # what the mocks answered (plain values)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    stack: str
+    config: dict[str, Any]  # the project's keys from the stack file
+    resources: list[PlannedResource]
+    exports: dict[str, Any]
+
+    def by_type(self, type_: str) -> list[PlannedResource]:
+        return [r for r in self.resources if r.type == type_]
+
+    def one(self, type_: str, name: str) -> PlannedResource:
+        found = [r for r in self.resources if r.type == type_ and r.name == name]
+        if len(found) != 1:
+            raise KeyError(f"{len(found)} resources of type {type_} named {name}")
+        return found[0]
+
+    def get(self, urn: str) -> PlannedResource:
+        return next(r for r in self.resources if r.urn == urn)
+
+    def region_of(self, resource: PlannedResource) -> str | None:
+        """The region a resource is created in: its own `region`, else its provider's."""
+        if isinstance(resource.inputs.get("region"), str):
+            return str(resource.inputs["region"])
+        if resource.provider:
+            provider = self.get(resource.provider)
+            region = provider.inputs.get("region")
+            return region if isinstance(region, str) else None
+        return None
+
+
+def reveal(value: Any) -> Any:
+    """The value with Secret markers removed (for consumers that need the real key)."""
+    if isinstance(value, Secret):
+        return reveal(value.value)
+    if isinstance(value, dict):
+        return {k: reveal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [reveal(v) for v in value]
+    return value
+
+
+def plan_private_key(stack: str, resource_name: str) -> str:
+    """The made-up private key the mocks give a RandomBytes key: stable per stack and name."""
+    digest = hashlib.sha256(f"{PROJECT}-plan-key:{stack}:{resource_name}".encode()).digest()
+    return base64.b64encode(digest).decode()
+
+
+def _short_hash(*parts: str, length: int = 17) -> str:
+    return hashlib.sha256(":".join(parts).encode()).hexdigest()[:length]
+
+
+_ID_PREFIX = {
+    "aws:ec2/vpc:Vpc": "vpc",
+    "aws:ec2/subnet:Subnet": "subnet",
+    "aws:ec2/internetGateway:InternetGateway": "igw",
+    "aws:ec2/routeTable:RouteTable": "rtb",
+    "aws:ec2/routeTableAssociation:RouteTableAssociation": "rtbassoc",
+    "aws:ec2/securityGroup:SecurityGroup": "sg",
+    "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": "sgr",
+    "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": "sgr",
+    "aws:ec2/instance:Instance": "i",
+    "aws:ec2/eip:Eip": "eipalloc",
+    "aws:ec2/eipAssociation:EipAssociation": "eipassoc",
+}
+
+
+class _Recorder:
+    """Mock answers for resources and invokes, and the record of what was declared."""
+
+    def __init__(self, stack: str, site_names: list[str], planted_keys: Mapping[str, str]) -> None:
+        self.stack = stack
+        self.site_names = site_names
+        self.planted_keys = dict(planted_keys)
+        self.resources: list[PlannedResource] = []
+        self.provider_regions: dict[str, str] = {}
+        self.lock = threading.Lock()
+
+    def region_for_provider(self, provider_ref: str) -> str:
+        # A provider reference is "<provider urn>::<provider id>".
+        return self.provider_regions.get(provider_ref.rsplit("::", 1)[0], "us-east-1")
+
+    def elastic_ip(self, name: str) -> str:
+        for index, site in enumerate(self.site_names):
+            if name == f"{site}-address":
+                return str(ELASTIC_IP_BASE + 10 * (index + 1))
+        return str(ELASTIC_IP_BASE + 200 + int(_short_hash(name, length=2), 16) % 50)
+
+    def outputs_for(
+        self, type_: str, name: str, inputs: dict[str, Any], region: str
+    ) -> tuple[str, dict[str, Any]]:
+        plain = reveal(inputs)
+        prefix = _ID_PREFIX.get(type_, type_.rsplit(":", 1)[-1].lower())
+        id_ = f"{prefix}-{_short_hash(self.stack, name)}"
+        service = type_.split(":")[1].split("/", maxsplit=1)[0]
+        outputs = dict(plain)
+        outputs["arn"] = f"arn:aws:{service}:{region}:{ACCOUNT}:{prefix}/{id_}"
+        if type_ == "random:index/randomBytes:RandomBytes":
+            key = self.planted_keys.get(name) or plan_private_key(self.stack, name)
+            outputs["base64"] = key
+            outputs["hex"] = base64.b64decode(key).hex()
+        elif type_ == "aws:ec2/eip:Eip":
+            outputs["public_ip"] = self.elastic_ip(name)
+            outputs["allocation_id"] = id_
+        elif type_ == "aws:ec2/instance:Instance":
+            outputs["primary_network_interface_id"] = f"eni-{_short_hash(self.stack, name, 'eni')}"
+            outputs.setdefault("private_ip", "10.0.0.4")
+        elif type_ == "aws:ssm/parameter:Parameter":
+            outputs["arn"] = (
+                f"arn:aws:ssm:{region}:{ACCOUNT}:parameter{plain.get('name', '/' + name)}"
+            )
+        elif type_ == "aws:iam/role:Role":
+            outputs["arn"] = f"arn:aws:iam::{ACCOUNT}:role/{name}"
+            outputs["name"] = f"{name}-{_short_hash(name, length=7)}"
+        elif type_ == "aws:iam/instanceProfile:InstanceProfile":
+            outputs["name"] = f"{name}-{_short_hash(name, length=7)}"
+        return id_, outputs
+
+    def call(self, token: str, args: dict[str, Any], provider: str) -> dict[str, Any]:
+        region = self.region_for_provider(provider)
+        if token == "aws:ssm/getParameter:getParameter":
+            ami = f"ami-{_short_hash(region, str(args.get('name')))}"
+            return {"name": args.get("name"), "value": ami, "insecureValue": ami, "type": "String"}
+        if token == "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings":
+            zones = [f"{region}{letter}" for letter in "abc"]
+            types = [args["filters"][0]["values"][0]] * 3 if args.get("filters") else []
+            return {
+                "locations": zones,
+                "locationTypes": ["availability-zone"] * 3,
+                "instanceTypes": types,
+            }
+        raise PlanError(f"the offline plan has no stand-in for the invoke {token}")
+
+
+def _to_marked(value: Any) -> Any:
+    """Turns the SDK's wire forms for secrets and unknowns into Secret and Unknown."""
+    from pulumi.runtime import rpc
+
+    if rpc.is_rpc_secret(value):
+        return Secret(_to_marked(rpc.unwrap_rpc_secret(value)))
+    if type(value).__name__ == "Unknown" or value == rpc.UNKNOWN:
+        return Unknown()
+    if isinstance(value, dict):
+        return {k: _to_marked(v) for k, v in value.items() if not k.startswith("__")}
+    if isinstance(value, list):
+        return [_to_marked(v) for v in value]
+    return value
+
+
+def read_stack_file(stack: str, stacks_dir: Path = STACKS) -> dict[str, Any]:
+    """The project's config keys from stacks/Pulumi.<stack>.yaml."""
+    path = stacks_dir / f"Pulumi.{stack}.yaml"
+    if not path.is_file():
+        known = sorted(
+            p.name.removeprefix("Pulumi.").removesuffix(".yaml")
+            for p in stacks_dir.glob("Pulumi.*.yaml")
+        )
+        choices = ", ".join(known) or "none"
+        raise PlanError(f"no config file for stack {stack!r}: {path} does not exist ({choices})")
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise PlanError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(document, dict):
+        raise PlanError(f"{path}: not a YAML mapping")
+    try:
+        return project_config_from_stack_file(document)
+    except ConfigError as error:
+        raise PlanError(f"{path}: {error}") from None
+
+
+def run_program(
+    stack: str,
+    config: Mapping[str, Any],
+    *,
+    preview: bool = True,
+    planted_keys: Mapping[str, str] | None = None,
+    program: Path = PROGRAM,
+) -> Plan:
+    """Runs the program for `stack` with `config` (the project's keys, unprefixed).
+
+    `planted_keys` maps a RandomBytes resource name to the private key the mocks return
+    for it, so tests can look for a known key in every output.
+    """
+    import pulumi
+    from pulumi.runtime import mocks as pulumi_mocks
+    from pulumi.runtime import settings as pulumi_settings
+    from pulumi.runtime.config import set_all_config
+    from pulumi.runtime.stack import run_pulumi_func
+    from pulumi.runtime.sync_await import _sync_await
+
+    # An Output used where a string belongs must fail, not print a warning string.
+    os.environ["PULUMI_ERROR_OUTPUT_STRING"] = "true"
+
+    # Fail the same way the program would, before any mock is set up.
+    try:
+        validated = load_stack_config(config)
+        site_names = [site.name for site in validated.sites]
+    except ConfigError as error:
+        raise PlanError(
+            "invalid stack config:\n" + "\n".join(f"  {p}" for p in error.problems)
+        ) from None
+
+    recorder = _Recorder(stack, site_names, planted_keys or {})
+
+    class Mocks(pulumi_mocks.Mocks):
+        def new_resource(
+            self, args: pulumi_mocks.MockResourceArgs
+        ) -> tuple[str | None, dict[str, Any]]:
+            region = "us-east-1"
+            if args.typ == "pulumi:providers:aws":
+                region = str(reveal(args.inputs).get("region", region))
+            elif args.provider:
+                region = recorder.region_for_provider(args.provider)
+            return recorder.outputs_for(args.typ, args.name, args.inputs, region)
+
+        def call(
+            self, args: pulumi_mocks.MockCallArgs
+        ) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+            return recorder.call(args.token, reveal(_to_marked(args.args)), args.provider), []
+
+    class Monitor(pulumi_mocks.MockMonitor):
+        def RegisterResource(self, request: Any) -> Any:
+            response = super().RegisterResource(request)  # type: ignore[no-untyped-call]
+            if request.type == "pulumi:pulumi:Stack":
+                return response
+            from pulumi.runtime import rpc
+
+            inputs = _to_marked(rpc.deserialize_properties(request.object, keep_unknowns=True))
+            registered = self.resources.get(response.urn)
+            with recorder.lock:
+                if request.type.startswith("pulumi:providers:"):
+                    region = reveal(inputs).get("region")
+                    if isinstance(region, str):
+                        recorder.provider_regions[response.urn] = region
+                recorder.resources.append(
+                    PlannedResource(
+                        urn=response.urn,
+                        type=request.type,
+                        name=request.name,
+                        parent=request.parent or None,
+                        custom=bool(request.custom),
+                        provider=request.provider.rsplit("::", 1)[0] if request.provider else None,
+                        inputs=inputs,
+                        outputs=dict(registered.state) if registered else {},
+                        options={
+                            "dependsOn": sorted(request.dependencies),
+                            "ignoreChanges": sorted(request.ignoreChanges),
+                            "additionalSecretOutputs": sorted(request.additionalSecretOutputs),
+                            "replaceOnChanges": sorted(request.replaceOnChanges),
+                        },
+                    )
+                )
+            return response
+
+    flat_config = {
+        f"{PROJECT}:{key}": value if isinstance(value, str) else json.dumps(value)
+        for key, value in config.items()
+    }
+    pulumi_settings.reset_options(project=PROJECT, stack=stack, preview=preview)
+    set_all_config(flat_config, [])
+    pulumi_mocks.set_mocks(
+        Mocks(), project=PROJECT, stack=stack, preview=preview, monitor=Monitor(Mocks())
+    )
+    exports: dict[str, Any] = {}
+
+    def program_and_exports() -> None:
+        runpy.run_path(str(program), run_name="__main__")
+        root = pulumi_settings.get_root_resource()
+        outputs = getattr(root, "outputs", {})
+        for name, value in outputs.items():
+            pulumi.Output.from_input(value).apply(functools.partial(exports.__setitem__, name))
+
+    try:
+        _sync_await(run_pulumi_func(program_and_exports))
+    except pulumi.RunError as error:
+        raise PlanError(str(error)) from None
+    finally:
+        pulumi_settings.reset_options()
+    return Plan(stack=stack, config=dict(config), resources=recorder.resources, exports=exports)
+
+
+def plan_stack(
+    stack: str, *, preview: bool = True, stacks_dir: Path = STACKS, **kwargs: Any
+) -> Plan:
+    """Plans stacks/Pulumi.<stack>.yaml."""
+    return run_program(stack, read_stack_file(stack, stacks_dir), preview=preview, **kwargs)
