@@ -158,7 +158,7 @@ class _Recorder:
     ) -> tuple[str, dict[str, Any]]:
         plain = reveal(inputs)
         prefix = _ID_PREFIX.get(type_, type_.rsplit(":", 1)[-1].lower())
-        id_ = f"{prefix}-{_short_hash(self.stack, name)}"
+        id_ = f"{prefix}-{_short_hash(self.stack, type_, name)}"
         service = type_.split(":")[1].split("/", maxsplit=1)[0]
         outputs = dict(plain)
         outputs["arn"] = f"arn:aws:{service}:{region}:{ACCOUNT}:{prefix}/{id_}"
@@ -167,11 +167,11 @@ class _Recorder:
             outputs["base64"] = key
             outputs["hex"] = base64.b64decode(key).hex()
         elif type_ == "aws:ec2/eip:Eip":
-            outputs["public_ip"] = self.elastic_ip(name)
-            outputs["allocation_id"] = id_
+            outputs["publicIp"] = self.elastic_ip(name)
+            outputs["allocationId"] = id_
         elif type_ == "aws:ec2/instance:Instance":
-            outputs["primary_network_interface_id"] = f"eni-{_short_hash(self.stack, name, 'eni')}"
-            outputs.setdefault("private_ip", "10.0.0.4")
+            outputs["primaryNetworkInterfaceId"] = f"eni-{_short_hash(self.stack, name, 'eni')}"
+            outputs.setdefault("privateIp", "10.0.0.4")
         elif type_ == "aws:ssm/parameter:Parameter":
             outputs["arn"] = (
                 f"arn:aws:ssm:{region}:{ACCOUNT}:parameter{plain.get('name', '/' + name)}"
@@ -211,6 +211,8 @@ def _to_marked(value: Any) -> Any:
         return {k: _to_marked(v) for k, v in value.items() if not k.startswith("__")}
     if isinstance(value, list):
         return [_to_marked(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)  # the wire has only doubles; ports and sizes are whole numbers
     return value
 
 
