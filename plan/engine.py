@@ -311,7 +311,7 @@ def run_program(
                         custom=bool(request.custom),
                         provider=request.provider.rsplit("::", 1)[0] if request.provider else None,
                         inputs=inputs,
-                        outputs=dict(registered.state) if registered else {},
+                        outputs={"id": response.id, **(registered.state if registered else {})},
                         options={
                             "dependsOn": sorted(request.dependencies),
                             "ignoreChanges": sorted(request.ignoreChanges),

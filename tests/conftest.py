@@ -1,0 +1,33 @@
+"""Shared fixtures: plans of the shipped stacks, made by the real program under mocks."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import yaml
+
+from plan.engine import STACKS, Plan, plan_stack
+
+
+def stack_config(stack: str) -> dict[str, Any]:
+    """The project's keys from a shipped stack file (a fresh copy a test may change)."""
+    document = yaml.safe_load((STACKS / f"Pulumi.{stack}.yaml").read_text())
+    prefix = "wg-site-to-site:"
+    return {
+        key.removeprefix(prefix): copy.deepcopy(value)
+        for key, value in document["config"].items()
+        if key.startswith(prefix)
+    }
+
+
+@pytest.fixture(scope="session", params=[True, False], ids=["preview", "update"])
+def dev_plan(request: pytest.FixtureRequest) -> Plan:
+    """The dev stack, planned once as `pulumi preview` and once as `pulumi up` would run it."""
+    return plan_stack("dev", preview=request.param)
+
+
+@pytest.fixture(scope="session")
+def single_region_plan() -> Plan:
+    return plan_stack("single-region", preview=True)

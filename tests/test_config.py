@@ -1,0 +1,276 @@
+"""Bad stack config is rejected before anything is declared, one line per problem."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pulumi
+import pytest
+from pulumi.runtime import config as runtime_config
+
+from components.stack_config import read_stack_config
+from core.config import ConfigError, load_stack_config
+from plan.engine import PlanError, run_program
+from tests.conftest import stack_config
+
+Change = Callable[[dict[str, Any]], None]
+
+
+def _set(path: str, value: Any) -> Change:
+    """A change that sets config[path] (dotted, with list indexes) to value."""
+
+    def change(config: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node: Any = config
+        for part in parents:
+            node = node[int(part)] if part.isdigit() else node[part]
+        node[int(last) if last.isdigit() else last] = value
+
+    return change
+
+
+def _append_site(config: dict[str, Any]) -> None:
+    config["sites"].append(
+        {"name": "gamma", "region": "eu-north-1", "cidr": "10.3.0.0/16", "interface": "wgC"}
+    )
+
+
+def _drop_site(config: dict[str, Any]) -> None:
+    config["sites"].pop()
+
+
+# (what is wrong, the change, every fragment the single error line must contain)
+BAD_INPUTS: list[tuple[str, Change, list[str]]] = [
+    (
+        "overlapping site CIDRs",
+        _set("sites.1.cidr", "10.1.128.0/17"),
+        ["wg-site-to-site:sites[1].cidr", "10.1.128.0/17", "overlaps site 'alpha'"],
+    ),
+    (
+        "tunnel overlapping a site",
+        _set("tunnel.cidr", "10.1.255.0/31"),
+        ["wg-site-to-site:tunnel.cidr", "10.1.255.0/31", "overlaps site 'alpha'"],
+    ),
+    (
+        "tunnel prefix not /30 or /31",
+        _set("tunnel.cidr", "10.255.255.0/29"),
+        ["wg-site-to-site:tunnel.cidr", "10.255.255.0/29", "/31", "/30"],
+    ),
+    (
+        "host bits set",
+        _set("sites.0.cidr", "10.1.0.1/16"),
+        ["wg-site-to-site:sites[0].cidr", "10.1.0.1/16", "host bits", "10.1.0.0/16"],
+    ),
+    (
+        "not a CIDR",
+        _set("sites.0.cidr", "10.1.0.0"),
+        ["wg-site-to-site:sites[0].cidr", "'10.1.0.0'", "prefix length"],
+    ),
+    (
+        "port out of range",
+        _set("tunnel.port", 70000),
+        ["wg-site-to-site:tunnel.port", "70000", "65535"],
+    ),
+    (
+        "port zero",
+        _set("tunnel.port", 0),
+        ["wg-site-to-site:tunnel.port", "0", "greater than or equal to 1"],
+    ),
+    (
+        "MTU too small",
+        _set("tunnel.mtu", 1279),
+        ["wg-site-to-site:tunnel.mtu", "1279", "1280"],
+    ),
+    (
+        "MTU too large",
+        _set("tunnel.mtu", 9001),
+        ["wg-site-to-site:tunnel.mtu", "9001", "1500"],
+    ),
+    (
+        "interface name too long",
+        _set("sites.0.interface", "wg-alpha-to-beta1"),
+        ["wg-site-to-site:sites[0].interface", "wg-alpha-to-beta1", "Linux interface name"],
+    ),
+    (
+        "interface name with a slash",
+        _set("sites.0.interface", "wg/A"),
+        ["wg-site-to-site:sites[0].interface", "wg/A", "Linux interface name"],
+    ),
+    (
+        "duplicate site names",
+        _set("sites.1.name", "alpha"),
+        ["wg-site-to-site:sites[1].name", "'alpha' is used twice"],
+    ),
+    (
+        "duplicate interfaces",
+        _set("sites.1.interface", "wgA"),
+        ["wg-site-to-site:sites[1].interface", "'wgA' is used twice"],
+    ),
+    (
+        "three sites",
+        _append_site,
+        ["wg-site-to-site:sites", "exactly two sites", "got 3"],
+    ),
+    (
+        "one site",
+        _drop_site,
+        ["wg-site-to-site:sites", "exactly two sites", "got 1"],
+    ),
+    (
+        "malformed region",
+        _set("sites.0.region", "us-east"),
+        ["wg-site-to-site:sites[0].region", "us-east", "AWS region"],
+    ),
+    (
+        "unknown key in a site",
+        _set("sites.0.cird", "10.9.0.0/16"),
+        ["wg-site-to-site:sites[0].cird", "unknown key"],
+    ),
+    (
+        "unknown key in the tunnel",
+        _set("tunnel.keepalive", 25),
+        ["wg-site-to-site:tunnel.keepalive", "unknown key"],
+    ),
+    (
+        "unknown top-level key",
+        _set("site", []),
+        ["wg-site-to-site:site", "unknown key"],
+    ),
+    (
+        "firewall rule with unknown protocol",
+        _set("firewall.0.protocol", "sctp"),
+        ["wg-site-to-site:firewall[0].protocol", "sctp", "'tcp', 'udp' or 'icmp'"],
+    ),
+    (
+        "firewall rule with unknown action",
+        _set("firewall.0.action", "deny"),
+        ["wg-site-to-site:firewall[0].action", "deny", "'reject', 'drop' or 'accept'"],
+    ),
+    (
+        "firewall port on icmp",
+        _set("firewall.0.protocol", "icmp"),
+        ["wg-site-to-site:firewall[0]", "icmp has no ports"],
+    ),
+    (
+        "firewall reversed range",
+        _set("firewall.0.port", "2000-1000"),
+        ["wg-site-to-site:firewall[0].port", "2000-1000", "reversed", "1000-2000"],
+    ),
+    (
+        "firewall port out of range",
+        _set("firewall.0.port", 65536),
+        ["wg-site-to-site:firewall[0].port", "65536", "65535"],
+    ),
+    (
+        "keepalive out of range",
+        _set("tunnel.persistentKeepalive", 70000),
+        ["wg-site-to-site:tunnel.persistentKeepalive", "70000", "65535"],
+    ),
+    (
+        "keepalive negative",
+        _set("tunnel.persistentKeepalive", -1),
+        ["wg-site-to-site:tunnel.persistentKeepalive", "-1"],
+    ),
+    (
+        "site too large for a VPC",
+        _set("sites.0.cidr", "10.0.0.0/8"),
+        ["wg-site-to-site:sites[0].cidr", "10.0.0.0/8", "/16"],
+    ),
+    (
+        "existing VPC without route tables",
+        _set("sites.0.vpcId", "vpc-0123456789abcdef0"),
+        ["wg-site-to-site:sites[0]", "vpcId, subnetId and routeTableIds"],
+    ),
+    (
+        "missing tunnel",
+        lambda config: config.pop("tunnel"),
+        ["wg-site-to-site:tunnel", "required"],
+    ),
+    (
+        "multi-line firewall description",
+        _set("firewall.0.description", "line one\nPostUp = iptables -t nat -A POSTROUTING"),
+        ["wg-site-to-site:firewall[0].description", "one line"],
+    ),
+]
+
+
+def _problems(change: Change) -> list[str]:
+    config = stack_config("dev")
+    change(config)
+    with pytest.raises(ConfigError) as caught:
+        load_stack_config(config)
+    return caught.value.problems
+
+
+@pytest.mark.parametrize(
+    ("change", "fragments"), [(c, f) for _, c, f in BAD_INPUTS], ids=[w for w, _, _ in BAD_INPUTS]
+)
+def test_bad_input_is_rejected_with_one_line_naming_key_and_value(
+    change: Change, fragments: list[str]
+) -> None:
+    problems = _problems(change)
+    assert len(problems) == 1, problems
+    [line] = problems
+    assert "\n" not in line
+    for fragment in fragments:
+        assert fragment in line, (fragment, line)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    config = stack_config("dev")
+    config["tunnel"]["port"] = 0
+    config["tunnel"]["mtu"] = 100
+    config["sites"][1]["region"] = "mars"
+    problems = _problems(lambda c: c.update(copy.deepcopy(config)))
+    assert len(problems) == 3
+    assert {p.split(":", 2)[1] for p in problems} == {
+        "tunnel.port",
+        "tunnel.mtu",
+        "sites[1].region",
+    }
+
+
+def test_shipped_stacks_are_valid() -> None:
+    for stack in ("dev", "single-region"):
+        load_stack_config(stack_config(stack))
+
+
+def _read_through_the_engine(config: dict[str, Any]) -> str:
+    """What the program says when `pulumi preview` hands it this config."""
+    flat = {f"wg-site-to-site:{k}": json.dumps(v) for k, v in config.items()}
+    runtime_config.set_all_config(flat, [])
+    try:
+        with pytest.raises(pulumi.RunError) as caught:
+            read_stack_config()
+    finally:
+        runtime_config.set_all_config({}, [])
+    return str(caught.value)
+
+
+def test_program_stops_with_a_run_error_naming_each_problem() -> None:
+    config = stack_config("dev")
+    config["sites"][1]["cidr"] = "10.1.0.0/16"
+    message = _read_through_the_engine(config)
+    assert message.splitlines() == [
+        "invalid stack config:",
+        "  wg-site-to-site:sites[1].cidr: 10.1.0.0/16 overlaps site 'alpha' (10.1.0.0/16);"
+        " sites are routed without NAT",
+    ]
+
+
+def test_program_reports_a_misspelt_top_level_key() -> None:
+    config = stack_config("dev")
+    config["firewal"] = config.pop("firewall")
+    message = _read_through_the_engine(config)
+    assert "wg-site-to-site:firewal: unknown key" in message
+
+
+def test_planning_bad_config_declares_nothing() -> None:
+    config = stack_config("dev")
+    config["tunnel"]["cidr"] = "10.255.255.0/24"
+    with pytest.raises(PlanError) as caught:
+        run_program("dev", config)
+    assert "wg-site-to-site:tunnel.cidr" in str(caught.value)
