@@ -19,6 +19,8 @@ class SiteNetworkArgs:
     """Subnets computed by the core (public for the gateway, private for workloads)."""
     availability_zone: pulumi.Input[str]
     """Where both subnets go: one that offers the gateway's instance type."""
+    peer_cidr: str
+    """The other site's CIDR, which the workloads' security group admits."""
     tags: dict[str, str]
     """Tags for every resource."""
 
@@ -35,6 +37,8 @@ class SiteNetwork(pulumi.ComponentResource):
     route_table_ids: list[pulumi.Output[str]]
     internet_gateway: list[pulumi.Resource]
     """What must exist before an Elastic IP can be associated (empty for an existing VPC)."""
+    workload_security_group_id: pulumi.Output[str]
+    """Attach to hosts the other site must reach: admits the peer CIDR (no NAT hides it)."""
 
     def __init__(
         self, name: str, args: SiteNetworkArgs, opts: pulumi.ResourceOptions | None = None
@@ -46,11 +50,13 @@ class SiteNetwork(pulumi.ComponentResource):
             self._use_existing(args.site)
         else:
             self._create_vpc()
+        self.workload_security_group_id = self._workload_security_group()
         self.register_outputs(
             {
                 "vpcId": self.vpc_id,
                 "gatewaySubnetId": self.gateway_subnet_id,
                 "routeTableIds": self.route_table_ids,
+                "workloadSecurityGroupId": self.workload_security_group_id,
             }
         )
 
@@ -60,6 +66,28 @@ class SiteNetwork(pulumi.ComponentResource):
         self.gateway_subnet_id = pulumi.Output.from_input(site.subnet_id)
         self.route_table_ids = [pulumi.Output.from_input(rtb) for rtb in site.route_table_ids]
         self.internet_gateway = []
+
+    def _workload_security_group(self) -> pulumi.Output[str]:
+        # Security groups apply to forwarded packets, and the tunnel keeps the other
+        # site's real source addresses, so workloads must admit the peer CIDR itself.
+        child = pulumi.ResourceOptions(parent=self)
+        group = aws.ec2.SecurityGroup(
+            f"{self._site}-from-peer-site",
+            vpc_id=self.vpc_id,
+            description=f"Workloads of site {self._inputs.site.name} reachable from the peer site",
+            tags=self._tags("from-peer-site"),
+            opts=child,
+        )
+        aws.vpc.SecurityGroupIngressRule(
+            f"{self._site}-from-peer-site",
+            security_group_id=group.id,
+            description="everything from the other site, through the tunnel",
+            ip_protocol="-1",
+            cidr_ipv4=self._inputs.peer_cidr,
+            tags=self._tags("from-peer-site"),
+            opts=child,
+        )
+        return group.id
 
     def _tags(self, role: str) -> dict[str, str]:
         return {**self._inputs.tags, "Name": f"{self._site}-{role}"}

@@ -33,7 +33,8 @@ class SiteToSite(pulumi.ComponentResource):
     """
 
     sites: dict[str, pulumi.Output[dict[str, Any]]]
-    """Per site: publicIp, tunnelAddress, publicKey, vpcId, region, cidr, wgConfig."""
+    """Per site: publicIp, tunnelAddress, publicKey, vpcId, region, cidr, wgConfig and
+    workloadSecurityGroupId."""
 
     def __init__(
         self, name: str, args: SiteToSiteArgs, opts: pulumi.ResourceOptions | None = None
@@ -82,6 +83,7 @@ class SiteToSite(pulumi.ComponentResource):
                 publicIp=own.public_ip,
                 publicKey=own.public_key,
                 vpcId=network.vpc_id,
+                workloadSecurityGroupId=network.workload_security_group_id,
                 wgConfig=gateway.wg_config,
                 tunnelAddress=str(facts.tunnel_address.ip),
                 region=facts.site.region,
@@ -116,7 +118,11 @@ class SiteToSite(pulumi.ComponentResource):
         return SiteNetwork(
             facts.name,
             SiteNetworkArgs(
-                site=facts.site, layout=facts.layout, availability_zone=zone, tags=tags
+                site=facts.site,
+                layout=facts.layout,
+                availability_zone=zone,
+                peer_cidr=str(facts.peer.cidr),
+                tags=tags,
             ),
             opts=pulumi.ResourceOptions(parent=self, providers=[provider]),
         )

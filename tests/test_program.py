@@ -392,6 +392,20 @@ def test_outputs_per_site(dev_plan: Plan) -> None:
     assert alpha["region"] == "us-east-1" and alpha["cidr"] == "10.1.0.0/16"
     assert alpha["wgConfig"] == wg_config(dev_plan, "alpha")
     assert sites["beta"]["tunnelAddress"] == "10.255.255.1"
+    workloads = dev_plan.one("aws:ec2/securityGroup:SecurityGroup", "alpha-from-peer-site")
+    assert alpha["workloadSecurityGroupId"] == workloads.outputs["id"]
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_workloads_can_admit_the_peer_site_by_its_real_addresses(dev_plan: Plan, site: str) -> None:
+    group = dev_plan.one("aws:ec2/securityGroup:SecurityGroup", f"{site}-from-peer-site")
+    rules = [
+        r.inputs
+        for r in dev_plan.by_type(INGRESS)
+        if r.inputs["securityGroupId"] == group.outputs["id"]
+    ]
+    peer_cidr = {"alpha": "10.2.0.0/16", "beta": "10.1.0.0/16"}[site]
+    assert [(r["cidrIpv4"], r["ipProtocol"]) for r in rules] == [(peer_cidr, "-1")]
 
 
 def test_components_are_typed_and_own_their_children(dev_plan: Plan) -> None:
