@@ -222,8 +222,11 @@ def _format_pydantic(error: ValidationError) -> list[str]:
             lines.append(f"{_key(loc)}: unknown key (value {_shown(item['input'])})")
         elif item["type"] == "missing":
             lines.append(f"{_key(loc)}: required key is missing")
-        else:
+        elif item["type"] == "value_error":
+            # Our own messages read on from the value: "10.1.0.1/16 has host bits set".
             lines.append(f"{_key(loc)}: {_shown(item['input'])} {message}")
+        else:
+            lines.append(f"{_key(loc)}: {message} (got {_shown(item['input'])})")
     return lines
 
 
