@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 # Debian packages the tests and the lab use: WireGuard (kernel or wireguard-go),
 # the network tools the lab drives, and cloud-init for schema checks.
 APT_PACKAGES := wireguard-tools wireguard-go iproute2 iptables nftables iputils-ping \
-	mtr-tiny iperf3 procps psmisc cloud-init python3-venv nodejs npm
+	mtr-tiny iperf3 procps psmisc cloud-init
 
 .PHONY: help deps test lint typecheck unit lab lab-down lab-bench plan policy \
 	test-stack test-stack-destroy clean
@@ -24,12 +24,18 @@ help: ## list the targets
 		apt-get update -qq; \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+	@# Node may come from elsewhere than Debian (its npm package then conflicts): only
+	@# install Debian's when there is none.
+	@command -v npm >/dev/null || { apt-get update -qq; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; }
 	@touch $@
 
 $(VENV)/.installed: requirements.lock pyproject.toml | .deps-apt.stamp
 	@command -v python3.11 >/dev/null || { echo "python3.11 is required" >&2; exit 1; }
 	@test -x $(PY) || python3.11 -m venv $(VENV)
-	@$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
+	@# (this machine's pip config names local mirrors that may be absent: not news)
+	@$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock \
+		2> >(grep -v '^WARNING: Location' >&2)
 	@touch $@
 
 node_modules/.installed: package.json package-lock.json | .deps-apt.stamp
