@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -11,6 +12,8 @@ from pulumi.runtime import settings as pulumi_settings
 
 from components.wireguard_identity import WireGuardIdentity, WireGuardIdentityArgs
 from core.keys import public_key
+from plan.engine import run_program
+from tests.conftest import stack_config
 
 KEY = "YWxwaGEtcGxhbnRlZC1rZXktZm9yLXRoZS10ZXN0cyE="
 
@@ -49,3 +52,16 @@ def test_identity_keeps_the_private_key_secret_and_the_public_key_plain(
         assert await identity.public_ip.future() == "203.0.113.10"
 
     return check()
+
+
+def test_an_output_in_an_f_string_fails_the_plan(tmp_path: Path) -> None:
+    # The engine sets PULUMI_ERROR_OUTPUT_STRING, so this class of bug cannot hide in
+    # the program: str() of an Output raises instead of rendering a warning text.
+    program = tmp_path / "__main__.py"
+    program.write_text(
+        "import pulumi, pulumi_aws as aws\n"
+        "vpc = aws.ec2.Vpc('v', cidr_block='10.9.0.0/16')\n"
+        "aws.ec2.Subnet('s', vpc_id=vpc.id, cidr_block=f'{vpc.cidr_block}')\n"
+    )
+    with pytest.raises(Exception, match="Calling __str__ on an Output"):
+        run_program("dev", stack_config("dev"), program=program)
