@@ -209,6 +209,9 @@ class WireGuardGateway(pulumi.ComponentResource):
             private_ip=None
             if facts.site.uses_existing_vpc
             else str(facts.layout.gateway_private_ip),
+            # A launch-time public address lets cloud-init install packages and fetch the
+            # key even if it runs before the Elastic IP is associated (which replaces it).
+            associate_public_ip_address=True,
             vpc_security_group_ids=[security_group.id],
             iam_instance_profile=profile.name,
             # It forwards packets for other hosts; with the check on, the VPC drops them.

@@ -118,6 +118,13 @@ def test_root_volume_is_encrypted(dev_plan: Plan, site: str) -> None:
 
 
 @pytest.mark.parametrize("site", SITES)
+def test_gateway_reaches_the_internet_before_its_elastic_ip_arrives(
+    dev_plan: Plan, site: str
+) -> None:
+    assert gateway(dev_plan, site).inputs["associatePublicIpAddress"] is True
+
+
+@pytest.mark.parametrize("site", SITES)
 def test_user_data_change_replaces_the_instance(dev_plan: Plan, site: str) -> None:
     assert gateway(dev_plan, site).inputs["userDataReplaceOnChange"] is True
 
