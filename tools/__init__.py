@@ -1,0 +1,1 @@
+"""Operator tools: the committed-stack lister CI uses and the ephemeral test stacks."""
