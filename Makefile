@@ -12,7 +12,7 @@ APT_PACKAGES := wireguard-tools wireguard-go iproute2 iptables nftables iputils-
 	mtr-tiny iperf3 procps psmisc cloud-init
 
 .PHONY: help deps test lint typecheck unit lab lab-down lab-bench plan policy \
-	test-stack test-stack-destroy clean
+	test-stack test-stack-destroy test-stack-sweep clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -74,6 +74,9 @@ test-stack: deps ## create ephemeral stack test-NAME from BASE (default dev): ma
 
 test-stack-destroy: deps ## destroy ephemeral stack test-NAME, keeping committed stack files
 	$(PY) -m tools.ephemeral destroy --name "$(NAME)"
+
+test-stack-sweep: deps ## destroy every test-* stack past its expires-at (DRY_RUN=1 lists them)
+	$(PY) -m tools.ephemeral sweep $(if $(DRY_RUN),--dry-run)
 
 clean: ## remove the virtualenv, node_modules and caches
 	rm -rf $(VENV) node_modules .deps-apt.stamp .pytest_cache .mypy_cache .ruff_cache
