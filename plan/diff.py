@@ -1,0 +1,272 @@
+"""`--diff REF`: what would change between the plan at a git ref and the working tree.
+
+The plan at REF is made by REF's own code (`python -m plan STACK --json` in a detached
+worktree), so a change to the program, the templates or the stack file all show up.
+Both sides are public documents (plan.document): a diff can only show what the plan
+printer may show.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from plan.document import Document
+from plan.show import scalar
+
+Op = Literal["create", "update", "replace", "delete", "same"]
+# How long REF's plan may take; it is normally a second or two.
+_PLAN_TIMEOUT_SECONDS = 600
+_MARK = {"create": "+ ", "update": "~ ", "replace": "+-", "delete": "- "}
+_SUMMARY_ORDER: tuple[Op, ...] = ("create", "update", "replace", "delete", "same")
+WORKING_TREE = "working tree"
+
+
+class DiffError(Exception):
+    """The diff could not be made; the message is one line per problem."""
+
+
+@dataclass(frozen=True)
+class PropertyChange:
+    key: str  # a path: metadataOptions.httpTokens, vpcSecurityGroupIds[0]
+    op: Literal["add", "remove", "change"]
+    old: Any = None
+    new: Any = None
+
+
+@dataclass(frozen=True)
+class ResourceChange:
+    op: Op
+    urn: str
+    type: str
+    name: str
+    region: str | None
+    properties: tuple[PropertyChange, ...] = field(default=())
+
+
+# --------------------------------------------------------------------------- git side
+
+
+def _git(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
+
+
+def resolve_ref(project: Path, ref: str) -> str:
+    """The commit `ref` names, or a DiffError saying why there is none."""
+    if _git(project, "rev-parse", "--show-toplevel").returncode != 0:
+        raise DiffError(f"--diff needs a git repository, and {project} is not in one")
+    # `--end-of-options` keeps a ref such as "--help" from being read as an option.
+    found = _git(
+        project, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"
+    )
+    if found.returncode != 0:
+        raise DiffError(f"git ref {ref!r} does not name a commit in {project}")
+    return found.stdout.strip()
+
+
+def _last_lines(text: str, count: int = 5) -> str:
+    return "\n".join(line for line in text.strip().splitlines()[-count:])
+
+
+def plan_at_ref(project: Path, stack: str, ref: str) -> tuple[str, Document | None]:
+    """(commit, REF's plan of `stack`); the plan is None if REF has no such stack file.
+
+    The worktree is always removed again, whatever happens inside it.
+    """
+    commit = resolve_ref(project, ref)
+    prefix = _git(project, "rev-parse", "--show-prefix").stdout.strip()
+    with tempfile.TemporaryDirectory(prefix="wg-plan-diff-") as scratch:
+        tree = Path(scratch) / "tree"
+        added = _git(project, "worktree", "add", "--detach", str(tree), commit)
+        if added.returncode != 0:
+            raise DiffError(f"git worktree add failed: {_last_lines(added.stderr, 1)}")
+        try:
+            return commit, _plan_in(tree / prefix, stack, ref, Path(scratch) / "plan.json")
+        finally:
+            removed = _git(project, "worktree", "remove", "--force", str(tree))
+            if removed.returncode != 0:
+                # Leave no stale entry behind even if the directory went first.
+                _git(project, "worktree", "prune")
+
+
+def _plan_in(checkout: Path, stack: str, ref: str, output: Path) -> Document | None:
+    if not (checkout / "stacks" / f"Pulumi.{stack}.yaml").is_file():
+        return None
+    if not (checkout / "plan" / "__main__.py").is_file():
+        raise DiffError(f"{ref} predates `python -m plan`, so it cannot be planned")
+    try:
+        ran = subprocess.run(
+            [sys.executable, "-m", "plan", stack, "--json", str(output)],
+            cwd=checkout,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=_PLAN_TIMEOUT_SECONDS,
+        )
+    except subprocess.TimeoutExpired:
+        raise DiffError(f"planning {stack} at {ref} took over {_PLAN_TIMEOUT_SECONDS}s") from None
+    if ran.returncode != 0:
+        # REF's planner already says what is wrong, one line per problem.
+        raise DiffError(f"planning {stack} at {ref} failed:\n{_last_lines(ran.stderr)}")
+    try:
+        document: Document = json.loads(output.read_text())
+    except (OSError, ValueError) as error:
+        raise DiffError(f"the plan of {stack} at {ref} is unreadable: {error}") from None
+    return document
+
+
+# ------------------------------------------------------------------------- comparison
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested inputs as path -> leaf, so a change is named where it happens."""
+    if isinstance(value, dict) and value:
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    if isinstance(value, list) and value and prefix:
+        flat = {}
+        for index, item in enumerate(value):
+            flat.update(flatten(item, f"{prefix}[{index}]"))
+        return flat
+    return {prefix: value} if prefix else {}
+
+
+def _covers(path: str, key: str) -> bool:
+    return path in ("*", key) or key.startswith((f"{path}.", f"{path}["))
+
+
+def _replace_paths(resource: Document) -> list[str]:
+    """Paths whose change replaces the resource, as far as the plan can know.
+
+    The provider knows more (a VPC's cidrBlock, say), but its schema is not here.
+    """
+    paths = list(resource["options"].get("replaceOnChanges", []))
+    if resource["inputs"].get("userDataReplaceOnChange") is True:
+        paths += ["userData", "userDataBase64"]
+    return paths
+
+
+def _property_changes(old: Document, new: Document) -> tuple[PropertyChange, ...]:
+    before, after = flatten(old["inputs"]), flatten(new["inputs"])
+    ignored = new["options"].get("ignoreChanges", [])
+    changes = []
+    for key in sorted(before.keys() | after.keys()):
+        if any(_covers(path, key) for path in ignored):
+            continue
+        if key not in before:
+            changes.append(PropertyChange(key, "add", new=after[key]))
+        elif key not in after:
+            changes.append(PropertyChange(key, "remove", old=before[key]))
+        elif before[key] != after[key]:
+            changes.append(PropertyChange(key, "change", old=before[key], new=after[key]))
+    return tuple(changes)
+
+
+def compare(old: Document | None, new: Document) -> list[ResourceChange]:
+    """Every resource of either plan, matched by URN, in type-then-name order."""
+    before = {r["urn"]: r for r in (old or {}).get("resources", [])}
+    after = {r["urn"]: r for r in new["resources"]}
+    changes = []
+    for urn in before.keys() | after.keys():
+        resource = after.get(urn) or before[urn]
+        heading = (urn, resource["type"], resource["name"], resource.get("region"))
+        if urn not in before:
+            changes.append(ResourceChange("create", *heading))
+        elif urn not in after:
+            changes.append(ResourceChange("delete", *heading))
+        else:
+            properties = _property_changes(before[urn], after[urn])
+            replace = _replace_paths(after[urn])
+            op: Op = "same"
+            if any(_covers(path, p.key) for p in properties for path in replace):
+                op = "replace"
+            elif properties:
+                op = "update"
+            changes.append(ResourceChange(op, *heading, properties=properties))
+    return sorted(changes, key=lambda c: (c.type, c.name, c.urn))
+
+
+def summary(changes: list[ResourceChange]) -> dict[str, int]:
+    counts = Counter(c.op for c in changes)
+    return {op: counts.get(op, 0) for op in _SUMMARY_ORDER}
+
+
+# -------------------------------------------------------------------------- rendering
+
+
+def _property_lines(change: PropertyChange, ref: str) -> Iterator[str]:
+    if change.op == "add":
+        yield f"+ {change.key}: {scalar(change.new)}"
+    elif change.op == "remove":
+        yield f"- {change.key}: {scalar(change.old)}"
+    elif (
+        isinstance(change.old, str)
+        and isinstance(change.new, str)
+        and ("\n" in change.old or "\n" in change.new)
+    ):
+        yield f"~ {change.key}:"
+        lines = difflib.unified_diff(
+            change.old.splitlines(),
+            change.new.splitlines(),
+            fromfile=f"{change.key} ({ref})",
+            tofile=f"{change.key} ({WORKING_TREE})",
+            lineterm="",
+        )
+        yield from (f"    {line}".rstrip() for line in lines)
+    else:
+        yield f"~ {change.key}: {scalar(change.old)} => {scalar(change.new)}"
+
+
+def render(stack: str, ref: str, commit: str, changes: list[ResourceChange]) -> str:
+    lines = [f"Diff of stack {stack}: {ref} ({commit[:12]}) => {WORKING_TREE}", ""]
+    for change in changes:
+        if change.op == "same":
+            continue
+        region = f" ({change.region})" if change.region else ""
+        lines.append(f"{_MARK[change.op]} {change.type} {change.name}{region}")
+        for prop in change.properties:
+            lines += [f"      {line}".rstrip() for line in _property_lines(prop, ref)]
+    counts = summary(changes)
+    if not any(counts[op] for op in _SUMMARY_ORDER[:-1]):
+        lines.append("No changes.")
+    lines += [
+        "",
+        f"Resources: {counts['create']} to create, {counts['update']} to update, "
+        f"{counts['replace']} to replace, {counts['delete']} to delete, "
+        f"{counts['same']} unchanged",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def as_document(stack: str, ref: str, commit: str, changes: list[ResourceChange]) -> Document:
+    """The diff as JSON data; unchanged resources are only counted."""
+    return {
+        "stack": stack,
+        "ref": ref,
+        "commit": commit,
+        "changes": [
+            {
+                "op": c.op,
+                "urn": c.urn,
+                "type": c.type,
+                "name": c.name,
+                "region": c.region,
+                "properties": [
+                    {"key": p.key, "op": p.op, "old": p.old, "new": p.new} for p in c.properties
+                ],
+            }
+            for c in changes
+            if c.op != "same"
+        ],
+        "summary": summary(changes),
+    }

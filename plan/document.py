@@ -1,0 +1,100 @@
+"""A plan's public form: what `python -m plan` prints, writes as JSON and diffs.
+
+Everything a person or a file sees goes through `public_document`, so secrecy is
+decided in one place: values the program marked secret become "[secret]", and any
+secret value that also turns up in plain text elsewhere (an export, a derived string)
+is cut out of it as well.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from plan.engine import Plan, PlannedResource, Secret, Unknown
+
+REDACTED = "[secret]"
+UNKNOWN = "(unknown)"
+# Secrets shorter than this are not cut out of other strings: a one-letter secret would
+# shred every text it occurs in, and no key, token or password here is that short.
+_MIN_REDACTED_LENGTH = 8
+
+Document = dict[str, Any]
+
+
+def _secret_strings(value: Any, inside_secret: bool = False) -> Iterable[str]:
+    if isinstance(value, Secret):
+        yield from _secret_strings(value.value, True)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _secret_strings(item, inside_secret)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _secret_strings(item, inside_secret)
+    elif inside_secret and isinstance(value, str):
+        yield value
+
+
+def secret_values(plan: Plan) -> frozenset[str]:
+    """Every secret the plan knows: secret inputs and outputs declared secret.
+
+    The outputs matter because a RandomBytes key's base64 and hex are never inputs.
+    """
+    found: set[str] = set()
+    for resource in plan.resources:
+        found.update(_secret_strings(resource.inputs))
+        for name in resource.options.get("additionalSecretOutputs", []):
+            found.update(_secret_strings(Secret(resource.outputs.get(name))))
+    return frozenset(s for s in found if len(s) >= _MIN_REDACTED_LENGTH)
+
+
+def redact_text(text: str, secrets: Iterable[str]) -> str:
+    # Longest first, so a secret that contains another is cut out whole.
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def public_value(value: Any, secrets: frozenset[str]) -> Any:
+    """A JSON value with Secret and Unknown markers replaced by their printed forms."""
+    if isinstance(value, Secret):
+        return REDACTED
+    if isinstance(value, Unknown):
+        return UNKNOWN
+    if isinstance(value, dict):
+        return {str(k): public_value(v, secrets) for k, v in sorted(value.items())}
+    if isinstance(value, list | tuple):
+        return [public_value(v, secrets) for v in value]
+    if isinstance(value, str):
+        return redact_text(value, secrets)
+    return value
+
+
+def _resource(plan: Plan, resource: PlannedResource, secrets: frozenset[str]) -> Document:
+    return {
+        "urn": resource.urn,
+        "type": resource.type,
+        "name": resource.name,
+        "parent": resource.parent,
+        "provider": resource.provider,
+        "region": plan.region_of(resource),
+        "custom": resource.custom,
+        "inputs": public_value(resource.inputs, secrets),
+        "options": public_value(resource.options, secrets),
+    }
+
+
+def public_document(plan: Plan) -> Document:
+    """The plan as plain JSON data, sorted so that equal plans give equal bytes."""
+    secrets = secret_values(plan)
+    resources = sorted(plan.resources, key=lambda r: r.urn)
+    return {
+        "stack": plan.stack,
+        "resources": [_resource(plan, r, secrets) for r in resources],
+        "exports": public_value(plan.exports, secrets),
+    }
+
+
+def dumps(document: Document) -> str:
+    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"

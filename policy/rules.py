@@ -1,0 +1,564 @@
+"""The project's policies as pure functions, shared by the Pulumi policy pack and `make policy`.
+
+Resource rules look at one resource's type and props; stack rules look at every
+resource at once, because "a gateway may read only its own key" spans an instance,
+its instance profile, a role and the role's policies. Props use the provider's
+camelCase names, as the engine passes them to a policy pack and as the offline plan
+records them.
+
+A value that is not known yet (during a preview, before the resource it comes from
+exists) is passed as UNKNOWN; a rule then cannot tell and reports nothing. A value that
+is simply absent is judged as absent: AWS's defaults are what this policy forbids.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import fnmatch
+import ipaddress
+import json
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import yaml
+
+Props = Mapping[str, Any]
+
+INSTANCE = "aws:ec2/instance:Instance"
+SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
+SECURITY_GROUP_RULE = "aws:ec2/securityGroupRule:SecurityGroupRule"
+INGRESS_RULE = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+SSM_PARAMETER = "aws:ssm/parameter:Parameter"
+INSTANCE_PROFILE = "aws:iam/instanceProfile:InstanceProfile"
+ROLE = "aws:iam/role:Role"
+ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
+ROLE_POLICY_ATTACHMENT = "aws:iam/rolePolicyAttachment:RolePolicyAttachment"
+IAM_POLICY = "aws:iam/policy:Policy"
+
+KEY_PARAMETER_SUFFIX = "/wireguard-private-key"
+WG_CONFIG_GLOB = "/etc/wireguard/*.conf"
+
+# A WireGuard key is 32 bytes: 43 base64 digits, the last of which carries only four
+# bits (so it is one of these 16), and one "=" of padding.
+_KEY_SHAPED = re.compile(
+    r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=(?![A-Za-z0-9+/=])"
+)
+# wg(8) reads config keys case-insensitively.
+_PRIVATE_KEY_LINE = re.compile(r"^\s*PrivateKey\s*=", re.IGNORECASE)
+_PUBLIC_KEY_LINE = re.compile(r"^\s*PublicKey\s*=", re.IGNORECASE)
+_WG_CONFIG_PATH = re.compile(r"/etc/wireguard/[^/\s\"']+\.conf\b")
+_KEY_PARAMETER = re.compile(
+    r"(?<![\w./-])(/[\w./-]*" + re.escape(KEY_PARAMETER_SUFFIX) + r")(?![\w./-])"
+)
+# iptables' NAT targets and table (in every spelling iptables accepts), and nftables'
+# nat chains and statements.
+_NAT = re.compile(
+    r"\b(?:MASQUERADE|SNAT|DNAT)\b"
+    r"|(?:^|[\s,\[])(?:-t[\s,'\"]*nat|--table[=\s,'\"]+nat)\b"
+    r"|\btype\s+nat\b",
+    re.IGNORECASE,
+)
+_USER_DATA_DIGEST = re.compile(r"[0-9a-f]{40}")
+_SSM_PARAMETER_ARN = re.compile(r"^arn:[\w-]+:ssm:[\w-]*:\d*:parameter(/.+)$")
+_READ_PARAMETER_ACTIONS = (
+    "ssm:getparameter",
+    "ssm:getparameters",
+    "ssm:getparametersbypath",
+    "ssm:getparameterhistory",
+)
+
+
+class _Unknown:
+    """A value the engine does not know yet (only during a preview)."""
+
+    def __repr__(self) -> str:
+        return "UNKNOWN"
+
+
+UNKNOWN: Final = _Unknown()
+
+
+def is_unknown(value: Any) -> bool:
+    return value is UNKNOWN
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One resource as a stack rule sees it."""
+
+    type: str
+    name: str
+    urn: str
+    props: Props
+    dependencies: frozenset[str] = frozenset()  # URNs this resource depends on
+
+
+@dataclass(frozen=True)
+class Violation:
+    policy: str
+    type: str
+    name: str
+    urn: str
+    message: str
+
+
+ResourceCheck = Callable[[str, Props], list[str]]
+StackCheck = Callable[[Sequence[Resource]], list[tuple[Resource, str]]]
+
+
+@dataclass(frozen=True)
+class ResourceRule:
+    name: str
+    description: str
+    check: ResourceCheck
+
+
+@dataclass(frozen=True)
+class StackRule:
+    name: str
+    description: str
+    check: StackCheck
+
+
+# ---------------------------------------------------------------------------- user data
+
+
+@dataclass(frozen=True)
+class _UserData:
+    text: str
+    written: Mapping[str, str]  # path -> content, for every file cloud-init writes
+    extra: Mapping[str, str]  # path -> content of files not readable in `text` (base64)
+
+
+def _user_data(props: Props) -> _UserData | None:
+    """The instance's user data, or None if it is not known yet (or there is none)."""
+    text = props.get("userData")
+    if text is None and isinstance(props.get("userDataBase64"), str):
+        try:
+            text = base64.b64decode(props["userDataBase64"], validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+    if not isinstance(text, str):
+        return None
+    written: dict[str, str] = {}
+    extra: dict[str, str] = {}
+    if text.startswith("#cloud-config"):
+        try:
+            document = yaml.safe_load(text)
+        except yaml.YAMLError:
+            document = None
+        entries = document.get("write_files") if isinstance(document, dict) else None
+        for entry in entries if isinstance(entries, list) else []:
+            if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+                continue
+            content = entry.get("content", "")
+            if not isinstance(content, str):
+                continue
+            if str(entry.get("encoding", "")).lower() in ("b64", "base64"):
+                try:
+                    content = base64.b64decode(content).decode(errors="replace")
+                except binascii.Error:
+                    continue
+                extra[entry["path"]] = content
+            written[entry["path"]] = content
+    return _UserData(text=text, written=written, extra=extra)
+
+
+def _sources(data: _UserData) -> Iterator[tuple[str, str]]:
+    """(where, text) for everything a rule must read: user data, then decoded files."""
+    yield "userData", data.text
+    for path, content in sorted(data.extra.items()):
+        yield f"userData file {path}", content
+
+
+def _is_gateway(data: _UserData) -> bool:
+    if data.written:
+        return any(fnmatch.fnmatchcase(path, WG_CONFIG_GLOB) for path in data.written)
+    return bool(_WG_CONFIG_PATH.search(data.text))
+
+
+def key_parameters_read(data: _UserData) -> set[str]:
+    """SSM parameter names of WireGuard keys that the user data's scripts mention."""
+    return {m for _, text in _sources(data) for m in _KEY_PARAMETER.findall(text)}
+
+
+# ---------------------------------------------------------------------- resource rules
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _whole_internet(cidr: Any) -> bool:
+    if not isinstance(cidr, str):
+        return False
+    try:
+        return ipaddress.ip_network(cidr, strict=False).prefixlen == 0
+    except ValueError:
+        return False
+
+
+def _udp_from_internet(protocol: Any, cidrs: list[Any], what: str) -> list[str]:
+    if not isinstance(protocol, str) or protocol.lower() not in ("udp", "17", "-1", "all"):
+        return []
+    label = "all protocols" if protocol.lower() in ("-1", "all") else "udp"
+    return [
+        f"{what} admits {label} from {cidr}: the WireGuard port must admit only the peer's "
+        "address, and nothing else here needs UDP from the internet"
+        for cidr in cidrs
+        if _whole_internet(cidr)
+    ]
+
+
+def tunnel_port_not_public(type_: str, props: Props) -> list[str]:
+    """(a) No UDP (so no WireGuard port) is open to 0.0.0.0/0 or ::/0.
+
+    A resource rule cannot see which port the gateways listen on, so it forbids every
+    UDP and all-protocol ingress from the whole internet; this project has no other
+    UDP service that would need it.
+    """
+    if type_ == INGRESS_RULE:
+        cidrs = [props.get("cidrIpv4"), props.get("cidrIpv6")]
+        return _udp_from_internet(props.get("ipProtocol"), cidrs, "ingress rule")
+    if type_ == SECURITY_GROUP_RULE:
+        if props.get("type") != "ingress":
+            return []
+        cidrs = _as_list(props.get("cidrBlocks")) + _as_list(props.get("ipv6CidrBlocks"))
+        return _udp_from_internet(props.get("protocol"), cidrs, "ingress rule")
+    if type_ == SECURITY_GROUP:
+        problems = []
+        for index, rule in enumerate(_as_list(props.get("ingress"))):
+            if isinstance(rule, Mapping):
+                cidrs = _as_list(rule.get("cidrBlocks")) + _as_list(rule.get("ipv6CidrBlocks"))
+                problems += _udp_from_internet(rule.get("protocol"), cidrs, f"ingress[{index}]")
+        return problems
+    return []
+
+
+def gateway_instance_settings(type_: str, props: Props) -> list[str]:
+    """(b) A gateway forwards packets (no source/dest check) and requires IMDSv2."""
+    if type_ != INSTANCE:
+        return []
+    data = _user_data(props)
+    if data is None or not _is_gateway(data):
+        return []
+    problems = []
+    check = props.get("sourceDestCheck")
+    if check is not False and not is_unknown(check):
+        shown = "absent (AWS defaults it to true)" if check is None else repr(check)
+        problems.append(
+            f"sourceDestCheck is {shown}: a gateway forwards other hosts' packets, which the "
+            "VPC drops unless it is false"
+        )
+    metadata = props.get("metadataOptions")
+    tokens = metadata.get("httpTokens") if isinstance(metadata, Mapping) else None
+    if not is_unknown(metadata) and tokens != "required" and not is_unknown(tokens):
+        shown = "absent" if tokens is None else repr(tokens)
+        problems.append(
+            f"metadataOptions.httpTokens is {shown}, not 'required': the instance role can "
+            "read a private key, so its credentials must need IMDSv2"
+        )
+    return problems
+
+
+def encrypted_root_volume(type_: str, props: Props) -> list[str]:
+    """(c) Every instance's root volume is encrypted (it holds the key file)."""
+    if type_ != INSTANCE:
+        return []
+    device = props.get("rootBlockDevice")
+    if is_unknown(device):
+        return []
+    encrypted = device.get("encrypted") if isinstance(device, Mapping) else None
+    if encrypted is True or is_unknown(encrypted):
+        return []
+    shown = "absent" if encrypted is None else repr(encrypted)
+    return [f"rootBlockDevice.encrypted is {shown}, not true"]
+
+
+def no_private_key_in_user_data(type_: str, props: Props) -> list[str]:
+    """(d) User data carries no private key: it is readable by anyone who can describe it.
+
+    Messages name the line, never its content.
+    """
+    if type_ != INSTANCE:
+        return []
+    data = _user_data(props)
+    if data is None:
+        return []
+    problems = []
+    for where, text in _sources(data):
+        for number, line in enumerate(text.splitlines(), start=1):
+            if _PRIVATE_KEY_LINE.match(line.strip()):
+                problems.append(
+                    f"{where} line {number} is a PrivateKey line; the gateway must load its "
+                    "key from SSM at boot"
+                )
+            elif not _PUBLIC_KEY_LINE.match(line.strip()) and _KEY_SHAPED.search(line):
+                problems.append(
+                    f"{where} line {number} holds a WireGuard-key-shaped value outside a "
+                    "PublicKey line"
+                )
+    return problems
+
+
+def key_parameter_is_secure_string(type_: str, props: Props) -> list[str]:
+    """(e) An SSM parameter holding a WireGuard key is a SecureString (KMS-encrypted)."""
+    if type_ != SSM_PARAMETER:
+        return []
+    name, kind = props.get("name"), props.get("type")
+    if not isinstance(name, str) or not name.endswith(KEY_PARAMETER_SUFFIX):
+        return []
+    if kind == "SecureString" or is_unknown(kind):
+        return []
+    return [f"parameter {name} holds a private key but has type {kind!r}, not 'SecureString'"]
+
+
+def no_nat(type_: str, props: Props) -> list[str]:
+    """(g) Sites are routed, never translated: no NAT rule in any user data."""
+    if type_ != INSTANCE:
+        return []
+    data = _user_data(props)
+    if data is None:
+        return []
+    problems = []
+    for where, text in _sources(data):
+        for number, line in enumerate(text.splitlines(), start=1):
+            # Comments (YAML, shell, wg-quick) do not run, and rule descriptions land there.
+            if line.strip().startswith("#"):
+                continue
+            match = _NAT.search(line)
+            if match:
+                problems.append(
+                    f"{where} line {number} uses NAT ({match.group(0).strip()!r}); the sites "
+                    "are routed with their own addresses"
+                )
+    return problems
+
+
+# ------------------------------------------------------------------------- stack rules
+
+
+def _resolve(ref: Any, source: Resource, candidates: Sequence[Resource]) -> list[Resource]:
+    """The candidates `source` refers to with `ref` (a name, id or ARN).
+
+    By value where the candidate's props say its name, id or ARN (the engine's outputs
+    do); otherwise by dependency, since a reference to another resource's output makes
+    the referring resource depend on it (a plan of inputs only has no physical names).
+    """
+    if ref is None:
+        return []
+    if isinstance(ref, str):
+        by_value = [
+            c
+            for c in candidates
+            if ref in (c.props.get("name"), c.props.get("id"), c.props.get("arn"))
+        ]
+        if by_value:
+            return by_value
+    return [c for c in candidates if c.urn in source.dependencies]
+
+
+def _policy_documents(
+    role: Resource, resources: Sequence[Resource]
+) -> Iterator[tuple[Resource, str, Any]]:
+    """(resource to blame, what, policy JSON) for every policy that applies to `role`."""
+    roles = [role]
+    for policy in (r for r in resources if r.type == ROLE_POLICY):
+        if _resolve(policy.props.get("role"), policy, roles):
+            yield policy, "role policy", policy.props.get("policy")
+    for index, inline in enumerate(_as_list(role.props.get("inlinePolicies"))):
+        if isinstance(inline, Mapping):
+            yield role, f"inline policy [{index}]", inline.get("policy")
+    managed = [r for r in resources if r.type == IAM_POLICY]
+    attachments = [
+        (a, a.props.get("policyArn"))
+        for a in resources
+        if a.type == ROLE_POLICY_ATTACHMENT and _resolve(a.props.get("role"), a, roles)
+    ]
+    attachments += [(role, arn) for arn in _as_list(role.props.get("managedPolicyArns"))]
+    for blame, arn in attachments:
+        found = _resolve(arn, blame, managed)
+        if found:
+            yield blame, f"managed policy {found[0].name}", found[0].props.get("policy")
+        elif not is_unknown(arn):
+            # Outside this stack we cannot read what it grants; AmazonSSMManagedInstanceCore,
+            # for one, allows ssm:GetParameter on every parameter.
+            yield blame, f"managed policy {arn}", None
+
+
+@dataclass(frozen=True)
+class _OwnKey:
+    """The key parameter a gateway reads, as far as its user data tells."""
+
+    name: str | None
+    arn: str | None
+
+
+def _own_key(data: _UserData | None, parameters: Sequence[Resource]) -> _OwnKey:
+    read = key_parameters_read(data) if data is not None else set()
+    if len(read) != 1:
+        return _OwnKey(None, None)
+    (name,) = read
+    own = [p for p in parameters if p.props.get("name") == name]
+    arn = own[0].props.get("arn") if len(own) == 1 else None
+    return _OwnKey(name, arn if isinstance(arn, str) else None)
+
+
+def _grants_read(actions: list[Any]) -> bool:
+    return any(
+        isinstance(a, str) and fnmatch.fnmatchcase(candidate, a.lower())
+        for a in actions
+        for candidate in _READ_PARAMETER_ACTIONS
+    )
+
+
+def _granted(statement: Any) -> list[Any] | None:
+    """The Resource list of an Allow statement that grants ssm:GetParameter*, else None."""
+    if not isinstance(statement, Mapping) or statement.get("Effect") != "Allow":
+        return None
+    if "NotAction" in statement or _grants_read(_as_list(statement.get("Action"))):
+        return _as_list(statement.get("Resource"))
+    return None
+
+
+def _statement_problems(statement: Mapping[str, Any], own: _OwnKey) -> list[str]:
+    if "NotAction" in statement:
+        return ["allows NotAction, which grants ssm:GetParameter* on whatever it does not list"]
+    actions = _as_list(statement.get("Action"))
+    problems = [
+        f"Action {a!r} is a wildcard"
+        for a in actions
+        if isinstance(a, str) and ("*" in a or "?" in a)
+    ]
+    if "NotResource" in statement:
+        return [*problems, "uses NotResource with ssm:GetParameter*"]
+    for resource in _as_list(statement.get("Resource")):
+        if is_unknown(resource):
+            continue
+        if not isinstance(resource, str) or "*" in resource or "?" in resource:
+            problems.append(f"Resource {resource!r} is a wildcard")
+            continue
+        match = _SSM_PARAMETER_ARN.match(resource)
+        if own.arn is not None:
+            if resource != own.arn:
+                problems.append(f"Resource {resource!r} is not its own key parameter {own.arn}")
+        elif own.name is not None and (match is None or match.group(1) != own.name):
+            problems.append(f"Resource {resource!r} is not its own key parameter {own.name}")
+    return problems
+
+
+def _document_problems(document: Any, own: _OwnKey) -> list[str]:
+    if is_unknown(document):
+        return []
+    if not isinstance(document, str):
+        return ["its policy document cannot be read here, so it may grant any parameter"]
+    try:
+        parsed = json.loads(document)
+    except ValueError:
+        return ["its policy document is not JSON"]
+    statements = _as_list(parsed.get("Statement")) if isinstance(parsed, dict) else []
+    granting = [s for s in statements if _granted(s) is not None]
+    problems = [p for s in granting for p in _statement_problems(s, own)]
+    named = {r for s in granting for r in _granted(s) or [] if isinstance(r, str)}
+    if own.name is None and len(named) > 1:
+        # Which one is its own is not known here, but a gateway has only one key.
+        problems.append(f"grants ssm:GetParameter* on {len(named)} parameters, not one")
+    return problems
+
+
+def gateway_reads_only_own_key(resources: Sequence[Resource]) -> list[tuple[Resource, str]]:
+    """(f) A gateway's role can read exactly one parameter: the one its boot script reads.
+
+    Follows instance -> iamInstanceProfile -> the profile's role -> every policy of that
+    role. A leaked instance credential then exposes one key, not the other site's.
+
+    A stack policy sees resource outputs, where the AWS provider keeps only a digest of
+    user data; such an instance is held to "no wildcard, at most one parameter".
+    """
+    profiles = [r for r in resources if r.type == INSTANCE_PROFILE]
+    roles = [r for r in resources if r.type == ROLE]
+    parameters = [r for r in resources if r.type == SSM_PARAMETER]
+    found: list[tuple[Resource, str]] = []
+    for instance in (r for r in resources if r.type == INSTANCE):
+        data = _user_data(instance.props)
+        if data is not None and _USER_DATA_DIGEST.fullmatch(data.text):
+            data = None  # what the provider keeps in state: the user data's SHA-1
+        # Without readable user data an instance may be a gateway; judge it as one.
+        if data is not None and not _is_gateway(data):
+            continue
+        read = key_parameters_read(data) if data is not None else set()
+        if len(read) > 1:
+            listed = ", ".join(sorted(read))
+            found.append((instance, f"user data reads {len(read)} key parameters: {listed}"))
+        own = _own_key(data, parameters)
+        for profile in _resolve(instance.props.get("iamInstanceProfile"), instance, profiles):
+            for role in _resolve(profile.props.get("role"), profile, roles):
+                for blame, what, document in _policy_documents(role, resources):
+                    found += [
+                        (blame, f"{what} of gateway {instance.name}'s role {role.name}: {problem}")
+                        for problem in _document_problems(document, own)
+                    ]
+    return found
+
+
+RESOURCE_RULES: Final = (
+    ResourceRule(
+        "wireguard-port-not-public",
+        "The WireGuard port (any UDP) is never open to 0.0.0.0/0 or ::/0.",
+        tunnel_port_not_public,
+    ),
+    ResourceRule(
+        "gateway-instance-settings",
+        "A gateway instance has sourceDestCheck false and requires IMDSv2 tokens.",
+        gateway_instance_settings,
+    ),
+    ResourceRule(
+        "encrypted-root-volume",
+        "Every instance's root volume is encrypted.",
+        encrypted_root_volume,
+    ),
+    ResourceRule(
+        "no-private-key-in-user-data",
+        "No WireGuard private key (or key-shaped value) appears in user data.",
+        no_private_key_in_user_data,
+    ),
+    ResourceRule(
+        "key-parameter-secure-string",
+        "Every SSM parameter holding a WireGuard key is a SecureString.",
+        key_parameter_is_secure_string,
+    ),
+    ResourceRule(
+        "no-nat",
+        "No NAT (MASQUERADE, SNAT, DNAT, the nat table) in any user data.",
+        no_nat,
+    ),
+)
+
+STACK_RULES: Final = (
+    StackRule(
+        "gateway-reads-only-own-key",
+        "A gateway's instance role may read only the key parameter its boot script reads.",
+        gateway_reads_only_own_key,
+    ),
+)
+
+
+def evaluate(resources: Sequence[Resource]) -> list[Violation]:
+    """Every rule over every resource, in rule order, then resource order."""
+    violations = [
+        Violation(rule.name, r.type, r.name, r.urn, message)
+        for rule in RESOURCE_RULES
+        for r in resources
+        for message in rule.check(r.type, r.props)
+    ]
+    violations += [
+        Violation(rule.name, r.type, r.name, r.urn, message)
+        for rule in STACK_RULES
+        for r, message in rule.check(resources)
+    ]
+    return violations

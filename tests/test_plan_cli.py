@@ -1,0 +1,257 @@
+"""`python -m plan STACK [--json FILE]`: the tree, the JSON, secrecy and bad input."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.keys import public_key
+from plan import cli
+from plan.document import public_document, public_value
+from plan.engine import (
+    REPO,
+    Plan,
+    PlannedResource,
+    Secret,
+    Unknown,
+    plan_private_key,
+    plan_stack,
+)
+from plan.show import tree_lines, value_lines
+
+# Made-up keys, planted for both sites, that no output may contain in any form.
+PLANTED = {
+    f"{site}-wireguard-key": base64.b64encode(
+        hashlib.sha256(f"planted {site}".encode()).digest()
+    ).decode()
+    for site in ("alpha", "beta")
+}
+
+
+def key_forms(keys: dict[str, str]) -> list[str]:
+    return [form for key in keys.values() for form in (key, base64.b64decode(key).hex())]
+
+
+def leaks(outputs: dict[str, str], keys: list[str]) -> list[str]:
+    """Where a key shows up, by output name only, so a failure never prints a key."""
+    return sorted(where for where, text in outputs.items() if any(k in text for k in keys))
+
+
+def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "plan", *args], cwd=cwd, capture_output=True, text=True, check=False
+    )
+
+
+def test_tree_shows_resources_nested_with_inputs_and_user_data(capsys):
+    assert cli.main(["dev"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+
+    for type_ in (
+        "wg-site-to-site:index:SiteToSite",
+        "pulumi:providers:aws",
+        "aws:ec2/vpc:Vpc",
+        "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+        "aws:ssm/parameter:Parameter",
+        "aws:iam/rolePolicy:RolePolicy",
+        "aws:ec2/instance:Instance",
+    ):
+        assert type_ in out
+    # Region after the name; children one level below their component.
+    assert "    │   ├── aws:ec2/instance:Instance alpha-gateway (us-east-1)" in lines
+    assert "    │   ├── aws:ec2/instance:Instance beta-gateway (eu-west-1)" in lines
+    # The rendered cloud-init as a readable block, not one escaped string.
+    user_data = next(i for i, line in enumerate(lines) if line.endswith("userData: |"))
+    assert lines[user_data + 1].endswith("    #cloud-config")
+    assert any(line.endswith("      ListenPort = 51000") for line in lines)
+    assert any(line.endswith(" sourceDestCheck: false") for line in lines)
+    # Secrets are shown as such; the key parameter's value is one.
+    assert any(line.endswith(" value: [secret]") for line in lines)
+    assert lines[-1].startswith(f"{len(plan_stack('dev').resources)} resources:")
+
+
+def test_children_sorted_by_type_then_name():
+    def resource(type_: str, name: str, parent: str | None) -> dict[str, Any]:
+        return {
+            "urn": f"urn:{type_}::{name}",
+            "type": type_,
+            "name": name,
+            "parent": parent,
+            "region": None,
+            "custom": True,
+            "inputs": {},
+        }
+
+    root = resource("a:index:Root", "root", None)
+    document = {
+        "resources": [
+            resource("b:index:B", "y", "urn:a:index:Root::root"),
+            resource("b:index:B", "x", "urn:a:index:Root::root"),
+            resource("a:index:A", "z", "urn:a:index:Root::root"),
+            root,
+        ]
+    }
+    assert tree_lines(document, inputs=False) == [
+        "└── a:index:Root root",
+        "    ├── a:index:A z",
+        "    ├── b:index:B x",
+        "    └── b:index:B y",
+    ]
+
+
+def test_values_print_secret_unknown_nested_and_blocks():
+    lines = value_lines(
+        "k", {"b": [1, "[secret]"], "a": "(unknown)", "c": "one\ntwo\n", "d": "false"}
+    )
+    assert lines == [
+        "k:",
+        "    a: (unknown)",
+        "    b:",
+        "        - 1",
+        "        - [secret]",
+        "    c: |",
+        "        one",
+        "        two",
+        '    d: "false"',
+    ]
+
+
+def test_json_is_deterministic_and_complete(tmp_path, capsys):
+    first, second = tmp_path / "1.json", tmp_path / "2.json"
+    assert cli.main(["dev", "--json", str(first)]) == 0
+    assert cli.main(["dev", "--json", str(second)]) == 0
+    capsys.readouterr()
+    assert first.read_bytes() == second.read_bytes()
+
+    document = json.loads(first.read_text())
+    assert sorted(document) == ["exports", "resources", "stack"]
+    assert document["stack"] == "dev"
+    urns = [r["urn"] for r in document["resources"]]
+    assert urns == sorted(urns)
+    assert len(urns) == len(plan_stack("dev").resources)
+    for resource in document["resources"]:
+        assert sorted(resource) == [
+            "custom",
+            "inputs",
+            "name",
+            "options",
+            "parent",
+            "provider",
+            "region",
+            "type",
+            "urn",
+        ]
+    by_name = {(r["type"], r["name"]): r for r in document["resources"]}
+    parameter = by_name["aws:ssm/parameter:Parameter", "alpha-wireguard-key"]
+    assert parameter["inputs"]["value"] == "[secret]"
+    assert parameter["region"] == "us-east-1"
+    instance = by_name["aws:ec2/instance:Instance", "beta-gateway"]
+    assert instance["region"] == "eu-west-1"
+    assert "ListenPort = 51000" in instance["inputs"]["userData"]
+    assert document["exports"]["sites"]["alpha"]["publicIp"] == "203.0.113.10"
+
+
+def test_no_private_key_in_tree_or_json(tmp_path, capsys):
+    path = tmp_path / "plan.json"
+    assert cli.main(["dev", "--json", str(path)], planted_keys=PLANTED) == 0
+    captured = capsys.readouterr()
+    # The planted keys were used: each gateway's config names the other's public key.
+    assert public_key(PLANTED["alpha-wireguard-key"]) in captured.out
+    assert public_key(PLANTED["beta-wireguard-key"]) in captured.out
+    outputs = {"stdout": captured.out, "stderr": captured.err, "json": path.read_text()}
+    assert leaks(outputs, key_forms(PLANTED)) == []
+
+
+def test_default_plan_keys_are_not_shown_either():
+    ran = run("dev")
+    assert ran.returncode == 0
+    keys = {site: plan_private_key("dev", f"{site}-wireguard-key") for site in ("alpha", "beta")}
+    assert leaks({"stdout": ran.stdout, "stderr": ran.stderr}, key_forms(keys)) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nope"], "no config file for stack 'nope'"),
+        (["dev", "--diff", "no-such-ref"], "git ref 'no-such-ref' does not name a commit"),
+    ],
+    ids=["unknown-stack", "unknown-ref"],
+)
+def test_bad_input_is_one_line_and_exit_2(args, message):
+    ran = run(*args)
+    assert ran.returncode == 2
+    assert ran.stdout == ""
+    assert ran.stderr.count("\n") == 1
+    assert message in ran.stderr
+    assert "Traceback" not in ran.stderr
+
+
+def test_invalid_config_lists_each_problem_and_exits_2(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("__main__.py", "core", "components", "plan", "cloud-init", "stacks"):
+        source = REPO / name
+        target = project / name
+        if source.is_dir():
+            subprocess.run(["cp", "-r", str(source), str(target)], check=True)
+        else:
+            target.write_text(source.read_text())
+    (project / "stacks" / "Pulumi.broken.yaml").write_text(
+        (REPO / "stacks" / "Pulumi.dev.yaml")
+        .read_text()
+        .replace("port: 51000", "port: 0")
+        .replace("mtu: 1420", "mtu: 100")
+    )
+    ran = run("broken", cwd=project)
+    assert ran.returncode == 2
+    assert "Traceback" not in ran.stderr
+    lines = ran.stderr.splitlines()
+    assert lines[0] == "python -m plan: invalid stack config:"
+    assert any("wg-site-to-site:tunnel.port" in line for line in lines[1:])
+    assert any("wg-site-to-site:tunnel.mtu" in line for line in lines[1:])
+
+
+def test_unwritable_json_is_bad_input(tmp_path):
+    ran = run("dev", "--json", str(tmp_path / "missing-dir" / "plan.json"))
+    assert ran.returncode == 2
+    assert "cannot write" in ran.stderr
+    assert "Traceback" not in ran.stderr
+
+
+def test_each_redaction_layer_works_on_its_own():
+    # End to end the two layers cover for each other, so each is checked alone here.
+    secret, output = "marked-secret-value", "0123456789abcdef-secret-output"
+    plan = Plan(
+        stack="t",
+        config={},
+        resources=[
+            PlannedResource(
+                urn="urn:t::x",
+                type="random:index/randomBytes:RandomBytes",
+                name="x",
+                parent=None,
+                custom=True,
+                provider=None,
+                inputs={"marked": Secret(secret), "copied": f"a {secret} b", "later": Unknown()},
+                outputs={"hex": output},
+                options={"additionalSecretOutputs": ["hex"]},
+            )
+        ],
+        exports={"derived": f"key={output}"},
+    )
+    public = public_document(plan)
+    assert public["resources"][0]["inputs"] == {
+        "copied": "a [secret] b",
+        "later": "(unknown)",
+        "marked": "[secret]",
+    }
+    assert public["exports"] == {"derived": "key=[secret]"}
+    assert public_value(Secret("short"), frozenset()) == "[secret]"

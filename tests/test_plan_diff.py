@@ -1,0 +1,206 @@
+"""`python -m plan STACK --diff REF`, in throwaway git repositories holding this project."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from plan import cli
+from plan.engine import REPO, plan_private_key
+from tests.test_plan_cli import PLANTED, key_forms, leaks
+
+GIT = ["git", "-c", "user.name=plan tests", "-c", "user.email=plan@example.invalid"]
+GIT += ["-c", "commit.gpgsign=false", "-c", "init.defaultBranch=main"]
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        [*GIT, *args], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def copy_project(target: Path) -> None:
+    """The working tree as it is now (committed or not), without what git ignores."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = REPO / name
+        if name.startswith("node_modules/") or not source.is_file():
+            continue
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target / name)
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("pristine")
+    copy_project(repo)
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "the project as it is")
+    return repo
+
+
+@pytest.fixture
+def repo(pristine: Path, tmp_path: Path) -> Path:
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(pristine), str(clone))
+    return clone
+
+
+def change_stack(repo: Path, stack: str, old: str, new: str) -> None:
+    path = repo / "stacks" / f"Pulumi.{stack}.yaml"
+    text = path.read_text()
+    assert text.count(old) == 1
+    path.write_text(text.replace(old, new))
+    git(repo, "commit", "-q", "-am", f"{stack}: {old} -> {new}")
+
+
+def plan_diff(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "plan", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def worktrees(repo: Path) -> list[str]:
+    return [
+        line
+        for line in git(repo, "worktree", "list", "--porcelain").splitlines()
+        if line.startswith("worktree ")
+    ]
+
+
+def test_firewall_port_change_replaces_both_gateways_and_nothing_else(repo, tmp_path):
+    change_stack(repo, "dev", "port: 22\n", "port: 2222\n")
+    out = tmp_path / "diff.json"
+
+    ran = plan_diff(repo, "dev", "--diff", "HEAD~1", "--json", str(out))
+
+    assert ran.returncode == 0, ran.stderr
+    diff = json.loads(out.read_text())
+    changed = {(c["op"], c["type"], c["name"]) for c in diff["changes"]}
+    assert changed == {
+        ("replace", "aws:ec2/instance:Instance", "alpha-gateway"),
+        ("replace", "aws:ec2/instance:Instance", "beta-gateway"),
+    }
+    for change in diff["changes"]:
+        assert [p["key"] for p in change["properties"]] == ["userData"]
+    assert diff["summary"]["create"] == diff["summary"]["delete"] == 0
+    assert diff["summary"]["update"] == 0
+    assert diff["summary"]["replace"] == 2
+    # On the terminal: the replace marker and the changed lines of the rendered config.
+    assert "+- aws:ec2/instance:Instance alpha-gateway (us-east-1)" in ran.stdout
+    assert "+- aws:ec2/instance:Instance beta-gateway (eu-west-1)" in ran.stdout
+    removed = [line for line in ran.stdout.splitlines() if line.lstrip().startswith("-  ")]
+    added = [line for line in ran.stdout.splitlines() if line.lstrip().startswith("+  ")]
+    assert len(removed) == len(added) == 4  # PostUp and PreDown, on both gateways
+    assert all("--dport 22 " in line for line in removed)
+    assert all("--dport 2222 " in line for line in added)
+    unchanged = diff["summary"]["same"]
+    assert ran.stdout.splitlines()[-1] == (
+        f"Resources: 0 to create, 0 to update, 2 to replace, 0 to delete, {unchanged} unchanged"
+    )
+    assert worktrees(repo) == [f"worktree {repo}"]
+
+
+def test_instance_type_change_updates_one_instance_and_respects_ignore_changes(repo):
+    change_stack(repo, "dev", "interface: wgB\n", "interface: wgB\n      instanceType: t3.micro\n")
+
+    ran = plan_diff(repo, "dev", "--diff", "HEAD~1")
+
+    assert ran.returncode == 0, ran.stderr
+    marked = [line for line in ran.stdout.splitlines() if line[:2] in ("+ ", "- ", "~ ", "+-")]
+    assert marked == ["~  aws:ec2/instance:Instance beta-gateway (eu-west-1)"]
+    # The x86 AMI differs too, but the program ignores changes to `ami`.
+    assert '      ~ instanceType: "t4g.nano" => "t3.micro"' in ran.stdout.splitlines()
+    assert "ami" not in ran.stdout
+
+
+def test_unchanged_stack_reports_no_changes(repo):
+    ran = plan_diff(repo, "dev", "--diff", "HEAD")
+
+    assert ran.returncode == 0, ran.stderr
+    lines = ran.stdout.splitlines()
+    assert "No changes." in lines
+    assert lines[-1].startswith("Resources: 0 to create, 0 to update, 0 to replace, 0 to delete, ")
+    assert not lines[-1].endswith(" 0 unchanged")
+
+
+def test_stack_missing_at_ref_is_all_create(repo):
+    stacks = repo / "stacks"
+    shutil.copy(stacks / "Pulumi.dev.yaml", stacks / "Pulumi.fresh.yaml")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "a new stack")
+
+    ran = plan_diff(repo, "fresh", "--diff", "HEAD~1")
+
+    assert ran.returncode == 0, ran.stderr
+    creates = [line for line in ran.stdout.splitlines() if line.startswith("+  ")]
+    summary = ran.stdout.splitlines()[-1]
+    assert summary == (
+        f"Resources: {len(creates)} to create, 0 to update, 0 to replace, 0 to delete, 0 unchanged"
+    )
+    assert len(creates) > 40
+
+
+def test_failing_plan_at_ref_is_bad_input_and_worktree_is_removed(repo):
+    change_stack(repo, "dev", "port: 51000", "port: 0")
+    change_stack(repo, "dev", "port: 0", "port: 51000")
+
+    ran = plan_diff(repo, "dev", "--diff", "HEAD~1")
+
+    assert ran.returncode == 2
+    assert "Traceback" not in ran.stderr
+    assert "planning dev at HEAD~1 failed" in ran.stderr
+    assert "wg-site-to-site:tunnel.port" in ran.stderr
+    assert worktrees(repo) == [f"worktree {repo}"]
+
+
+def test_unknown_ref_is_one_line_exit_2(repo):
+    ran = plan_diff(repo, "dev", "--diff", "no-such-branch")
+
+    assert ran.returncode == 2
+    assert ran.stderr.splitlines() == [
+        f"python -m plan: git ref 'no-such-branch' does not name a commit in {repo}"
+    ]
+
+
+def test_not_a_git_repository_is_one_line_exit_2(tmp_path):
+    project = tmp_path / "no-git"
+    project.mkdir()
+    copy_project(project)
+
+    ran = plan_diff(project, "dev", "--diff", "HEAD")
+
+    assert ran.returncode == 2
+    assert len(ran.stderr.splitlines()) == 1
+    assert "needs a git repository" in ran.stderr
+    assert "Traceback" not in ran.stderr
+
+
+def test_diff_never_shows_private_keys(repo, tmp_path, capsys, monkeypatch):
+    # Planted keys on this side, the engine's derived keys at REF: every userData changes.
+    monkeypatch.chdir(repo)
+    out = tmp_path / "diff.json"
+
+    status = cli.main(["dev", "--diff", "HEAD", "--json", str(out)], planted_keys=PLANTED)
+
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    assert "+- aws:ec2/instance:Instance alpha-gateway (us-east-1)" in captured.out
+    derived = {s: plan_private_key("dev", f"{s}-wireguard-key") for s in ("alpha", "beta")}
+    outputs = {"stdout": captured.out, "stderr": captured.err, "json": out.read_text()}
+    assert leaks(outputs, key_forms(PLANTED) + key_forms(derived)) == []

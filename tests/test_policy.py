@@ -1,0 +1,473 @@
+"""The policy pack: each rule passes the shipped stacks and catches its violation."""
+
+from __future__ import annotations
+
+import copy
+import json
+import runpy
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import pulumi_policy
+import pytest
+from pulumi_policy import (
+    PolicyCustomTimeouts,
+    PolicyResource,
+    PolicyResourceOptions,
+    ResourceValidationArgs,
+    StackValidationArgs,
+)
+from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, unknown_checking_proxy
+
+from plan.document import public_document
+from plan.engine import REPO, plan_stack
+from policy import offline, pack, rules
+
+Document = dict[str, Any]
+INSTANCE = "aws:ec2/instance:Instance"
+ALPHA_KEY = "/wg-site-to-site/dev/alpha/wireguard-private-key"
+BETA_ARN = (
+    "arn:aws:ssm:eu-west-1:123456789012:parameter/wg-site-to-site/dev/beta/wireguard-private-key"
+)
+
+
+@pytest.fixture(scope="module")
+def dev() -> Document:
+    return public_document(plan_stack("dev"))
+
+
+def resource(document: Document, type_: str, name: str) -> Document:
+    found: list[Document] = [
+        r for r in document["resources"] if r["type"] == type_ and r["name"] == name
+    ]
+    assert len(found) == 1
+    return found[0]
+
+
+def violations(document: Document) -> list[rules.Violation]:
+    return rules.evaluate(offline.resources_from_document(document, document["stack"]))
+
+
+def set_input(type_: str, name: str, path: str, value: Any) -> Callable[[Document], None]:
+    def mutate(document: Document) -> None:
+        *parents, last = path.split(".")
+        target = resource(document, type_, name)["inputs"]
+        for key in parents:
+            target = target[key]
+        if value is None:
+            del target[last]
+        else:
+            target[last] = value
+
+    return mutate
+
+
+def edit_user_data(name: str, old: str, new: str) -> Callable[[Document], None]:
+    def mutate(document: Document) -> None:
+        inputs = resource(document, INSTANCE, name)["inputs"]
+        assert old in inputs["userData"]
+        inputs["userData"] = inputs["userData"].replace(old, new, 1)
+
+    return mutate
+
+
+def edit_policy(name: str, edit: Callable[[dict[str, Any]], None]) -> Callable[[Document], None]:
+    def mutate(document: Document) -> None:
+        inputs = resource(document, "aws:iam/rolePolicy:RolePolicy", name)["inputs"]
+        policy = json.loads(inputs["policy"])
+        edit(policy["Statement"][0])
+        inputs["policy"] = json.dumps(policy)
+
+    return mutate
+
+
+def add_resource(type_: str, name: str, inputs: dict[str, Any]) -> Callable[[Document], None]:
+    def mutate(document: Document) -> None:
+        document["resources"].append(
+            {
+                "urn": f"urn:pulumi:dev::wg-site-to-site::{type_}::{name}",
+                "type": type_,
+                "name": name,
+                "parent": None,
+                "provider": None,
+                "region": "us-east-1",
+                "custom": True,
+                "inputs": inputs,
+                "options": {"dependsOn": []},
+            }
+        )
+
+    return mutate
+
+
+# Indented as the wg-quick config is inside the cloud-config.
+WG_LINE = "      MTU = 1420\n"
+# Key-shaped, made up: not the key of anything.
+FAKE_KEY = "mC" + "A" * 41 + "="
+
+CASES = [
+    (
+        "wireguard-port-not-public",
+        set_input(
+            "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+            "alpha-tunnel-from-peer",
+            "cidrIpv4",
+            "0.0.0.0/0",
+        ),
+        "alpha-tunnel-from-peer",
+        "admits udp from 0.0.0.0/0",
+    ),
+    (
+        "wireguard-port-not-public",
+        set_input(
+            "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+            "beta-from-site",
+            "cidrIpv4",
+            "0.0.0.0/0",
+        ),
+        "beta-from-site",
+        "admits all protocols from 0.0.0.0/0",
+    ),
+    (
+        "wireguard-port-not-public",
+        set_input(
+            "aws:ec2/securityGroup:SecurityGroup",
+            "alpha-gateway",
+            "ingress",
+            [{"protocol": "udp", "fromPort": 51000, "toPort": 51000, "ipv6CidrBlocks": ["::/0"]}],
+        ),
+        "alpha-gateway",
+        "ingress[0] admits udp from ::/0",
+    ),
+    (
+        "wireguard-port-not-public",
+        add_resource(
+            "aws:ec2/securityGroupRule:SecurityGroupRule",
+            "open-tunnel",
+            {
+                "type": "ingress",
+                "protocol": "-1",
+                "fromPort": 0,
+                "toPort": 0,
+                "cidrBlocks": ["0.0.0.0/0"],
+            },
+        ),
+        "open-tunnel",
+        "admits all protocols from 0.0.0.0/0",
+    ),
+    (
+        "gateway-instance-settings",
+        set_input(INSTANCE, "alpha-gateway", "sourceDestCheck", True),
+        "alpha-gateway",
+        "sourceDestCheck is True",
+    ),
+    (
+        "gateway-instance-settings",
+        set_input(INSTANCE, "beta-gateway", "sourceDestCheck", None),
+        "beta-gateway",
+        "sourceDestCheck is absent (AWS defaults it to true)",
+    ),
+    (
+        "gateway-instance-settings",
+        set_input(INSTANCE, "alpha-gateway", "metadataOptions.httpTokens", "optional"),
+        "alpha-gateway",
+        "metadataOptions.httpTokens is 'optional', not 'required'",
+    ),
+    (
+        "encrypted-root-volume",
+        set_input(INSTANCE, "beta-gateway", "rootBlockDevice.encrypted", False),
+        "beta-gateway",
+        "rootBlockDevice.encrypted is False, not true",
+    ),
+    (
+        "encrypted-root-volume",
+        set_input(INSTANCE, "beta-gateway", "rootBlockDevice", None),
+        "beta-gateway",
+        "rootBlockDevice.encrypted is absent, not true",
+    ),
+    (
+        "no-private-key-in-user-data",
+        edit_user_data("alpha-gateway", WG_LINE, f"{WG_LINE}      PrivateKey = {FAKE_KEY}\n"),
+        "alpha-gateway",
+        "is a PrivateKey line",
+    ),
+    (
+        "no-private-key-in-user-data",
+        edit_user_data("beta-gateway", "runcmd:\n", f"runcmd:\n  - [echo, {FAKE_KEY}]\n"),
+        "beta-gateway",
+        "holds a WireGuard-key-shaped value outside a PublicKey line",
+    ),
+    (
+        "key-parameter-secure-string",
+        set_input("aws:ssm/parameter:Parameter", "alpha-wireguard-key", "type", "String"),
+        "alpha-wireguard-key",
+        f"parameter {ALPHA_KEY} holds a private key but has type 'String'",
+    ),
+    (
+        "gateway-reads-only-own-key",
+        edit_policy("alpha-read-own-key", lambda s: s.update(Resource="*")),
+        "alpha-read-own-key",
+        "Resource '*' is a wildcard",
+    ),
+    (
+        "gateway-reads-only-own-key",
+        edit_policy("alpha-read-own-key", lambda s: s.update(Resource=BETA_ARN)),
+        "alpha-read-own-key",
+        f"Resource '{BETA_ARN}' is not its own key parameter {ALPHA_KEY}",
+    ),
+    (
+        "gateway-reads-only-own-key",
+        edit_policy("alpha-read-own-key", lambda s: s.update(Action="ssm:Get*")),
+        "alpha-read-own-key",
+        "Action 'ssm:Get*' is a wildcard",
+    ),
+    (
+        "no-nat",
+        edit_user_data(
+            "beta-gateway",
+            WG_LINE,
+            f"{WG_LINE}      PostUp = iptables -t nat -A POSTROUTING -o ens5 -j MASQUERADE\n",
+        ),
+        "beta-gateway",
+        "uses NAT",
+    ),
+]
+
+
+def test_shipped_stacks_pass_every_policy(dev):
+    assert violations(dev) == []
+    assert rules.evaluate(offline.resources_from_plan(plan_stack("single-region"))) == []
+
+
+def test_every_policy_has_a_violating_case():
+    names = {r.name for r in (*rules.RESOURCE_RULES, *rules.STACK_RULES)}
+    assert {case[0] for case in CASES} == names
+
+
+@pytest.mark.parametrize(
+    ("policy", "mutate", "name", "message"),
+    CASES,
+    ids=[f"{case[0]}-{index}" for index, case in enumerate(CASES)],
+)
+def test_policy_catches_its_violation(dev, policy, mutate, name, message):
+    document = copy.deepcopy(dev)
+    mutate(document)
+
+    found = violations(document)
+
+    assert [(v.policy, v.name) for v in found] == [(policy, name)]
+    assert message in found[0].message
+    assert FAKE_KEY not in found[0].message
+
+
+def test_gateway_role_with_a_second_parameter_is_caught(dev):
+    document = copy.deepcopy(dev)
+    own = f"arn:aws:ssm:us-east-1:123456789012:parameter{ALPHA_KEY}"
+    edit_policy("alpha-read-own-key", lambda s: s.update(Resource=[own, BETA_ARN]))(document)
+
+    found = violations(document)
+
+    assert [(v.policy, v.name) for v in found] == [
+        ("gateway-reads-only-own-key", "alpha-read-own-key")
+    ]
+
+
+def test_gateway_known_only_by_user_data_digest_may_read_one_parameter(dev):
+    # Stack policies see outputs, where the provider keeps a SHA-1 of the user data.
+    document = copy.deepcopy(dev)
+    set_input(INSTANCE, "alpha-gateway", "userData", "0" * 40)(document)
+    assert violations(document) == []
+
+    own = f"arn:aws:ssm:us-east-1:123456789012:parameter{ALPHA_KEY}"
+    edit_policy("alpha-read-own-key", lambda s: s.update(Resource=[own, BETA_ARN]))(document)
+    found = violations(document)
+
+    assert [(v.policy, v.name) for v in found] == [
+        ("gateway-reads-only-own-key", "alpha-read-own-key")
+    ]
+    assert found[0].message.endswith("grants ssm:GetParameter* on 2 parameters, not one")
+
+
+def test_unknown_values_cannot_be_judged_but_absent_ones_can(dev):
+    document = copy.deepcopy(dev)
+    set_input(INSTANCE, "alpha-gateway", "sourceDestCheck", "(unknown)")(document)
+    set_input(INSTANCE, "beta-gateway", "userData", "(unknown)")(document)
+    set_input(INSTANCE, "beta-gateway", "sourceDestCheck", True)(document)
+    set_input("aws:iam/rolePolicy:RolePolicy", "beta-read-own-key", "policy", "(unknown)")(document)
+    # Not known to be a gateway (its user data is unknown), so no gateway settings apply.
+    assert violations(document) == []
+
+
+def test_user_data_comments_may_mention_nat():
+    props = {"userData": "#cloud-config\n# no NAT: no MASQUERADE, no SNAT\nruncmd: []\n"}
+    assert rules.no_nat(INSTANCE, props) == []
+    props = {"userData": "#!/bin/sh\nnft add rule ip nat postrouting masquerade\n"}
+    assert rules.no_nat(INSTANCE, props) != []
+
+
+def write(tmp_path, document: Document) -> str:
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(document))
+    return str(path)
+
+
+def test_offline_runner_passes_shipped_stacks(capsys):
+    assert offline.main(["dev"]) == 0
+    assert offline.main(["single-region"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("stack dev: all 7 mandatory policies pass")
+    assert lines[1].startswith("stack single-region: all 7 mandatory policies pass")
+
+
+def test_offline_runner_fails_a_violating_plan_json(dev, tmp_path, capsys):
+    document = copy.deepcopy(dev)
+    set_input(INSTANCE, "alpha-gateway", "sourceDestCheck", True)(document)
+    set_input("aws:ssm/parameter:Parameter", "beta-wireguard-key", "type", "String")(document)
+
+    assert offline.main(["dev", "--plan-json", write(tmp_path, document)]) == 1
+
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(
+        "gateway-instance-settings: aws:ec2/instance:Instance alpha-gateway: sourceDestCheck"
+    )
+    assert lines[1].startswith(
+        "key-parameter-secure-string: aws:ssm/parameter:Parameter beta-wireguard-key: parameter"
+    )
+    assert lines[2].startswith("stack dev: 2 violations of 2 of 7 mandatory policies")
+
+
+def test_offline_runner_accepts_its_own_plan_json(dev, tmp_path):
+    assert offline.main(["dev", "--plan-json", write(tmp_path, dev)]) == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "is not JSON"),
+        ('{"stack": "dev"}', "not a plan written by `python -m plan --json`"),
+        ('{"stack": "single-region", "resources": []}', "the plan is of stack 'single-region'"),
+    ],
+    ids=["not-json", "not-a-plan", "other-stack"],
+)
+def test_offline_runner_bad_plan_json_is_exit_2(tmp_path, capsys, content, message):
+    path = tmp_path / "plan.json"
+    path.write_text(content)
+
+    assert offline.main(["dev", "--plan-json", str(path)]) == 2
+
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1
+    assert message in err
+
+
+def test_offline_runner_unknown_stack_is_exit_2(capsys):
+    assert offline.main(["nope"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1
+    assert "no config file for stack 'nope'" in err[0]
+
+
+def test_policy_pack_builds_every_policy_as_mandatory(monkeypatch):
+    built: list[dict[str, Any]] = []
+    # The real constructor serves the policies to the engine and never returns.
+    monkeypatch.setattr(pulumi_policy, "PolicyPack", lambda **kwargs: built.append(kwargs))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+
+    runpy.run_path(str(REPO / "policy" / "__main__.py"), run_name="__main__")
+
+    (kwargs,) = built
+    assert kwargs["name"] == "wg-site-to-site"
+    assert kwargs["enforcement_level"] == pulumi_policy.EnforcementLevel.MANDATORY
+    policies = kwargs["policies"]
+    assert [p.name for p in policies] == [
+        r.name for r in (*rules.RESOURCE_RULES, *rules.STACK_RULES)
+    ]
+    assert all(p.enforcement_level == pulumi_policy.EnforcementLevel.MANDATORY for p in policies)
+    assert sum(isinstance(p, pulumi_policy.StackValidationPolicy) for p in policies) == 1
+
+
+class Reports(list[tuple[str, str | None]]):
+    """A report_violation callback that keeps what it is told."""
+
+    def __call__(self, message: str, urn: str | None = None) -> None:
+        self.append((message, urn))
+
+
+def _resource_policy(name: str) -> pulumi_policy.ResourceValidationPolicy:
+    (found,) = [p for p in pack.policies() if p.name == name]
+    assert isinstance(found, pulumi_policy.ResourceValidationPolicy)
+    return found
+
+
+def _stack_policy(name: str) -> pulumi_policy.StackValidationPolicy:
+    (found,) = [p for p in pack.policies() if p.name == name]
+    assert isinstance(found, pulumi_policy.StackValidationPolicy)
+    return found
+
+
+def _options() -> PolicyResourceOptions:
+    return PolicyResourceOptions(False, [], None, [], PolicyCustomTimeouts(0, 0, 0), [])
+
+
+def _resource_args(props: dict[str, Any]) -> ResourceValidationArgs:
+    # As the engine passes props: behind the proxy that raises on unknown values.
+    proxied = unknown_checking_proxy(props)
+    return ResourceValidationArgs(INSTANCE, proxied, "urn:x", "gw", _options(), None)
+
+
+def test_resource_policy_reports_through_the_pulumi_policy_api(dev):
+    props = copy.deepcopy(resource(dev, INSTANCE, "alpha-gateway")["inputs"])
+    props["metadataOptions"]["httpTokens"] = "optional"
+    reported = Reports()
+
+    _resource_policy("gateway-instance-settings").validate(_resource_args(props), reported)
+
+    assert len(reported) == 1
+    assert "httpTokens is 'optional'" in reported[0][0]
+
+
+def test_resource_policy_treats_engine_unknowns_as_not_known_yet(dev):
+    props = copy.deepcopy(resource(dev, INSTANCE, "alpha-gateway")["inputs"])
+    props["sourceDestCheck"] = UNKNOWN_STRING_VALUE
+    props["rootBlockDevice"]["encrypted"] = UNKNOWN_STRING_VALUE
+    reported = Reports()
+    for name in ("gateway-instance-settings", "encrypted-root-volume"):
+        _resource_policy(name).validate(_resource_args(props), reported)
+    assert reported == []
+
+
+def test_stack_policy_follows_dependencies_through_the_pulumi_policy_api(dev):
+    document = copy.deepcopy(dev)
+    edit_policy("beta-read-own-key", lambda s: s.update(Resource="*"))(document)
+    by_urn = {
+        r["urn"]: PolicyResource(
+            r["type"],
+            unknown_checking_proxy(r["inputs"]),
+            r["urn"],
+            r["name"],
+            _options(),
+            None,
+            None,
+            [],
+            {},
+        )
+        for r in document["resources"]
+    }
+    for r in document["resources"]:
+        by_urn[r["urn"]].dependencies.extend(
+            by_urn[d] for d in r["options"]["dependsOn"] if d in by_urn
+        )
+    reported = Reports()
+
+    _stack_policy("gateway-reads-only-own-key").validate(
+        StackValidationArgs(list(by_urn.values())), reported
+    )
+
+    beta_policy = resource(document, "aws:iam/rolePolicy:RolePolicy", "beta-read-own-key")
+    assert reported == [
+        (
+            "role policy of gateway beta-gateway's role beta-gateway: Resource '*' is a wildcard",
+            beta_policy["urn"],
+        )
+    ]
