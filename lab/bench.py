@@ -1,0 +1,180 @@
+"""`python -m lab bench STACK`: what the lab costs and what the tunnel costs.
+
+Each run plans, builds and tears down a fresh lab and measures: time from the start of
+`up` to the first a1->b1 echo reply; iperf3 TCP throughput a1->b1 through the tunnel;
+iperf3 between the two gateways' Elastic IPs over the same namespaces and the same
+1500-byte internet without the tunnel; and the teardown. Medians are reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from lab import LabError, netns
+from lab.build import SG_TABLE, Progress
+from lab.lifecycle import down, up
+from lab.preflight import preflight
+from lab.topology import Topology
+from plan.engine import Plan, plan_stack
+
+IPERF_SECONDS = 3
+TUNNEL_PORT = 5201
+PLAIN_PORT = 5202
+# The plain path has no clamping gateway in it: iperf3 asks for an MSS that fits 1500.
+PLAIN_MSS = 1460
+
+
+def iperf(server_ns: str, client_ns: str, address: str, port: int, mss: int | None) -> float:
+    """Throughput in Mbit/s, as received by the server."""
+    server = subprocess.Popen(
+        netns.in_ns(server_ns, ["iperf3", "-s", "-1", "-p", str(port)]),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=netns.clean_env(),
+    )
+    try:
+        argv = ["iperf3", "-c", address, "-p", str(port), "-t", str(IPERF_SECONDS), "-J"]
+        if mss:
+            argv += ["-M", str(mss)]
+        for _ in range(20):
+            result = netns.ns_run(client_ns, argv, check=False, timeout=IPERF_SECONDS + 20)
+            if result.returncode == 0:
+                report: dict[str, Any] = json.loads(result.stdout)
+                return float(report["end"]["sum_received"]["bits_per_second"]) / 1e6
+            time.sleep(0.1)  # the server was not listening yet
+        raise LabError(f"iperf3 {client_ns} -> {address}:{port} failed: {result.stdout[-200:]}")
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=5)
+
+
+def _allow_plain(topology: Topology) -> None:
+    # Bench only: the peer's security group admits the tunnel port alone, so the plain
+    # baseline gets its own rule, added to this short-lived lab and gone with it.
+    a, b = topology.sites
+    netns.ns_run(
+        b.gateway.namespace,
+        [
+            "nft",
+            "insert",
+            "rule",
+            "inet",
+            SG_TABLE,
+            "rules",
+            "ip",
+            "saddr",
+            str(a.gateway.elastic_ip),
+            "tcp",
+            "dport",
+            str(PLAIN_PORT),
+            "accept",
+        ],
+    )
+
+
+def one_run(stack: str, progress: Progress) -> tuple[dict[str, float], str]:
+    started = time.monotonic()
+    plan: Plan = plan_stack(stack)
+    planned = time.monotonic()
+    lab = up(plan, check_preconditions=False)
+    first = time.monotonic()
+    implementation = lab.state.implementation
+    if lab.first_reply is None:
+        down()
+        raise LabError("no reply through the tunnel; run `make lab` to see why")
+    try:
+        topology = lab.topology
+        a, b = topology.sites
+        tunnel = iperf(
+            b.hosts[0].namespace,
+            a.hosts[0].namespace,
+            str(b.hosts[0].address.ip),
+            TUNNEL_PORT,
+            None,
+        )
+        _allow_plain(topology)
+        plain = iperf(
+            b.gateway.namespace,
+            a.gateway.namespace,
+            str(b.gateway.elastic_ip),
+            PLAIN_PORT,
+            PLAIN_MSS,
+        )
+    finally:
+        before_down = time.monotonic()
+        down()
+    ended = time.monotonic()
+    result = {
+        "plan_s": planned - started,
+        "first_reply_s": first - started,
+        "tunnel_mbit_s": tunnel,
+        "plain_mbit_s": plain,
+        "ratio": tunnel / plain if plain else 0.0,
+        "teardown_s": ended - before_down,
+    }
+    progress("run: " + ", ".join(f"{key} {value:.2f}" for key, value in result.items()))
+    return result, implementation
+
+
+def _machine(implementation: str) -> dict[str, str]:
+    go = netns.run(["wireguard-go", "--version"], check=False).stdout.splitlines()
+    return {
+        "cpus": str(os.cpu_count()),
+        "kernel": platform.release(),
+        "wireguard": implementation,
+        "wireguard_go": go[0] if go else "not installed",
+    }
+
+
+def run_bench(plan: Plan, runs: int, output: str, progress: Progress) -> dict[str, Any]:
+    preflight()
+    if runs < 1:
+        raise LabError("--runs must be at least 1")
+    results = []
+    implementation = ""
+    for number in range(runs):
+        progress(f"run {number + 1} of {runs}")
+        result, implementation = one_run(plan.stack, progress)
+        results.append(result)
+    keys = list(results[0])
+    medians = {key: statistics.median(r[key] for r in results) for key in keys}
+    machine = _machine(implementation)
+    document = {
+        "stack": plan.stack,
+        "runs": results,
+        "median": medians,
+        "machine": machine,
+        "iperf_seconds": IPERF_SECONDS,
+    }
+    rows = [
+        ("plan the stack", f"{medians['plan_s']:.2f} s"),
+        ("start of up -> first a1->b1 reply", f"{medians['first_reply_s']:.2f} s"),
+        ("iperf3 a1->b1 through the tunnel", f"{medians['tunnel_mbit_s']:.0f} Mbit/s"),
+        ("iperf3 gateway->gateway, no tunnel", f"{medians['plain_mbit_s']:.0f} Mbit/s"),
+        ("tunnel / plain", f"{medians['ratio']:.2f}"),
+        ("teardown", f"{medians['teardown_s']:.2f} s"),
+    ]
+    print(f"lab bench, stack {plan.stack}, median of {runs} runs")
+    print(
+        f"machine: {machine['cpus']} cpus, kernel {machine['kernel']},"
+        f" {machine['wireguard']} ({machine['wireguard_go']})"
+    )
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value:>12}")
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"written to {path}")
+    return document

@@ -1,0 +1,405 @@
+"""Materializes a Topology in network namespaces, each piece behaving as its AWS part.
+
+- VPC router (one namespace per site): one Linux routing table per declared route table,
+  chosen by the subnet a packet arrives from; the source/dest check; the internet
+  gateway's 1:1 Elastic IP translation on its uplink. It does not decrement TTL, like
+  AWS's router, which never shows up in a traceroute.
+- Gateway: an instance in the public subnet (MTU 9001) whose security group is applied
+  statefully on its interface, in its own nftables table so that `iptables-save` in the
+  namespace shows only what the instance itself configured. It boots from its user data:
+  the files it writes, its runcmd (sysctl, key fetch, wg-quick), nothing else.
+- Internet: links of 9001 bytes that drop anything over 1500, so a tunnel MTU that is
+  too big is a black hole, as between AWS regions; plus a host that is not a peer.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from core.facts import FETCH_KEY_PATH
+from core.render import parse_user_data, written_files
+from lab import NETNS_ETC, PREFIX, REPO, LabError, netns
+from lab.state import State
+from lab.topology import (
+    EC2_MTU,
+    INTERNET_MTU,
+    LINK_HOST,
+    LINK_IGW,
+    LINK_PRIVATE,
+    LINK_PUBLIC,
+    LINK_STRANGER,
+    PROBE_INTERFACE,
+    STRANGER,
+    STRANGER_ROUTER,
+    IngressRule,
+    RouteTable,
+    Site,
+    Topology,
+)
+
+EDGE_TABLE = 100  # inbound from the internet gateway: the VPC's local routes only
+WG_QUICK_TIMEOUT = 30.0
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def etc_dir(namespace: str) -> Path:
+    return NETNS_ETC / namespace
+
+
+def in_etc(namespace: str, path: str) -> Path:
+    """Where a file the instance would write under /etc lives for `ip netns exec`."""
+    if not path.startswith("/etc/"):
+        raise ValueError(f"{path} is not under /etc")
+    return etc_dir(namespace) / path.removeprefix("/etc/")
+
+
+def wg_env(state: State) -> dict[str, str]:
+    if state.implementation == "wireguard-go":
+        return {"WG_QUICK_USERSPACE_IMPLEMENTATION": "wireguard-go"}
+    return {}
+
+
+def build(topology: Topology, state: State, progress: Progress = _quiet) -> list[str]:
+    """Builds everything, recording each piece in `state` first; returns notes to show."""
+    notes: list[str] = []
+    progress("namespaces and links")
+    _namespaces(topology, state)
+    _links(topology)
+    _addresses_and_routes(topology)
+    progress("VPC routers, internet gateways, security groups, the internet")
+    for site in topology.sites:
+        _vpc_router_rules(site)
+        _security_group(site.gateway.namespace, site.gateway.ingress, probe=True)
+        for host in site.hosts:
+            if host.ingress is not None:
+                _security_group(host.namespace, host.ingress, probe=False)
+        notes += [f"{site.name}: {note}" for note in site.notes]
+    _internet_carries_packets(topology)
+    netns.iptables_restore(
+        topology.internet_namespace,
+        f"*filter\n-A FORWARD -m length --length {INTERNET_MTU + 1}:65535 -j DROP\nCOMMIT\n",
+    )
+    state.implementation = _wireguard_implementation(topology.internet_namespace)
+    state.save()
+    for site in topology.sites:
+        progress(f"booting the {site.name} gateway from its user data ({state.implementation})")
+        notes += _boot_gateway(site, state)
+    return notes
+
+
+def _namespaces(topology: Topology, state: State) -> None:
+    forwarding = {topology.internet_namespace} | {s.vpc_namespace for s in topology.sites}
+    gateways = {s.gateway.namespace for s in topology.sites}
+    for namespace in topology.namespaces:
+        state.add("namespaces", namespace)
+        netns.add_namespace(namespace)
+        if namespace in gateways:
+            # A fresh Ubuntu instance: no forwarding until its user data turns it on.
+            settings = {"net.ipv4.ip_forward": "0", "net.ipv4.conf.all.rp_filter": "2"}
+            settings["net.ipv4.conf.default.rp_filter"] = "2"
+        else:
+            # AWS's router filters nothing by reverse path; the rest do not route.
+            on = "1" if namespace in forwarding else "0"
+            settings = {"net.ipv4.ip_forward": on, "net.ipv4.conf.all.rp_filter": "0"}
+            settings["net.ipv4.conf.default.rp_filter"] = "0"
+        # New namespaces inherit the host's defaults; pin ours before links exist.
+        netns.sysctl(namespace, settings)
+
+
+def _links(topology: Topology) -> None:
+    inet = topology.internet_namespace
+    for site in topology.sites:
+        netns.veth(inet, site.edge_link, site.vpc_namespace, LINK_IGW, EC2_MTU)
+        netns.veth(site.vpc_namespace, LINK_PUBLIC, site.gateway.namespace, LINK_HOST, EC2_MTU)
+        # One workload host per site: a veth is the subnet (a bridge would be the next step).
+        for host in site.hosts:
+            netns.veth(site.vpc_namespace, LINK_PRIVATE, host.namespace, LINK_HOST, EC2_MTU)
+    netns.veth(inet, LINK_STRANGER, topology.stranger_namespace, LINK_HOST, EC2_MTU)
+
+
+def _table_routes(site: Site, table: RouteTable) -> list[str]:
+    layout = site.facts.layout
+    lines = []
+    for route in table.routes:
+        number = table.table
+        if route.kind == "local":
+            lines += [
+                f"route add {layout.public_subnet} dev {LINK_PUBLIC} table {number}",
+                f"route add {layout.private_subnet} dev {LINK_PRIVATE} table {number}",
+                # The rest of the VPC CIDR has no subnet: AWS drops it.
+                f"route add blackhole {route.destination} table {number}",
+            ]
+        elif route.kind == "gateway":
+            lines.append(
+                f"route add {route.destination} via {route.via} dev {LINK_PUBLIC} table {number}"
+            )
+        elif route.kind == "internet":
+            lines.append(
+                f"route add {route.destination} via {site.edge_peer.ip} dev {LINK_IGW}"
+                f" table {number}"
+            )
+        else:
+            lines.append(f"route add blackhole {route.destination} table {number}")
+    return lines
+
+
+def _addresses_and_routes(topology: Topology) -> None:
+    inet = topology.internet_namespace
+    inet_lines = [
+        f"address add {STRANGER_ROUTER} dev {LINK_STRANGER}",
+        f"link set {LINK_STRANGER} up",
+    ]
+    for site in topology.sites:
+        layout = site.facts.layout
+        lines = [
+            f"address add {site.public_router} dev {LINK_PUBLIC}",
+            f"address add {site.private_router} dev {LINK_PRIVATE}",
+            f"address add {site.edge} dev {LINK_IGW}",
+            f"link set {LINK_PUBLIC} up",
+            f"link set {LINK_PRIVATE} up",
+            f"link set {LINK_IGW} up",
+            # What arrives through the internet gateway only reaches the VPC itself.
+            f"route add {layout.public_subnet} dev {LINK_PUBLIC} table {EDGE_TABLE}",
+            f"route add {layout.private_subnet} dev {LINK_PRIVATE} table {EDGE_TABLE}",
+        ]
+        tables = {site.public_table.table: site.public_table}
+        tables[site.private_table.table] = site.private_table
+        for table in tables.values():
+            lines += _table_routes(site, table)
+        # The subnet a packet comes from picks its route table; nothing falls through to
+        # the namespace's main table, so a missing route means no path, as in AWS.
+        for pref, link, number in (
+            (100, LINK_PUBLIC, site.public_table.table),
+            (110, LINK_PRIVATE, site.private_table.table),
+            (120, LINK_IGW, EDGE_TABLE),
+        ):
+            lines += [
+                f"rule add pref {pref} iif {link} lookup {number}",
+                f"rule add pref {pref + 1} iif {link} blackhole",
+            ]
+        netns.ip_batch(site.vpc_namespace, lines)
+
+        gateway = site.gateway
+        netns.ip_batch(
+            gateway.namespace,
+            [
+                f"address add {gateway.private_address} dev {LINK_HOST}",
+                f"link set {LINK_HOST} up",
+                f"route add default via {site.public_router.ip} dev {LINK_HOST}",
+            ],
+        )
+        for host in site.hosts:
+            netns.ip_batch(
+                host.namespace,
+                [
+                    f"address add {host.address} dev {LINK_HOST}",
+                    f"link set {LINK_HOST} up",
+                    f"route add default via {host.router} dev {LINK_HOST}",
+                ],
+            )
+        inet_lines += [
+            f"address add {site.edge_peer} dev {site.edge_link}",
+            f"link set {site.edge_link} up",
+            f"route add {gateway.elastic_ip}/32 via {site.edge.ip} dev {site.edge_link}",
+        ]
+    netns.ip_batch(inet, inet_lines)
+    netns.ip_batch(
+        topology.stranger_namespace,
+        [
+            f"address add {STRANGER} dev {LINK_HOST}",
+            f"link set {LINK_HOST} up",
+            f"route add default via {STRANGER_ROUTER.ip} dev {LINK_HOST}",
+        ],
+    )
+
+
+def _vpc_router_rules(site: Site) -> None:
+    gateway = site.gateway
+    private_ip, eip = gateway.private_address.ip, gateway.elastic_ip
+    rules = [
+        "*mangle",
+        # AWS's VPC router is not a hop: undo the decrement forwarding will do.
+        "-A PREROUTING -j TTL --ttl-inc 1",
+        "COMMIT",
+        "*nat",
+        # The internet gateway's 1:1 mapping between the Elastic IP and the private
+        # address. Only the outer tunnel packets pass here; what is inside is not touched.
+        f"-A PREROUTING -i {LINK_IGW} -d {eip}/32 -j DNAT --to-destination {private_ip}",
+        f"-A POSTROUTING -o {LINK_IGW} -s {private_ip}/32 -j SNAT --to-source {eip}",
+        "COMMIT",
+    ]
+    if gateway.source_dest_check:
+        rules += [
+            "*filter",
+            ":source-dest-check - [0:0]",
+            "-A FORWARD -j source-dest-check",
+            f"-A source-dest-check -i {LINK_PUBLIC} ! -s {private_ip}/32 -j DROP",
+            f"-A source-dest-check -o {LINK_PUBLIC} ! -d {private_ip}/32 -j DROP",
+            "COMMIT",
+        ]
+    netns.iptables_restore(site.vpc_namespace, "\n".join(rules) + "\n")
+
+
+_PROTOCOLS = {"6": "tcp", "17": "udp", "1": "icmp"}
+
+
+def _nft_match(rule: IngressRule) -> str:
+    match = f"ip saddr {rule.cidr}"
+    protocol = _PROTOCOLS.get(rule.protocol, rule.protocol)
+    if protocol in ("-1", "all"):
+        return match
+    if protocol in ("tcp", "udp"):
+        ports = ""
+        if rule.from_port is not None and rule.from_port >= 0:
+            high = rule.to_port if rule.to_port is not None else rule.from_port
+            span = str(rule.from_port) if high == rule.from_port else f"{rule.from_port}-{high}"
+            ports = f" {protocol} dport {span}"
+        return f"{match} meta l4proto {protocol}{ports}"
+    if protocol == "icmp":
+        return f"{match} meta l4proto icmp"
+    raise LabError(f"security group rule {rule.name}: protocol {rule.protocol!r} not modelled")
+
+
+SG_TABLE = "aws_security_group"
+
+
+def _security_group(namespace: str, ingress: tuple[IngressRule, ...], *, probe: bool) -> None:
+    """The group's ingress rules, stateful, on the instance's interface; egress is open."""
+    accepts = "\n".join(
+        f'    {_nft_match(rule)} counter accept comment "{rule.name}"' for rule in ingress
+    )
+    stranger = ""
+    if probe:
+        # Counters only: how many packets from the internet host reached the interface,
+        # and how many the security group let through to the instance.
+        stranger = (
+            "  chain probe_arrived {\n"
+            "    type filter hook prerouting priority -300; policy accept;\n"
+            f'    iifname "{LINK_HOST}" ip saddr {STRANGER.ip} counter\n'
+            "  }\n"
+            "  chain probe_admitted {\n"
+            "    type filter hook input priority 10; policy accept;\n"
+            f'    iifname "{LINK_HOST}" ip saddr {STRANGER.ip} counter\n'
+            "  }\n"
+        )
+    ruleset = (
+        f"table inet {SG_TABLE} {{\n"
+        "  chain rules {\n"
+        "    ct state established,related accept\n"
+        f"{accepts}\n"
+        '    counter drop comment "not admitted"\n'
+        "  }\n"
+        "  chain input {\n"
+        "    type filter hook input priority -10; policy accept;\n"
+        f'    iifname "{LINK_HOST}" jump rules\n'
+        "  }\n"
+        "  chain forward {\n"
+        "    type filter hook forward priority -10; policy accept;\n"
+        f'    iifname "{LINK_HOST}" jump rules\n'
+        "  }\n"
+        f"{stranger}"
+        "}\n"
+    )
+    netns.nft_apply(namespace, ruleset)
+
+
+def _internet_carries_packets(topology: Topology) -> None:
+    """Segmentation offloads off on every link into and inside the internet, so that the
+    1500-byte limit judges packets as a wire carries them, not 64 KB TSO batches."""
+    sides = [(site.vpc_namespace, [LINK_IGW]) for site in topology.sites]
+    sides.append((topology.stranger_namespace, [LINK_HOST]))
+    inet_links = [site.edge_link for site in topology.sites] + [LINK_STRANGER]
+    sides.append((topology.internet_namespace, inet_links))
+    for namespace, links in sides:
+        netns.ns_run(
+            namespace,
+            [sys.executable, "-m", "lab.agent", "offloads-off", *links],
+            env={"PYTHONPATH": str(REPO)},
+        )
+
+
+def _wireguard_implementation(namespace: str) -> str:
+    probe = netns.run(
+        ["ip", "-n", namespace, "link", "add", PROBE_INTERFACE, "type", "wireguard"], check=False
+    )
+    if probe.returncode == 0:
+        netns.run(["ip", "-n", namespace, "link", "del", PROBE_INTERFACE], check=False)
+        return "kernel"
+    if shutil.which("wireguard-go") is None:
+        raise LabError(
+            "the kernel has no WireGuard module and wireguard-go is not installed"
+            " (apt-get install wireguard-go)"
+        )
+    return "wireguard-go"
+
+
+def _write(path: Path, content: str, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Created with its final mode, so a key is never readable by others, not even briefly.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(content)
+    os.chmod(path, mode)
+
+
+def _boot_gateway(site: Site, state: State) -> list[str]:
+    """What cloud-init and systemd do with the user data, inside the gateway namespace."""
+    gateway, facts, ns = site.gateway, site.facts, site.gateway.namespace
+    etc = etc_dir(ns)
+    state.add("etc_dirs", str(etc))
+    state.add("interfaces", facts.interface)
+    # As the wireguard-tools package leaves it: only root may look inside.
+    (etc / "wireguard").mkdir(mode=0o700, parents=True, exist_ok=True)
+    (etc / "sysctl.d").mkdir(mode=0o755, parents=True, exist_ok=True)
+    files = written_files(gateway.user_data)
+    notes = []
+    for path, entry in files.items():
+        if path.startswith("/etc/"):
+            _write(in_etc(ns, path), entry["content"], int(entry["permissions"] or "0644", 8))
+    for command in parse_user_data(gateway.user_data).get("runcmd", []):
+        argv = [str(part) for part in command] if isinstance(command, list) else [str(command)]
+        if argv == ["sysctl", "--system"]:
+            # Only the files the user data wrote: --system would also read the host's own
+            # /usr/lib/sysctl.d and /etc/sysctl.conf, whose kernel.* settings are global.
+            for path in files:
+                if path.startswith("/etc/sysctl.d/"):
+                    netns.ns_run(ns, ["sysctl", "-q", "-p", path])
+        elif argv == [FETCH_KEY_PATH]:
+            # The boot-time fetch from SSM: the parameter's value into the key file.
+            _write(in_etc(ns, facts.key_path), gateway.private_key.strip() + "\n", 0o600)
+        elif argv[:3] == ["systemctl", "enable", "--now"] or argv[:2] == ["systemctl", "start"]:
+            unit = argv[-1]
+            if not unit.startswith("wg-quick@"):
+                notes.append(f"{site.name}: runcmd {' '.join(argv)} not emulated")
+                continue
+            netns.ns_run(
+                ns,
+                ["wg-quick", "up", unit.removeprefix("wg-quick@")],
+                env=wg_env(state),
+                timeout=WG_QUICK_TIMEOUT,
+            )
+        else:
+            notes.append(f"{site.name}: runcmd {' '.join(argv)} not emulated")
+    return notes
+
+
+def leftovers() -> list[str]:
+    """Names a previous lab run left behind."""
+    found = [ns for ns in netns.list_namespaces() if ns.startswith(PREFIX)]
+    if NETNS_ETC.is_dir():
+        found += [str(p) for p in sorted(NETNS_ETC.glob(f"{PREFIX}*"))]
+    links = netns.run(["ip", "-o", "link", "show"], check=False).stdout
+    for line in links.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) > 1 and parts[1].strip().split("@")[0].startswith(PREFIX):
+            found.append(parts[1].strip().split("@")[0])
+    return found

@@ -1,0 +1,476 @@
+"""Checks that the built lab carries traffic the way the guide and the plan say it should.
+
+Every figure comes from a real packet: pings, a trace, TCP connections to services on
+the workload hosts, a 50 MB transfer, and a would-be peer on the internet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from core.facts import IptablesRule
+from core.keys import public_key
+from lab import REPO, STATE_DIR, LabError, netns
+from lab.build import SG_TABLE
+from lab.report import Check
+from lab.state import State
+from lab.topology import PROBE_INTERFACE, STRANGER, Host, Site, Topology
+
+TRANSFER_BYTES = 50 * 1024 * 1024
+DATA_PORT = 5001
+# Candidates for a port no firewall rule covers (the "another TCP port passes" control).
+CONTROL_PORTS = (8080, 8081, 9000, 10080, 20080)
+HANDSHAKE_MAX_AGE = 180  # WireGuard drops a session after 180 s without a handshake
+AGENT_ENV = {"PYTHONPATH": str(REPO)}
+
+
+@dataclass(frozen=True)
+class Ping:
+    sent: int
+    received: int
+    rtt_ms: float | None
+
+    @property
+    def loss(self) -> float:
+        return 100.0 * (self.sent - self.received) / self.sent if self.sent else 100.0
+
+    def figure(self) -> str:
+        rtt = f", rtt {self.rtt_ms:.2f} ms" if self.rtt_ms is not None else ""
+        return f"{self.loss:.0f}% loss ({self.received}/{self.sent}){rtt}"
+
+
+def ping(
+    namespace: str,
+    destination: str,
+    *,
+    count: int = 5,
+    interval: float = 0.2,
+    size: int | None = None,
+    dont_fragment: bool = False,
+    wait: float = 1.0,
+) -> Ping:
+    argv = ["ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", str(wait)]
+    if size is not None:
+        argv += ["-s", str(size)]
+    if dont_fragment:
+        argv += ["-M", "do"]
+    result = netns.ns_run(
+        namespace, [*argv, destination], check=False, timeout=count * (interval + wait) + 5
+    )
+    stats = re.search(r"(\d+) packets transmitted, (\d+) received", result.stdout)
+    rtt = re.search(r"= [\d.]+/([\d.]+)/", result.stdout)
+    if not stats:
+        return Ping(count, 0, None)
+    return Ping(int(stats[1]), int(stats[2]), float(rtt[1]) if rtt else None)
+
+
+def wait_for_reply(namespace: str, destination: str, timeout: float) -> float | None:
+    """Seconds until the first echo reply, or None if none came within `timeout`."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if ping(namespace, destination, count=1, wait=0.5).received:
+            return time.monotonic() - started
+        time.sleep(0.05)
+    return None
+
+
+def agent(namespace: str, *args: str, timeout: float) -> dict[str, Any]:
+    result = netns.ns_run(
+        namespace,
+        [sys.executable, "-m", "lab.agent", *args],
+        env=AGENT_ENV,
+        timeout=timeout + 10,
+    )
+    answer: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return answer
+
+
+def send(
+    namespace: str,
+    host: str,
+    port: int,
+    size: int = 0,
+    *,
+    rate: float = 0,
+    timeout: float = 10.0,
+) -> dict[str, Any]:
+    return agent(
+        namespace,
+        "send",
+        host,
+        str(port),
+        "--bytes",
+        str(size),
+        "--rate",
+        str(rate),
+        "--timeout",
+        str(timeout),
+        timeout=timeout,
+    )
+
+
+@contextmanager
+def services(
+    namespace: str, tcp: list[int], udp: list[int] | None = None
+) -> Iterator[subprocess.Popen[str]]:
+    """Runs the agent's servers in a namespace for the duration of the block."""
+    argv = [sys.executable, "-m", "lab.agent", "serve"]
+    argv += [f"--tcp={port}" for port in tcp] + [f"--udp={port}" for port in udp or []]
+    process = subprocess.Popen(
+        netns.in_ns(namespace, argv),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=netns.clean_env(AGENT_ENV),
+    )
+    try:
+        assert process.stdout is not None
+        ready, _, _ = select.select([process.stdout], [], [], 10.0)
+        if not ready or process.stdout.readline().strip() != "ready":
+            error = process.stderr.read() if process.poll() is not None and process.stderr else ""
+            raise LabError(f"could not start services in {namespace}: {error.strip()[-200:]}")
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+def control_port(topology: Topology) -> int:
+    covered = [rule for rule in topology.sites[0].facts.rules if _rule_port(rule) is not None]
+    for port in CONTROL_PORTS:
+        if not any(_covers(rule, "tcp", port) for rule in covered):
+            return port
+    raise LabError("every control port is covered by a firewall rule")
+
+
+def _rule_port(rule: IptablesRule) -> tuple[str, int, int] | None:
+    match = re.search(r"-p (\w+) --dport (\d+)(?::(\d+))?", rule.spec)
+    if not match:
+        return None
+    return match[1], int(match[2]), int(match[3] or match[2])
+
+
+def _covers(rule: IptablesRule, protocol: str, port: int) -> bool:
+    spec = _rule_port(rule)
+    return spec is not None and spec[0] == protocol and spec[1] <= port <= spec[2]
+
+
+def _first_match(site: Site, protocol: str, port: int | None) -> str:
+    """What the receiving gateway's FORWARD chain does with it: its first matching rule."""
+    for rule in site.facts.rules:
+        if rule.table != "filter":
+            continue
+        if port is None and f"-p {protocol} " in rule.spec + " ":
+            return rule.spec.rsplit("-j ", 1)[1].lower()
+        if port is not None and _covers(rule, protocol, port):
+            return rule.spec.rsplit("-j ", 1)[1].lower()
+    return "accept"
+
+
+_EXPECTED = {"accept": "done", "reject": "refused", "drop": "timeout"}
+_SHOWN = {"done": "open", "refused": "refused", "timeout": "no answer"}
+
+
+@dataclass(frozen=True)
+class Direction:
+    source_site: Site
+    source: Host
+    target_site: Site
+    target: Host
+
+    @property
+    def label(self) -> str:
+        return f"{self.source.name}->{self.target.name}"
+
+
+def directions(topology: Topology) -> list[Direction]:
+    a, b = topology.sites
+    return [Direction(a, a.hosts[0], b, b.hosts[0]), Direction(b, b.hosts[0], a, a.hosts[0])]
+
+
+def check_ping(direction: Direction) -> Check:
+    result = ping(direction.source.namespace, str(direction.target.address.ip))
+    return Check(f"ping {direction.label}", result.loss == 0, result.figure())
+
+
+def check_handshake(site: Site) -> Check:
+    name = f"handshake {site.name} ({site.interface})"
+    result = netns.ns_run(
+        site.gateway.namespace, ["wg", "show", site.interface, "latest-handshakes"], check=False
+    )
+    if result.returncode != 0:
+        return Check(name, False, f"no interface ({result.stderr.strip()})")
+    stamps = [int(line.split()[1]) for line in result.stdout.splitlines() if line.strip()]
+    if not stamps or max(stamps) == 0:
+        return Check(name, False, "no handshake yet")
+    age = max(0, int(time.time()) - max(stamps))
+    return Check(name, age <= HANDSHAKE_MAX_AGE, f"latest handshake {age} s ago")
+
+
+def expected_hops(direction: Direction) -> list[str]:
+    """The guide's trace: own gateway, the other gateway's tunnel address, the host."""
+    return [
+        str(direction.source_site.gateway.private_address.ip),
+        str(direction.target_site.facts.tunnel_address.ip),
+        str(direction.target.address.ip),
+    ]
+
+
+def trace(namespace: str, destination: str) -> list[str]:
+    result = netns.ns_run(
+        namespace,
+        ["mtr", "-n", "-r", "-c", "3", "-i", "0.2", "-Z", "1", destination],
+        check=False,
+        timeout=30,
+    )
+    hops = re.findall(r"^\s*\d+\.\|--\s+(\S+)", result.stdout, flags=re.MULTILINE)
+    return [str(hop) for hop in hops]
+
+
+def check_trace(direction: Direction) -> Check:
+    hops = trace(direction.source.namespace, str(direction.target.address.ip))
+    expected = expected_hops(direction)
+    figure = f"hops {' '.join(hops) or 'none'}"
+    if hops != expected:
+        figure += f" (expected {' '.join(expected)})"
+    else:
+        figure += " (gateway, peer's tunnel address, host; VPC routers keep TTL as AWS's do)"
+    return Check(f"mtr {direction.label}", hops == expected, figure)
+
+
+def check_no_nat(direction: Direction, port: int) -> Check:
+    result = send(direction.source.namespace, str(direction.target.address.ip), port)
+    seen = (result.get("server") or {}).get("peer")
+    own = str(direction.source.address.ip)
+    figure = f"{direction.target.name} sees the peer as {seen}" + (
+        f" ({direction.source.name}'s own address)" if seen == own else f", not {own}"
+    )
+    if seen is None:
+        figure = f"no connection ({result['status']})"
+    return Check(f"no-nat {direction.label}", seen == own, figure)
+
+
+def check_firewall(direction: Direction, control: int) -> list[Check]:
+    checks = []
+    for rule in direction.target_site.facts.rules:
+        if rule.table != "filter":
+            continue
+        spec = _rule_port(rule)
+        protocol = spec[0] if spec else rule.spec.split("-p ", 1)[1].split()[0]
+        port = spec[1] if spec else None
+        configured = _first_match(direction.target_site, protocol, port)
+        expected = _EXPECTED[configured]
+        target = str(direction.target.address.ip)
+        source = direction.source.namespace
+        wait = 2.0 if configured == "drop" else 5.0
+        if protocol == "tcp" and port is not None:
+            outcome = send(source, target, port, timeout=wait)["status"]
+        elif protocol == "udp" and port is not None:
+            outcome = agent(source, "udp", target, str(port), "--timeout", "2", timeout=2)["status"]
+        else:
+            reply = ping(source, target, count=2, wait=1.0)
+            outcome = "done" if reply.received else "timeout"
+            expected = "done" if configured == "accept" else "timeout"
+        control_outcome = send(source, target, control, timeout=5.0)["status"]
+        what = f"{protocol}/{port}" if port is not None else protocol
+        ok = outcome == expected and control_outcome == "done"
+        figure = (
+            f"{what} {_SHOWN.get(outcome, outcome)} (rule: {configured});"
+            f" tcp/{control} {_SHOWN.get(control_outcome, control_outcome)}"
+        )
+        checks.append(Check(f"firewall {direction.label} '{rule.description}'", ok, figure))
+    return checks
+
+
+def tunnel_mtu(site: Site) -> int:
+    shown = netns.ns_run(site.gateway.namespace, ["ip", "-o", "link", "show", site.interface])
+    match = re.search(r"\bmtu (\d+)", shown.stdout)
+    if not match:
+        raise LabError(f"no MTU on {site.interface}")
+    return int(match[1])
+
+
+def check_mtu(direction: Direction) -> Check:
+    mtu = tunnel_mtu(direction.source_site)
+    # A full-size packet for the tunnel, not fragmentable: it must fit the 1500-byte path
+    # once encapsulated, or it vanishes there.
+    result = ping(
+        direction.source.namespace,
+        str(direction.target.address.ip),
+        count=3,
+        size=mtu - 28,
+        dont_fragment=True,
+    )
+    return Check(
+        f"mtu {direction.label}",
+        result.loss == 0,
+        f"{direction.source_site.interface} mtu {mtu}; {mtu}-byte DF ping {result.figure()}",
+    )
+
+
+def check_transfer(
+    direction: Direction, size: int = TRANSFER_BYTES, timeout: float = 60.0
+) -> Check:
+    result = send(
+        direction.source.namespace,
+        str(direction.target.address.ip),
+        DATA_PORT,
+        size,
+        timeout=timeout,
+    )
+    return transfer_check(f"transfer {direction.label}", result, size)
+
+
+def transfer_check(name: str, result: dict[str, Any], size: int) -> Check:
+    server = result.get("server") or {}
+    ok = (
+        result["status"] == "done"
+        and server.get("bytes") == size
+        and server.get("sha256") == result["sha256"]
+    )
+    seconds = float(result["seconds"])
+    megabytes = size / 1024 / 1024
+    if ok:
+        rate = size * 8 / seconds / 1e6 if seconds else 0.0
+        figure = (
+            f"{megabytes:.0f} MB in {seconds:.1f} s ({rate:.0f} Mbit/s),"
+            f" sha256 {result['sha256'][:12]}… equal at both ends"
+        )
+    else:
+        received = (
+            f"the receiver counted {server['bytes']}" if server else "no report from the receiver"
+        )
+        figure = (
+            f"{result['status']} after {seconds:.1f} s: {result['sent_bytes']} of {size} bytes"
+            f" sent, {received}"
+        )
+    return Check(name, ok, figure)
+
+
+def _probe_counters(site: Site) -> tuple[int, int]:
+    """Packets from the internet host that reached the gateway's interface, and that the
+    security group let through."""
+    counts = []
+    for chain in ("probe_arrived", "probe_admitted"):
+        listed = netns.ns_run(
+            site.gateway.namespace, ["nft", "list", "chain", "inet", SG_TABLE, chain]
+        ).stdout
+        match = re.search(r"counter packets (\d+)", listed)
+        counts.append(int(match[1]) if match else 0)
+    return counts[0], counts[1]
+
+
+def check_stranger(topology: Topology, state: State, wait: float = 8.0) -> Check:
+    """A host on the internet with its own key tries both gateways' tunnel ports."""
+    ns = topology.stranger_namespace
+    before = {site.name: _probe_counters(site) for site in topology.sites}
+    STATE_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key_file = STATE_DIR / "stranger.key"
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(netns.run(["wg", "genkey"]).stdout)
+    try:
+        if state.implementation == "kernel":
+            netns.ns_run(ns, ["ip", "link", "add", PROBE_INTERFACE, "type", "wireguard"])
+        else:
+            netns.ns_run(ns, ["wireguard-go", PROBE_INTERFACE])
+        argv = ["wg", "set", PROBE_INTERFACE, "private-key", str(key_file)]
+        for site in topology.sites:
+            argv += [
+                "peer",
+                public_key(site.gateway.private_key),
+                "endpoint",
+                f"{site.gateway.elastic_ip}:{site.facts.listen_port}",
+                "allowed-ips",
+                str(site.facts.site.cidr),
+                # Sends at once, which starts a handshake; retried every 5 s.
+                "persistent-keepalive",
+                "1",
+            ]
+        netns.ns_run(ns, argv)
+        netns.ns_run(ns, ["ip", "link", "set", PROBE_INTERFACE, "up"])
+        deadline = time.monotonic() + wait
+        arrived: dict[str, int] = {}
+        while time.monotonic() < deadline:
+            arrived = {s.name: _probe_counters(s)[0] - before[s.name][0] for s in topology.sites}
+            if all(count > 0 for count in arrived.values()):
+                break
+            time.sleep(0.2)
+        handshakes = netns.ns_run(ns, ["wg", "show", PROBE_INTERFACE, "latest-handshakes"])
+        shaken = [line for line in handshakes.stdout.splitlines() if line.split()[1:] != ["0"]]
+    finally:
+        netns.ns_run(ns, ["ip", "link", "del", PROBE_INTERFACE], check=False)
+        key_file.unlink(missing_ok=True)
+    parts, ok = [], not shaken
+    for site in topology.sites:
+        got, passed = (
+            now - then for now, then in zip(_probe_counters(site), before[site.name], strict=True)
+        )
+        ok = ok and got > 0 and passed == 0
+        parts.append(
+            f"{site.name} {site.gateway.elastic_ip}:{site.facts.listen_port}"
+            f" {got} arrived/{passed} past the security group"
+        )
+    unreachable = 0
+    targets = []
+    for site in topology.sites:
+        targets += [str(h.address.ip) for h in site.hosts]
+        targets += [str(site.gateway.private_address.ip), str(site.facts.tunnel_address.ip)]
+    for target in targets:
+        if ping(ns, target, count=1, wait=0.5).received == 0:
+            unreachable += 1
+    ok = ok and unreachable == len(targets)
+    figure = (
+        f"{STRANGER.ip}: {'; '.join(parts)};"
+        f" {'no handshake' if not shaken else 'HANDSHAKE COMPLETED'};"
+        f" {unreachable}/{len(targets)} site addresses unreachable"
+    )
+    return Check("stranger", ok, figure)
+
+
+def run_all(topology: Topology, state: State, transfer_timeout: float = 60.0) -> list[Check]:
+    """Every check, in an order where each one's figures mean something: reachability first
+    (it also brings up a tunnel without keepalives), then what rides on it."""
+    checks: list[Check] = []
+    pairs = directions(topology)
+    control = control_port(topology)
+    checks += [check_ping(d) for d in pairs]
+    checks += [check_handshake(site) for site in topology.sites]
+    checks += [check_trace(pairs[1])]
+    checks += [check_mtu(d) for d in pairs]
+    ports = sorted({control, DATA_PORT} | _tcp_rule_ports(topology))
+    udp_ports = sorted(_udp_rule_ports(topology))
+    with (
+        services(pairs[0].target.namespace, ports, udp_ports),
+        services(pairs[1].target.namespace, ports, udp_ports),
+    ):
+        checks += [check_no_nat(d, control) for d in pairs]
+        for direction in pairs:
+            checks += check_firewall(direction, control)
+        checks.append(check_transfer(pairs[0], timeout=transfer_timeout))
+    checks.append(check_stranger(topology, state))
+    return checks
+
+
+def _tcp_rule_ports(topology: Topology) -> set[int]:
+    specs = [_rule_port(r) for s in topology.sites for r in s.facts.rules]
+    return {spec[1] for spec in specs if spec and spec[0] == "tcp"}
+
+
+def _udp_rule_ports(topology: Topology) -> set[int]:
+    specs = [_rule_port(r) for s in topology.sites for r in s.facts.rules]
+    return {spec[1] for spec in specs if spec and spec[0] == "udp"}

@@ -1,0 +1,83 @@
+"""The commands behind `python -m lab`."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from lab import LabError
+from lab.checks import run_all
+from lab.lifecycle import down as lab_down
+from lab.lifecycle import up as lab_up
+from lab.preflight import require_root
+from lab.report import explore, layout, summary
+from lab.state import load
+from lab.topology import derive
+from plan.engine import Plan, PlanError, plan_stack
+
+
+def _say(message: str) -> None:
+    print(f"... {message}", flush=True)
+
+
+def plan(stack: str) -> Plan:
+    try:
+        return plan_stack(stack)
+    except PlanError as error:
+        lines = str(error).splitlines()
+        if len(lines) == 2 and lines[0].endswith(":"):
+            # One problem: one line, "invalid stack config: <key>: <problem>".
+            lines = [f"{lines[0]} {lines[1].strip()}"]
+        raise LabError("\n".join([f"stack {stack}: {lines[0]}", *lines[1:]])) from None
+
+
+def up(stack: str) -> int:
+    require_root()
+    started = time.monotonic()
+    the_plan = plan(stack)
+    lab = lab_up(the_plan, _say)
+    for line in layout(lab.topology, lab.state.implementation) + lab.notes:
+        print(line)
+    if lab.first_reply is None:
+        print("first a1->b1 reply: none within the wait")
+    else:
+        print(f"first reply through the tunnel {time.monotonic() - started:.1f} s after start")
+    checks = run_all(lab.topology, lab.state)
+    for check in checks:
+        print(check.line())
+    print(summary(checks))
+    for line in explore(lab.topology):
+        print(line)
+    return 0 if all(c.ok for c in checks) else 1
+
+
+def check(stack: str) -> int:
+    require_root()
+    state = load()
+    if state is None:
+        raise LabError("no lab is up: run `make lab` first")
+    if state.stack != stack:
+        raise LabError(f"the lab that is up is for stack {state.stack}, not {stack}")
+    checks = run_all(derive(plan(stack)), state)
+    for line in [c.line() for c in checks] + [summary(checks)]:
+        print(line)
+    return 0 if all(c.ok for c in checks) else 1
+
+
+def down() -> int:
+    require_root()
+    removed = lab_down()
+    print(f"lab removed ({len(removed)} items)" if removed else "no lab was up")
+    return 0
+
+
+def bench(stack: str, runs: int, output: str) -> int:
+    from lab.bench import run_bench
+
+    require_root()
+    run_bench(plan(stack), runs, output, _say)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit("use python -m lab")

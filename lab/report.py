@@ -1,0 +1,66 @@
+"""The lab's report: one line per check, `PASS|FAIL name: figure`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lab import LINK_NOTE
+from lab.topology import Topology
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    figure: str
+
+    def line(self) -> str:
+        return f"{'PASS' if self.ok else 'FAIL'} {self.name}: {self.figure}"
+
+
+def summary(checks: list[Check]) -> str:
+    failed = [c.name for c in checks if not c.ok]
+    if not failed:
+        return f"{len(checks)} checks passed"
+    return f"{len(failed)} of {len(checks)} checks failed: {', '.join(failed)}"
+
+
+def layout(topology: Topology, implementation: str) -> list[str]:
+    """What was built, in the words of the plan."""
+    lines = [f"lab for stack {topology.stack} (WireGuard: {implementation})"]
+    for site in topology.sites:
+        gw, facts = site.gateway, site.facts
+        check = "on" if gw.source_dest_check else "off"
+        lines.append(
+            f"  {site.name}: VPC {facts.site.cidr} in {site.vpc_namespace};"
+            f" gateway {gw.private_address.ip} (EIP {gw.elastic_ip}, {facts.interface}"
+            f" {facts.tunnel_address}, source/dest check {check}) in {gw.namespace}"
+        )
+        for host in site.hosts:
+            lines.append(f"    host {host.name} {host.address} in {host.namespace}")
+        for table in dict.fromkeys((site.public_table, site.private_table)):
+            routes = ", ".join(route.describe() for route in table.routes)
+            lines.append(f"    route table {table.name}: {routes}")
+        rules = "; ".join(rule.describe() for rule in gw.ingress)
+        lines.append(f"    gateway security group ingress: {rules}")
+    lines.append(f"  {LINK_NOTE}")
+    return lines
+
+
+def explore(topology: Topology) -> list[str]:
+    a, b = topology.sites
+    a1, b1 = a.hosts[0], b.hosts[0]
+    return [
+        "the lab stays up; explore it with, for example:",
+        f"  ip netns exec {a1.namespace} ping {b1.address.ip}",
+        f"  ip netns exec {b1.namespace} mtr -n {a1.address.ip}",
+        # By name: /var/run/wireguard is shared, so a bare `wg show` lists both gateways.
+        f"  ip netns exec {a.gateway.namespace} wg show {a.interface}",
+        f"  ip netns exec {a.gateway.namespace} iptables-save",
+        f"  ip netns exec {a.gateway.namespace} nft list table inet aws_security_group",
+        f"  ip -n {a.vpc_namespace} rule",
+        f"  ip -n {a.vpc_namespace} route show table all",
+        f"  ip netns exec {topology.internet_namespace} iptables -L FORWARD -v -n",
+        f"  .venv/bin/python -m lab check {topology.stack}    # run the checks again",
+        "remove it with `make lab-down`",
+    ]

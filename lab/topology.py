@@ -1,0 +1,452 @@
+"""What the lab builds, derived from a Plan and the core's facts and nothing else.
+
+The plan says which route tables, routes, security-group rules, Elastic IPs, source/dest
+checks, user data and keys exist; the core says where things sit in each site. This
+module reads both and returns plain data. It does not touch the system, so it can be
+checked without root.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from core.config import load_stack_config
+from core.facts import GatewayFacts, gateway_facts
+from lab import PREFIX, LabError
+from plan.engine import Plan, PlannedResource, Unknown, reveal
+
+IPv4Address = ipaddress.IPv4Address
+IPv4Interface = ipaddress.IPv4Interface
+IPv4Network = ipaddress.IPv4Network
+
+EC2_MTU = 9001  # what EC2 reports on its interfaces (jumbo frames inside a VPC)
+INTERNET_MTU = 1500  # what an internet gateway or an inter-region path carries
+# The lab's own "public" addresses come from the documentation ranges only (RFC 5737),
+# so nothing it sends could ever be meant for a real host.
+DOCUMENTATION = tuple(
+    IPv4Network(net) for net in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
+)
+EDGE_LINKS = IPv4Network("192.0.2.0/24")  # /30 per site between its IGW and the internet
+STRANGER = IPv4Interface("198.51.100.66/24")  # on the internet, not a peer
+STRANGER_ROUTER = IPv4Interface("198.51.100.1/24")
+# Names of links inside the lab's namespaces (IFNAMSIZ leaves 15 characters).
+LINK_PUBLIC = f"{PREFIX}pub"
+LINK_PRIVATE = f"{PREFIX}prv"
+LINK_IGW = f"{PREFIX}igw"
+LINK_HOST = f"{PREFIX}eth0"
+LINK_STRANGER = f"{PREFIX}x"
+PROBE_INTERFACE = f"{PREFIX}probe"
+
+TYPE_VPC = "aws:ec2/vpc:Vpc"
+TYPE_SUBNET = "aws:ec2/subnet:Subnet"
+TYPE_IGW = "aws:ec2/internetGateway:InternetGateway"
+TYPE_ROUTE_TABLE = "aws:ec2/routeTable:RouteTable"
+TYPE_ASSOCIATION = "aws:ec2/routeTableAssociation:RouteTableAssociation"
+TYPE_ROUTE = "aws:ec2/route:Route"
+TYPE_INSTANCE = "aws:ec2/instance:Instance"
+TYPE_EIP = "aws:ec2/eip:Eip"
+TYPE_EIP_ASSOCIATION = "aws:ec2/eipAssociation:EipAssociation"
+TYPE_INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+TYPE_PARAMETER = "aws:ssm/parameter:Parameter"
+
+
+@dataclass(frozen=True)
+class IngressRule:
+    """One security-group ingress rule as declared (`-1` means every protocol)."""
+
+    name: str
+    protocol: str
+    from_port: int | None
+    to_port: int | None
+    cidr: IPv4Network
+
+    def describe(self) -> str:
+        ports = ""
+        if self.protocol in ("tcp", "udp") and self.from_port is not None:
+            ports = f"/{self.from_port}"
+            if self.to_port not in (None, self.from_port):
+                ports += f"-{self.to_port}"
+        proto = "all" if self.protocol == "-1" else self.protocol
+        return f"{proto}{ports} from {self.cidr}"
+
+
+@dataclass(frozen=True)
+class Route:
+    """One route of a route table, resolved to what it means inside the lab."""
+
+    name: str
+    destination: IPv4Network
+    kind: Literal["local", "gateway", "internet", "unknown"]
+    via: IPv4Address | None  # the gateway's private address for an ENI target
+    target: str
+
+    def describe(self) -> str:
+        return f"{self.destination} -> {self.target}"
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    id: str
+    name: str
+    table: int  # the Linux routing table that stands for it in the VPC router
+    routes: tuple[Route, ...]
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str  # a1, b1, ...
+    namespace: str
+    address: IPv4Interface
+    router: IPv4Address
+    # The workloads' security group, if the plan declares one; None leaves the host open.
+    ingress: tuple[IngressRule, ...] | None
+
+
+@dataclass(frozen=True)
+class Gateway:
+    namespace: str
+    instance: str  # the plan's resource name
+    eni: str
+    private_address: IPv4Interface
+    elastic_ip: IPv4Address
+    source_dest_check: bool
+    ingress: tuple[IngressRule, ...]
+    user_data: str = field(repr=False)
+    private_key: str = field(repr=False)  # never printed
+
+
+@dataclass(frozen=True)
+class Site:
+    index: int
+    letter: str
+    facts: GatewayFacts = field(repr=False)
+    vpc_namespace: str
+    public_router: IPv4Interface  # the VPC router in the gateway's subnet
+    private_router: IPv4Interface  # the VPC router in the workloads' subnet
+    edge: IPv4Interface  # the internet gateway's side of the link to the internet
+    edge_peer: IPv4Interface  # the internet's side of that link
+    edge_link: str  # its name inside the internet namespace
+    public_table: RouteTable
+    private_table: RouteTable
+    gateway: Gateway
+    hosts: tuple[Host, ...]
+    notes: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.facts.name
+
+    @property
+    def interface(self) -> str:
+        return self.facts.interface
+
+
+@dataclass(frozen=True)
+class Topology:
+    stack: str
+    sites: tuple[Site, Site]
+    internet_namespace: str
+    stranger_namespace: str
+
+    @property
+    def namespaces(self) -> list[str]:
+        names = [self.internet_namespace, self.stranger_namespace]
+        for site in self.sites:
+            names += [site.vpc_namespace, site.gateway.namespace]
+            names += [host.namespace for host in site.hosts]
+        return names
+
+
+def resource_id(resource: PlannedResource) -> str:
+    """The id the mocks gave a resource: the last part of its ARN (`.../rtb-0123`)."""
+    if isinstance(resource.outputs.get("id"), str):
+        return str(resource.outputs["id"])
+    arn = resource.outputs.get("arn")
+    if not isinstance(arn, str) or "/" not in arn:
+        raise LabError(f"plan: {resource.type} {resource.name} has no id")
+    return arn.rsplit("/", 1)[-1]
+
+
+def _value(resource: PlannedResource, key: str) -> Any:
+    value = reveal(resource.inputs.get(key))
+    if isinstance(value, Unknown):
+        raise LabError(f"plan: {resource.type} {resource.name}: {key} is unknown at plan time")
+    if value is None:
+        value = reveal(resource.outputs.get(key))
+    return value
+
+
+def _documentation_address(value: Any, what: str) -> IPv4Address:
+    try:
+        address = IPv4Address(str(value))
+    except ValueError:
+        raise LabError(f"plan: {what} is not an IPv4 address: {value!r}") from None
+    if not any(address in net for net in DOCUMENTATION):
+        raise LabError(
+            f"plan: {what} {address} is not a documentation address (RFC 5737);"
+            " the lab sends traffic only to those"
+        )
+    return address
+
+
+def _ingress_rules(plan: Plan, group_ids: list[str]) -> tuple[IngressRule, ...]:
+    rules = []
+    for rule in plan.by_type(TYPE_INGRESS):
+        if _value(rule, "securityGroupId") not in group_ids:
+            continue
+        cidr = _value(rule, "cidrIpv4")
+        if not isinstance(cidr, str):
+            # Rules by prefix list or referenced group have no lab equivalent yet.
+            raise LabError(f"plan: ingress rule {rule.name} has no cidrIpv4 the lab can apply")
+        from_port, to_port = _value(rule, "fromPort"), _value(rule, "toPort")
+        rules.append(
+            IngressRule(
+                name=rule.name,
+                protocol=str(_value(rule, "ipProtocol")).lower(),
+                from_port=int(from_port) if from_port is not None else None,
+                to_port=int(to_port) if to_port is not None else None,
+                cidr=IPv4Network(cidr),
+            )
+        )
+    return tuple(rules)
+
+
+def _site_vpc_id(plan: Plan, facts: GatewayFacts) -> str | None:
+    if facts.site.vpc_id:
+        return facts.site.vpc_id
+    for vpc in plan.by_type(TYPE_VPC):
+        if _value(vpc, "cidrBlock") == str(facts.site.cidr):
+            return resource_id(vpc)
+    return None
+
+
+def _subnet_id(plan: Plan, vpc_id: str | None, cidr: IPv4Network) -> str | None:
+    for subnet in plan.by_type(TYPE_SUBNET):
+        if _value(subnet, "vpcId") == vpc_id and _value(subnet, "cidrBlock") == str(cidr):
+            return resource_id(subnet)
+    return None
+
+
+def _gateway_instance(plan: Plan, facts: GatewayFacts, subnet_id: str | None) -> PlannedResource:
+    wanted = facts.site.subnet_id or subnet_id
+    found = [i for i in plan.by_type(TYPE_INSTANCE) if _value(i, "subnetId") == wanted]
+    if len(found) != 1:
+        raise LabError(
+            f"plan: expected one gateway instance in site {facts.name}'s public subnet,"
+            f" found {len(found)}"
+        )
+    return found[0]
+
+
+def _elastic_ip(plan: Plan, instance_id: str, site: str) -> IPv4Address:
+    for association in plan.by_type(TYPE_EIP_ASSOCIATION):
+        if _value(association, "instanceId") != instance_id:
+            continue
+        allocation = _value(association, "allocationId")
+        for eip in plan.by_type(TYPE_EIP):
+            if reveal(eip.outputs.get("allocationId")) == allocation:
+                return _documentation_address(
+                    eip.outputs.get("publicIp"), f"Elastic IP of site {site}"
+                )
+    raise LabError(f"plan: no Elastic IP is associated with site {site}'s gateway")
+
+
+def _private_key(plan: Plan, facts: GatewayFacts) -> str:
+    for parameter in plan.by_type(TYPE_PARAMETER):
+        if _value(parameter, "name") == facts.key_parameter_name:
+            key = _value(parameter, "value")
+            if isinstance(key, str) and key:
+                return key
+    raise LabError(f"plan: no SSM parameter {facts.key_parameter_name} holds a key")
+
+
+def _route_tables(
+    plan: Plan, facts: GatewayFacts, vpc_id: str | None, public: str | None, private: str | None
+) -> tuple[tuple[str, str], tuple[str, str], list[str]]:
+    """(id, name) of the public and the private subnet's route tables, and notes."""
+    names = {resource_id(t): t.name for t in plan.by_type(TYPE_ROUTE_TABLE)}
+    associated: dict[str, str] = {}
+    for association in plan.by_type(TYPE_ASSOCIATION):
+        associated[str(_value(association, "subnetId"))] = str(_value(association, "routeTableId"))
+    if public in associated and private in associated:
+        pub, prv = associated[str(public)], associated[str(private)]
+        return (pub, names.get(pub, pub)), (prv, names.get(prv, prv)), []
+    if facts.site.route_table_ids:
+        # An existing VPC: the plan cannot say which table serves which subnet.
+        ids = facts.site.route_table_ids
+        note = (
+            f"existing VPC: {ids[0]} assumed for the gateway's subnet, {ids[-1]} for the"
+            " workloads', with the VPC's own internet route"
+        )
+        return (ids[0], ids[0]), (ids[-1], ids[-1]), [note]
+    raise LabError(f"plan: site {facts.name}'s subnets have no route tables")
+
+
+def _routes(
+    plan: Plan,
+    table_id: str,
+    *,
+    facts: GatewayFacts,
+    gateways_by_eni: dict[str, tuple[str, IPv4Address]],
+    igw_ids: set[str],
+    assume_internet: bool,
+) -> tuple[Route, ...]:
+    # AWS's implicit local route: the whole VPC stays inside it.
+    routes = [Route("local", facts.site.cidr, "local", None, "local")]
+    for route in plan.by_type(TYPE_ROUTE):
+        if _value(route, "routeTableId") != table_id:
+            continue
+        destination = IPv4Network(str(_value(route, "destinationCidrBlock")))
+        eni, igw = _value(route, "networkInterfaceId"), _value(route, "gatewayId")
+        if isinstance(eni, str) and eni in gateways_by_eni:
+            site, address = gateways_by_eni[eni]
+            routes.append(Route(route.name, destination, "gateway", address, f"{site} gateway"))
+        elif isinstance(igw, str) and igw in igw_ids:
+            routes.append(Route(route.name, destination, "internet", None, "internet gateway"))
+        else:
+            # A target the lab does not model: packets for it go nowhere, as they would
+            # with a broken route.
+            routes.append(Route(route.name, destination, "unknown", None, str(eni or igw)))
+    if assume_internet and not any(r.kind == "internet" for r in routes):
+        routes.append(Route("assumed", IPv4Network("0.0.0.0/0"), "internet", None, "internet"))
+    return tuple(routes)
+
+
+def _first_usable(net: IPv4Network) -> IPv4Address:
+    # AWS reserves base+0..3 of every subnet; base+4 is the first address it hands out.
+    return net.network_address + 4
+
+
+def _vpc_router(net: IPv4Network) -> IPv4Interface:
+    # AWS's VPC router answers on base+1 of every subnet.
+    return IPv4Interface(f"{net.network_address + 1}/{net.prefixlen}")
+
+
+def derive(plan: Plan) -> Topology:
+    """The lab's topology for a plan; LabError if the plan lacks something the lab needs."""
+    both = gateway_facts(load_stack_config(plan.config), plan.stack)
+    for facts in both:
+        if not facts.site.cidr.is_private:
+            raise LabError(f"site {facts.name}: {facts.site.cidr} is not a private range")
+    instances = {f.name: _instance_for(plan, f) for f in both}
+    gateways_by_eni: dict[str, tuple[str, IPv4Address]] = {}
+    for facts in both:
+        instance = instances[facts.name][0]
+        eni = instance.outputs.get("primaryNetworkInterfaceId")
+        if isinstance(eni, str):
+            gateways_by_eni[eni] = (facts.name, _private_ip(instance, facts))
+    igw_ids = {resource_id(igw) for igw in plan.by_type(TYPE_IGW)}
+    workload_groups = _workload_groups(plan)
+
+    sites = []
+    letters = "abcdefgh"
+    edges = list(EDGE_LINKS.subnets(new_prefix=30))
+    for index, facts in enumerate(both):
+        letter = letters[index]
+        instance, vpc_id, public_id, private_id = instances[facts.name]
+        (pub_id, pub_name), (prv_id, prv_name), notes = _route_tables(
+            plan, facts, vpc_id, public_id, private_id
+        )
+        existing = facts.site.uses_existing_vpc
+        tables = {}
+        for number, (table_id, table_name, public) in enumerate(
+            ((pub_id, pub_name, True), (prv_id, prv_name, False))
+        ):
+            routes = _routes(
+                plan,
+                table_id,
+                facts=facts,
+                gateways_by_eni=gateways_by_eni,
+                igw_ids=igw_ids,
+                assume_internet=existing and public,
+            )
+            tables[public] = RouteTable(table_id, table_name, 101 + number, routes)
+        if pub_id == prv_id:
+            tables[False] = tables[True]
+        instance_id = resource_id(instance)
+        group_ids = [str(g) for g in _value(instance, "vpcSecurityGroupIds") or []]
+        check = _value(instance, "sourceDestCheck")
+        user_data = _value(instance, "userData")
+        if not isinstance(user_data, str):
+            raise LabError(f"plan: site {facts.name}'s gateway has no user data")
+        gateway = Gateway(
+            namespace=f"{PREFIX}{facts.name}-gw",
+            instance=instance.name,
+            eni=str(instance.outputs.get("primaryNetworkInterfaceId", "")),
+            private_address=IPv4Interface(
+                f"{_private_ip(instance, facts)}/{facts.layout.public_subnet.prefixlen}"
+            ),
+            elastic_ip=_elastic_ip(plan, instance_id, facts.name),
+            # AWS turns the check on unless told otherwise.
+            source_dest_check=check is not False,
+            ingress=_ingress_rules(plan, group_ids),
+            user_data=user_data,
+            private_key=_private_key(plan, facts),
+        )
+        private = facts.layout.private_subnet
+        workload_group = workload_groups.get(facts.name)
+        host = Host(
+            name=f"{letter}1",
+            namespace=f"{PREFIX}{letter}1",
+            address=IPv4Interface(f"{_first_usable(private)}/{private.prefixlen}"),
+            router=_vpc_router(private).ip,
+            ingress=_ingress_rules(plan, [workload_group]) if workload_group else None,
+        )
+        edge_net = edges[index]
+        edge_hosts = list(edge_net.hosts())
+        sites.append(
+            Site(
+                index=index,
+                letter=letter,
+                facts=facts,
+                vpc_namespace=f"{PREFIX}{facts.name}-vpc",
+                public_router=_vpc_router(facts.layout.public_subnet),
+                private_router=_vpc_router(private),
+                edge=IPv4Interface(f"{edge_hosts[1]}/{edge_net.prefixlen}"),
+                edge_peer=IPv4Interface(f"{edge_hosts[0]}/{edge_net.prefixlen}"),
+                edge_link=f"{PREFIX}{letter}",
+                public_table=tables[True],
+                private_table=tables[False],
+                gateway=gateway,
+                hosts=(host,),
+                notes=tuple(notes),
+            )
+        )
+    return Topology(
+        stack=plan.stack,
+        sites=(sites[0], sites[1]),
+        internet_namespace=f"{PREFIX}inet",
+        stranger_namespace=f"{PREFIX}stranger",
+    )
+
+
+def _instance_for(
+    plan: Plan, facts: GatewayFacts
+) -> tuple[PlannedResource, str | None, str | None, str | None]:
+    vpc_id = _site_vpc_id(plan, facts)
+    public_id = _subnet_id(plan, vpc_id, facts.layout.public_subnet)
+    private_id = _subnet_id(plan, vpc_id, facts.layout.private_subnet)
+    return _gateway_instance(plan, facts, public_id), vpc_id, public_id, private_id
+
+
+def _private_ip(instance: PlannedResource, facts: GatewayFacts) -> IPv4Address:
+    declared = reveal(instance.inputs.get("privateIp"))
+    if isinstance(declared, str):
+        return IPv4Address(declared)
+    # An instance in an existing subnet gets its address from AWS; the lab uses the
+    # nominal layout's.
+    return facts.layout.gateway_private_ip
+
+
+def _workload_groups(plan: Plan) -> dict[str, str]:
+    """site -> the workloads' security group id, if the program exports one."""
+    sites = plan.exports.get("sites")
+    groups: dict[str, str] = {}
+    if isinstance(sites, dict):
+        for name, values in sites.items():
+            group = values.get("workloadSecurityGroupId") if isinstance(values, dict) else None
+            if isinstance(group, str):
+                groups[str(name)] = group
+    return groups

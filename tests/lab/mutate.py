@@ -1,0 +1,62 @@
+"""Edits a copy of a Plan, to build labs from deliberately broken plans."""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable
+from typing import Any
+
+from plan.engine import Plan, PlannedResource, Secret, reveal
+
+TYPE_INSTANCE = "aws:ec2/instance:Instance"
+TYPE_ROUTE = "aws:ec2/route:Route"
+TYPE_INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+
+
+def mutated(plan: Plan, *changes: Callable[[Plan], None]) -> Plan:
+    copied = copy.deepcopy(plan)
+    for change in changes:
+        change(copied)
+    return copied
+
+
+def _set(resource: PlannedResource, key: str, value: Any) -> None:
+    # Keep a secret secret: the lab must reveal() it like the real thing.
+    old = resource.inputs.get(key)
+    resource.inputs[key] = Secret(value) if isinstance(old, Secret) else value
+    resource.outputs[key] = value
+
+
+def source_dest_check_on(site: str) -> Callable[[Plan], None]:
+    def change(plan: Plan) -> None:
+        _set(plan.one(TYPE_INSTANCE, f"{site}-gateway"), "sourceDestCheck", True)
+
+    return change
+
+
+def no_routes_to_gateways(plan: Plan) -> None:
+    enis = {r.outputs.get("primaryNetworkInterfaceId") for r in plan.by_type(TYPE_INSTANCE)}
+    plan.resources = [
+        r
+        for r in plan.resources
+        if not (r.type == TYPE_ROUTE and reveal(r.inputs.get("networkInterfaceId")) in enis)
+    ]
+
+
+def tunnel_open_to_all(site: str) -> Callable[[Plan], None]:
+    def change(plan: Plan) -> None:
+        _set(plan.one(TYPE_INGRESS, f"{site}-tunnel-from-peer"), "cidrIpv4", "0.0.0.0/0")
+
+    return change
+
+
+def no_mtu_line(site: str) -> Callable[[Plan], None]:
+    def change(plan: Plan) -> None:
+        instance = plan.one(TYPE_INSTANCE, f"{site}-gateway")
+        user_data = reveal(instance.inputs["userData"])
+        edited, count = re.subn(r"^[ \t]*MTU = \d+\n", "", user_data, flags=re.MULTILINE)
+        assert count == 1, "the user data should pin the MTU exactly once"
+        _set(instance, "userData", edited)
+
+    return change

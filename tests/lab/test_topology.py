@@ -1,0 +1,75 @@
+"""The lab's topology comes from the plan and the core (no root needed)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from lab import PREFIX
+from lab.topology import derive
+from plan.engine import plan_stack
+from tests.lab.mutate import (
+    mutated,
+    no_mtu_line,
+    no_routes_to_gateways,
+    source_dest_check_on,
+    tunnel_open_to_all,
+)
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture(scope="module")
+def dev_plan():
+    return plan_stack("dev")
+
+
+def test_addresses_come_from_plan_and_facts(dev_plan):
+    alpha, beta = derive(dev_plan).sites
+    eips = {r.name: r.outputs["publicIp"] for r in dev_plan.by_type("aws:ec2/eip:Eip")}
+    assert str(alpha.gateway.elastic_ip) == eips["alpha-address"]
+    assert str(beta.gateway.elastic_ip) == eips["beta-address"]
+    assert alpha.gateway.private_address.ip == alpha.facts.layout.gateway_private_ip
+    assert alpha.public_router.ip == alpha.facts.layout.router
+    assert alpha.hosts[0].address.ip in alpha.facts.layout.private_subnet
+    assert alpha.gateway.source_dest_check is False
+
+
+def test_route_tables_as_declared(dev_plan):
+    alpha = derive(dev_plan).sites[0]
+    for table in (alpha.public_table, alpha.private_table):
+        via = {str(r.destination): r for r in table.routes if r.kind == "gateway"}
+        assert via["10.2.0.0/16"].via == ipaddress.IPv4Address("10.1.0.4")
+    assert any(r.kind == "internet" for r in alpha.public_table.routes)
+    assert not any(r.kind == "internet" for r in alpha.private_table.routes)
+
+
+def test_security_group_rules(dev_plan):
+    alpha = derive(dev_plan).sites[0]
+    tunnel = next(r for r in alpha.gateway.ingress if r.protocol == "udp")
+    assert (tunnel.from_port, str(tunnel.cidr)) == (51000, "203.0.113.20/32")
+
+
+def test_names_are_prefixed_and_key_is_not_shown(dev_plan):
+    topology = derive(dev_plan)
+    assert all(ns.startswith(PREFIX) for ns in topology.namespaces)
+    key = topology.sites[0].gateway.private_key
+    assert key and key not in repr(topology)
+
+
+def test_mutations_reach_the_topology(dev_plan):
+    broken = mutated(
+        dev_plan,
+        source_dest_check_on("alpha"),
+        no_routes_to_gateways,
+        tunnel_open_to_all("alpha"),
+        no_mtu_line("beta"),
+    )
+    alpha, beta = derive(broken).sites
+    assert alpha.gateway.source_dest_check
+    assert not any(r.kind == "gateway" for r in alpha.private_table.routes)
+    assert any(str(r.cidr) == "0.0.0.0/0" for r in alpha.gateway.ingress)
+    assert "MTU = " not in beta.gateway.user_data
+    # The original plan is untouched.
+    assert derive(dev_plan).sites[0].gateway.source_dest_check is False
