@@ -66,7 +66,10 @@ def serve(tcp_ports: list[int], udp_ports: list[int]) -> None:
 def _status(error: OSError) -> str:
     if isinstance(error, TimeoutError):
         return "timeout"
-    if error.errno == errno.ECONNREFUSED:
+    # ENOTCONN is a refusal too: when the ICMP or RST lands while connect() is still
+    # being resolved, CPython can read SO_ERROR as 0 and report success on a socket the
+    # kernel has already closed; the next call (shutdown) then fails with ENOTCONN.
+    if error.errno in (errno.ECONNREFUSED, errno.ENOTCONN):
         return "refused"
     if error.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
         return "unreachable"
