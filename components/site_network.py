@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 import pulumi
@@ -105,28 +106,7 @@ class SiteNetwork(pulumi.ComponentResource):
         igw = aws.ec2.InternetGateway(
             f"{name}-igw", vpc_id=vpc.id, tags=self._tags("igw"), opts=child
         )
-        public = aws.ec2.Subnet(
-            f"{name}-public",
-            vpc_id=vpc.id,
-            cidr_block=str(args.layout.public_subnet),
-            availability_zone=args.availability_zone,
-            # The gateway gets an Elastic IP; nothing else gets a public address.
-            map_public_ip_on_launch=False,
-            tags=self._tags("public"),
-            opts=child,
-        )
-        private = aws.ec2.Subnet(
-            f"{name}-private",
-            vpc_id=vpc.id,
-            cidr_block=str(args.layout.private_subnet),
-            availability_zone=args.availability_zone,
-            map_public_ip_on_launch=False,
-            tags=self._tags("private"),
-            opts=child,
-        )
-        public_routes = aws.ec2.RouteTable(
-            f"{name}-public", vpc_id=vpc.id, tags=self._tags("public"), opts=child
-        )
+        public, public_routes = self._subnet(vpc, "public", args.layout.public_subnet)
         aws.ec2.Route(
             f"{name}-public-internet",
             route_table_id=public_routes.id,
@@ -135,16 +115,29 @@ class SiteNetwork(pulumi.ComponentResource):
             opts=child,
         )
         # Workloads have no route to the internet: no NAT anywhere in this design.
-        private_routes = aws.ec2.RouteTable(
-            f"{name}-private", vpc_id=vpc.id, tags=self._tags("private"), opts=child
-        )
-        aws.ec2.RouteTableAssociation(
-            f"{name}-public", subnet_id=public.id, route_table_id=public_routes.id, opts=child
-        )
-        aws.ec2.RouteTableAssociation(
-            f"{name}-private", subnet_id=private.id, route_table_id=private_routes.id, opts=child
-        )
+        _, private_routes = self._subnet(vpc, "private", args.layout.private_subnet)
         self.vpc_id = vpc.id
         self.gateway_subnet_id = public.id
         self.route_table_ids = [public_routes.id, private_routes.id]
         self.internet_gateway = [igw]
+
+    def _subnet(
+        self, vpc: aws.ec2.Vpc, role: str, cidr: ipaddress.IPv4Network
+    ) -> tuple[aws.ec2.Subnet, aws.ec2.RouteTable]:
+        """A subnet with a route table of its own (the gateway adds the peer route)."""
+        name, child = f"{self._site}-{role}", pulumi.ResourceOptions(parent=self)
+        subnet = aws.ec2.Subnet(
+            name,
+            vpc_id=vpc.id,
+            cidr_block=str(cidr),
+            availability_zone=self._inputs.availability_zone,
+            # Only the gateway gets a public address, and it asks for one itself.
+            map_public_ip_on_launch=False,
+            tags=self._tags(role),
+            opts=child,
+        )
+        routes = aws.ec2.RouteTable(name, vpc_id=vpc.id, tags=self._tags(role), opts=child)
+        aws.ec2.RouteTableAssociation(
+            name, subnet_id=subnet.id, route_table_id=routes.id, opts=child
+        )
+        return subnet, routes
