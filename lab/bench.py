@@ -31,10 +31,22 @@ PLAIN_PORT = 5202
 PLAIN_MSS = 1460
 
 
+def _received_mbit_s(stdout: str) -> tuple[float | None, str]:
+    """The server-side throughput from iperf3's JSON report, or why there is none."""
+    try:
+        report = json.loads(stdout)
+    except ValueError:
+        return None, "no JSON report"
+    received = report.get("end", {}).get("sum_received", {}).get("bits_per_second")
+    if received is None:
+        return None, str(report.get("error") or "a report without a result")
+    return float(received) / 1e6, ""
+
+
 def iperf(server_ns: str, client_ns: str, address: str, port: int, mss: int | None) -> float:
     """Throughput in Mbit/s, as received by the server."""
     server = subprocess.Popen(
-        netns.in_ns(server_ns, ["iperf3", "-s", "-1", "-p", str(port)]),
+        netns.in_ns(server_ns, ["iperf3", "-s", "-p", str(port)]),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=netns.clean_env(),
@@ -43,13 +55,14 @@ def iperf(server_ns: str, client_ns: str, address: str, port: int, mss: int | No
         argv = ["iperf3", "-c", address, "-p", str(port), "-t", str(IPERF_SECONDS), "-J"]
         if mss:
             argv += ["-M", str(mss)]
+        problem = "no attempt"
         for _ in range(20):
             result = netns.ns_run(client_ns, argv, check=False, timeout=IPERF_SECONDS + 20)
-            if result.returncode == 0:
-                report: dict[str, Any] = json.loads(result.stdout)
-                return float(report["end"]["sum_received"]["bits_per_second"]) / 1e6
-            time.sleep(0.1)  # the server was not listening yet
-        raise LabError(f"iperf3 {client_ns} -> {address}:{port} failed: {result.stdout[-200:]}")
+            mbit_s, problem = _received_mbit_s(result.stdout)
+            if mbit_s is not None:
+                return mbit_s
+            time.sleep(0.1)  # not listening yet, or a run that produced no result
+        raise LabError(f"iperf3 {client_ns} -> {address}:{port} failed: {problem[-200:]}")
     finally:
         server.terminate()
         try:
