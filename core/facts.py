@@ -100,18 +100,27 @@ class SiteLayout:
     gateway_private_ip: ipaddress.IPv4Address  # first address AWS does not reserve
 
 
+def vpc_router(subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
+    """AWS's VPC router answers on the second address of every subnet."""
+    return subnet.network_address + 1
+
+
+def first_host(subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
+    """The first address AWS hands out: it reserves the first four and the last."""
+    return subnet.network_address + 4
+
+
 def site_layout(cidr: ipaddress.IPv4Network) -> SiteLayout:
     """Splits a site into a public (gateway) and a private (workload) subnet."""
     prefix = max(cidr.prefixlen + 1, 24)
     subnets = cidr.subnets(new_prefix=prefix)
     public, private = next(subnets), next(subnets)
-    # AWS reserves the first four addresses of every subnet and the last one.
     return SiteLayout(
         cidr=cidr,
         public_subnet=public,
         private_subnet=private,
-        router=public.network_address + 1,
-        gateway_private_ip=public.network_address + 4,
+        router=vpc_router(public),
+        gateway_private_ip=first_host(public),
     )
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from core.config import load_stack_config
-from core.facts import GatewayFacts, gateway_facts
+from core.facts import GatewayFacts, first_host, gateway_facts, vpc_router
 from lab import PREFIX, LabError
 from plan.engine import Plan, PlannedResource, Unknown, reveal
 
@@ -314,14 +314,8 @@ def _routes(
     return tuple(routes)
 
 
-def _first_usable(net: IPv4Network) -> IPv4Address:
-    # AWS reserves base+0..3 of every subnet; base+4 is the first address it hands out.
-    return net.network_address + 4
-
-
 def _vpc_router(net: IPv4Network) -> IPv4Interface:
-    # AWS's VPC router answers on base+1 of every subnet.
-    return IPv4Interface(f"{net.network_address + 1}/{net.prefixlen}")
+    return IPv4Interface(f"{vpc_router(net)}/{net.prefixlen}")
 
 
 def derive(plan: Plan) -> Topology:
@@ -390,7 +384,7 @@ def derive(plan: Plan) -> Topology:
         host = Host(
             name=f"{letter}1",
             namespace=f"{PREFIX}{letter}1",
-            address=IPv4Interface(f"{_first_usable(private)}/{private.prefixlen}"),
+            address=IPv4Interface(f"{first_host(private)}/{private.prefixlen}"),
             router=_vpc_router(private).ip,
             ingress=_ingress_rules(plan, [workload_group]) if workload_group else None,
         )
