@@ -236,6 +236,9 @@ class WireGuardGateway(pulumi.ComponentResource):
                 # A newer Ubuntu image must not replace a working gateway on every `up`;
                 # roll it deliberately with `pulumi up --replace <urn>`.
                 ignore_changes=["ami"],
+                # The replacement needs the same private address, and two gateways with
+                # one key and one endpoint would only fight: the old one goes first.
+                delete_before_replace=True,
             ),
         )
 

@@ -317,6 +317,7 @@ def run_program(
                             "ignoreChanges": sorted(request.ignoreChanges),
                             "additionalSecretOutputs": sorted(request.additionalSecretOutputs),
                             "replaceOnChanges": sorted(request.replaceOnChanges),
+                            "deleteBeforeReplace": bool(request.deleteBeforeReplace),
                         },
                     )
                 )

@@ -127,6 +127,8 @@ def test_gateway_reaches_the_internet_before_its_elastic_ip_arrives(
 @pytest.mark.parametrize("site", SITES)
 def test_user_data_change_replaces_the_instance(dev_plan: Plan, site: str) -> None:
     assert gateway(dev_plan, site).inputs["userDataReplaceOnChange"] is True
+    # ...old one first: the new one takes the same private address.
+    assert gateway(dev_plan, site).options["deleteBeforeReplace"] is True
 
 
 @pytest.mark.parametrize("site", SITES)
@@ -148,6 +150,8 @@ def test_ami_is_looked_up_for_the_instance_architecture(
     arm = gateway(dev_plan, "alpha").inputs["ami"]
     x86 = single_region_plan.one(INSTANCE, "prod-gateway").inputs["ami"]
     assert arm.startswith("ami-") and x86.startswith("ami-") and arm != x86
+    # Each site asks its own region (same architecture, other region, other image).
+    assert gateway(dev_plan, "beta").inputs["ami"] not in (arm, x86)
     assert "ami" in gateway(dev_plan, "alpha").options["ignoreChanges"]
 
 
