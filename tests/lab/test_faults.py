@@ -41,8 +41,8 @@ def _transfer_across(dev_lab, fault) -> tuple[float, str]:
         sender.join(timeout=100)
     assert not sender.is_alive(), "the transfer did not finish"
     check = transfer_check("transfer across the fault", result, SIZE)
-    print(f"tunnel back {recovered:.2f} s after the fault began; {check.line()}")
     assert recovered is not None and recovered < 10, "the tunnel did not come back"
+    print(f"tunnel back {recovered:.2f} s after the fault began; {check.line()}")
     assert check.ok, check.line()
     return recovered, check.line()
 
