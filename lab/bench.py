@@ -64,12 +64,7 @@ def iperf(server_ns: str, client_ns: str, address: str, port: int, mss: int | No
             time.sleep(0.1)  # not listening yet, or a run that produced no result
         raise LabError(f"iperf3 {client_ns} -> {address}:{port} failed: {problem[-200:]}")
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=5)
+        netns.stop(server)
 
 
 def _allow_plain(topology: Topology) -> None:

@@ -141,12 +141,7 @@ def services(
             raise LabError(f"could not start services in {namespace}: {error.strip()[-200:]}")
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        netns.stop(process)
 
 
 def control_port(topology: Topology) -> int:
