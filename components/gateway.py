@@ -105,7 +105,7 @@ class WireGuardGateway(pulumi.ComponentResource):
         aws.vpc.SecurityGroupIngressRule(
             f"{name}-tunnel-from-peer",
             security_group_id=group.id,
-            description=f"WireGuard from {facts.peer.name}'s gateway",
+            description=f"WireGuard from the {facts.peer.name} gateway",
             ip_protocol="udp",
             from_port=facts.listen_port,
             to_port=facts.listen_port,

@@ -183,8 +183,23 @@ class FirewallRule(_Model):
         return self
 
 
-TagKey = Annotated[str, Field(min_length=1, max_length=128)]
-TagValue = Annotated[str, Field(max_length=256)]
+def _tag_text(value: str) -> str:
+    # AWS allows letters, numbers and spaces in any script, and _ . : / = + - @.
+    if not all(c.isalnum() or c == " " or c in "_.:/=+-@" for c in value):
+        raise ValueError("has characters AWS does not allow in tags (letters, digits, _.:/=+-@)")
+    return value
+
+
+def _tag_key(value: str) -> str:
+    if value.lower().startswith("aws:"):
+        raise ValueError("starts with aws:, which AWS reserves")
+    return value
+
+
+TagKey = Annotated[
+    str, Field(min_length=1, max_length=128), AfterValidator(_tag_text), AfterValidator(_tag_key)
+]
+TagValue = Annotated[str, Field(max_length=256), AfterValidator(_tag_text)]
 
 
 class StackConfig(_Model):
@@ -215,7 +230,9 @@ def _format_pydantic(error: ValidationError) -> list[str]:
     lines = []
     for item in error.errors():
         loc = tuple(
-            p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-"))
+            p
+            for p in item["loc"]
+            if not (isinstance(p, str) and (p.startswith("function-") or p == "[key]"))
         )
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":

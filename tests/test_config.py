@@ -190,6 +190,16 @@ BAD_INPUTS: list[tuple[str, Change, list[str]]] = [
         ["wg-site-to-site:tunnel", "required"],
     ),
     (
+        "tag value AWS would refuse",
+        _set("tags", {"owner": "ops team <ops@example.com>"}),
+        ["wg-site-to-site:tags.owner", "ops team <ops@example.com>", "AWS does not allow"],
+    ),
+    (
+        "tag key in AWS's namespace",
+        _set("tags", {"aws:owner": "ops"}),
+        ["wg-site-to-site:tags.aws:owner: 'aws:owner' starts with aws:"],
+    ),
+    (
         "multi-line firewall description",
         _set("firewall.0.description", "line one\nPostUp = iptables -t nat -A POSTROUTING"),
         ["wg-site-to-site:firewall[0].description", "one line"],

@@ -97,6 +97,22 @@ def test_gateway_accepts_forwarded_traffic_from_its_own_site(dev_plan: Plan, sit
     assert [r["ipProtocol"] for r in from_site] == ["-1"]
 
 
+# AWS accepts only these characters in security group and rule descriptions.
+SG_DESCRIPTION = re.compile(r"^[a-zA-Z0-9 ._\-:/()#,@\[\]+=&;{}!$*]{0,255}$")
+
+
+def test_security_group_descriptions_use_only_what_aws_accepts(dev_plan: Plan) -> None:
+    described = [
+        r
+        for r in dev_plan.resources
+        if r.type in (INGRESS, "aws:ec2/securityGroup:SecurityGroup")
+        or r.type == "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
+    ]
+    assert len(described) >= 10
+    for resource in described:
+        assert SG_DESCRIPTION.match(resource.inputs.get("description", "")), resource.urn
+
+
 # --- instance -------------------------------------------------------------------------
 
 
