@@ -45,7 +45,8 @@ class PlanError(Exception):
 class Secret:
     """An input the program marked secret. Printers must show it as `[secret]`."""
 
-    value: Any
+    # Kept out of repr, so a failing assertion or a debug print cannot show a key.
+    value: Any = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,16 @@ def _to_marked(value: Any) -> Any:
     return value
 
 
+def _outputs_marked(
+    id_: str, registered: Any, inputs: dict[str, Any], request: Any
+) -> dict[str, Any]:
+    """What the mocks answered, with the values the engine would keep secret marked so."""
+    secret = {key for key, value in inputs.items() if isinstance(value, Secret)}
+    secret |= set(request.additionalSecretOutputs)
+    state = dict(registered.state) if registered else {}
+    return {"id": id_, **{k: Secret(v) if k in secret else v for k, v in state.items()}}
+
+
 def read_stack_file(stack: str, stacks_dir: Path = STACKS) -> dict[str, Any]:
     """The project's config keys from stacks/Pulumi.<stack>.yaml."""
     path = stacks_dir / f"Pulumi.{stack}.yaml"
@@ -311,7 +322,7 @@ def run_program(
                         custom=bool(request.custom),
                         provider=request.provider.rsplit("::", 1)[0] if request.provider else None,
                         inputs=inputs,
-                        outputs={"id": response.id, **(registered.state if registered else {})},
+                        outputs=_outputs_marked(response.id, registered, inputs, request),
                         options={
                             "dependsOn": sorted(request.dependencies),
                             "ignoreChanges": sorted(request.ignoreChanges),

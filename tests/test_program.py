@@ -324,7 +324,8 @@ def test_private_key_is_a_secret_in_a_securestring(dev_plan: Plan, site: str) ->
     assert parameter.inputs["type"] == "SecureString"
     assert isinstance(parameter.inputs["value"], Secret)
     key = plan_private_key("dev", f"{site}-wireguard-key")
-    assert parameter.inputs["value"].value == key
+    holds_the_key = parameter.inputs["value"].value == key  # (not printed if it fails)
+    assert holds_the_key
     source = dev_plan.one("random:index/randomBytes:RandomBytes", f"{site}-wireguard-key")
     assert source.inputs["length"] == 32
 
@@ -339,10 +340,23 @@ def test_private_keys_appear_nowhere_but_in_their_secret_parameters(dev_plan: Pl
     assert not any(key in exported for key in keys)
 
 
+def test_a_secret_never_shows_in_a_repr(dev_plan: Plan) -> None:
+    # What pytest prints when an assertion about a resource fails.
+    # (Booleans first: pytest would print both operands of a failing `in`.)
+    key = plan_private_key("dev", "alpha-wireguard-key")
+    in_parameter = key in repr(dev_plan.one(PARAMETER, "alpha-wireguard-key"))
+    in_random_bytes = key in repr(
+        dev_plan.one("random:index/randomBytes:RandomBytes", "alpha-wireguard-key")
+    )
+    anywhere = key in repr(dev_plan)
+    assert not in_parameter and not in_random_bytes and not anywhere
+
+
 def test_a_planted_key_is_used_and_never_shown() -> None:
     planted = "YWxwaGEtcGxhbnRlZC1rZXktZm9yLXRoZS10ZXN0cyE="
     plan = run_program("dev", stack_config("dev"), planted_keys={"alpha-wireguard-key": planted})
-    assert reveal(plan.one(PARAMETER, "alpha-wireguard-key").inputs["value"]) == planted
+    stored = reveal(plan.one(PARAMETER, "alpha-wireguard-key").inputs["value"]) == planted
+    assert stored  # (a boolean: a failure must not print the key)
     assert plan.exports["sites"]["alpha"]["publicKey"] == public_key(planted)
     assert f"PublicKey = {public_key(planted)}" in wg_config(plan, "beta")
     for resource in plan.resources:
