@@ -176,6 +176,14 @@ class FirewallRule(_Model):
     port: Annotated[int | str, BeforeValidator(_port_spec)] | None = None
     action: Literal["reject", "drop", "accept"]
 
+    @property
+    def port_range(self) -> tuple[int, int] | None:
+        """The first and last port the rule matches (the same for a single port)."""
+        if self.port is None:
+            return None
+        low, _, high = str(self.port).partition("-")
+        return int(low), int(high or low)
+
     @model_validator(mode="after")
     def _no_port_on_icmp(self) -> FirewallRule:
         if self.protocol == "icmp" and self.port is not None:

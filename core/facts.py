@@ -20,6 +20,8 @@ _ARM_FAMILY = re.compile(r"^(a1|[a-z]+\d+g[a-z]*)$")
 
 UBUNTU_RELEASE = "24.04"
 SYSCTL_PATH = "/etc/sysctl.d/99-wg-site-to-site.conf"
+# The last part of every key parameter's name (policies recognise key parameters by it).
+KEY_PARAMETER_LEAF = "wireguard-private-key"
 FETCH_KEY_PATH = "/usr/local/sbin/wg-site-to-site-fetch-key"
 
 _IPTABLES_TARGET = {"reject": "REJECT", "drop": "DROP", "accept": "ACCEPT"}
@@ -50,6 +52,7 @@ class IptablesRule:
     chain: str
     spec: str
     description: str
+    firewall: FirewallRule | None = None  # the configured rule this one enforces, if any
 
     def add_command(self) -> str:
         # Check first so that a repeated `up` (or an `up` after a crash that skipped
@@ -82,7 +85,9 @@ def firewall_rule(rule: FirewallRule) -> IptablesRule:
     if rule.port is not None:
         spec += f" --dport {str(rule.port).replace('-', ':')}"
     spec += f" -j {_IPTABLES_TARGET[rule.action]}"
-    return IptablesRule(table="filter", chain="FORWARD", spec=spec, description=rule.description)
+    return IptablesRule(
+        table="filter", chain="FORWARD", spec=spec, description=rule.description, firewall=rule
+    )
 
 
 @dataclass(frozen=True)
@@ -158,7 +163,7 @@ class GatewayFacts:
     @property
     def key_parameter_name(self) -> str:
         """The SSM parameter that holds this gateway's private key (and nothing under it)."""
-        return f"/{PROJECT}/{self.stack}/{self.site.name}/wireguard-private-key"
+        return f"/{PROJECT}/{self.stack}/{self.site.name}/{KEY_PARAMETER_LEAF}"
 
     @property
     def ami_parameter(self) -> str:

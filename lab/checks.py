@@ -153,10 +153,9 @@ def control_port(topology: Topology) -> int:
 
 
 def _rule_port(rule: IptablesRule) -> tuple[str, int, int] | None:
-    match = re.search(r"-p (\w+) --dport (\d+)(?::(\d+))?", rule.spec)
-    if not match:
+    if rule.firewall is None or rule.firewall.port_range is None:
         return None
-    return match[1], int(match[2]), int(match[3] or match[2])
+    return (rule.firewall.protocol, *rule.firewall.port_range)
 
 
 def _covers(rule: IptablesRule, protocol: str, port: int) -> bool:
@@ -167,12 +166,12 @@ def _covers(rule: IptablesRule, protocol: str, port: int) -> bool:
 def _first_match(site: Site, protocol: str, port: int | None) -> str:
     """What the receiving gateway's FORWARD chain does with it: its first matching rule."""
     for rule in site.facts.rules:
-        if rule.table != "filter":
+        if rule.firewall is None:
             continue
-        if port is None and f"-p {protocol} " in rule.spec + " ":
-            return rule.spec.rsplit("-j ", 1)[1].lower()
+        if port is None and rule.firewall.protocol == protocol:
+            return rule.firewall.action
         if port is not None and _covers(rule, protocol, port):
-            return rule.spec.rsplit("-j ", 1)[1].lower()
+            return rule.firewall.action
     return "accept"
 
 
@@ -262,11 +261,10 @@ def check_no_nat(direction: Direction, port: int) -> Check:
 def check_firewall(direction: Direction, control: int) -> list[Check]:
     checks = []
     for rule in direction.target_site.facts.rules:
-        if rule.table != "filter":
+        if rule.firewall is None:
             continue
-        spec = _rule_port(rule)
-        protocol = spec[0] if spec else rule.spec.split("-p ", 1)[1].split()[0]
-        port = spec[1] if spec else None
+        protocol = rule.firewall.protocol
+        port = rule.firewall.port_range[0] if rule.firewall.port_range else None
         configured = _first_match(direction.target_site, protocol, port)
         expected = _EXPECTED[configured]
         target = str(direction.target.address.ip)

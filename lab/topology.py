@@ -160,13 +160,11 @@ class Topology:
 
 
 def resource_id(resource: PlannedResource) -> str:
-    """The id the mocks gave a resource: the last part of its ARN (`.../rtb-0123`)."""
-    if isinstance(resource.outputs.get("id"), str):
-        return str(resource.outputs["id"])
-    arn = resource.outputs.get("arn")
-    if not isinstance(arn, str) or "/" not in arn:
+    """The id the mocks gave a resource (the engine records it with every output)."""
+    id_ = resource.outputs.get("id")
+    if not isinstance(id_, str):
         raise LabError(f"plan: {resource.type} {resource.name} has no id")
-    return arn.rsplit("/", 1)[-1]
+    return id_
 
 
 def _value(resource: PlannedResource, key: str) -> Any:

@@ -25,6 +25,8 @@ from typing import Any, Final
 
 import yaml
 
+from core.facts import KEY_PARAMETER_LEAF
+
 Props = Mapping[str, Any]
 
 INSTANCE = "aws:ec2/instance:Instance"
@@ -38,7 +40,7 @@ ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
 ROLE_POLICY_ATTACHMENT = "aws:iam/rolePolicyAttachment:RolePolicyAttachment"
 IAM_POLICY = "aws:iam/policy:Policy"
 
-KEY_PARAMETER_SUFFIX = "/wireguard-private-key"
+KEY_PARAMETER_SUFFIX = "/" + KEY_PARAMETER_LEAF
 WG_CONFIG_GLOB = "/etc/wireguard/*.conf"
 
 # A WireGuard key is 32 bytes: 43 base64 digits, the last of which carries only four

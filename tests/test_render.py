@@ -25,37 +25,33 @@ def _instances(plan: Plan) -> list[str]:
     return [r.inputs["userData"] for r in plan.by_type("aws:ec2/instance:Instance")]
 
 
-def test_user_data_passes_cloud_init_schema(
-    dev_plan: Plan, single_region_plan: Plan, tmp_path: Path
-) -> None:
-    every = _instances(dev_plan) + _instances(single_region_plan)
-    assert len(every) == 4
-    for index, user_data in enumerate(every):
-        path = tmp_path / f"user-data-{index}.yaml"
-        path.write_text(user_data)
-        result = subprocess.run(
-            ["cloud-init", "schema", "--config-file", str(path)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert "Valid cloud-config" in result.stdout
-
-
-def test_cloud_init_schema_rejects_a_broken_document(tmp_path: Path) -> None:
-    # Proves the check above can fail: the same tool on a document with a bad module.
-    path = tmp_path / "broken.yaml"
-    path.write_text("#cloud-config\nruncmd: 42\nwrite_files: [{path: 1, permissions: 600}]\n")
-    result = subprocess.run(
+def _cloud_init_schema(path: Path, document: str) -> subprocess.CompletedProcess[str]:
+    """The real cloud-init's verdict on a user-data document."""
+    path.write_text(document)
+    return subprocess.run(
         ["cloud-init", "schema", "--config-file", str(path)],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
-    assert result.returncode != 0
+
+
+def test_user_data_passes_cloud_init_schema(
+    dev_plan: Plan, single_region_plan: Plan, tmp_path: Path
+) -> None:
+    every = _instances(dev_plan) + _instances(single_region_plan)
+    assert len(every) == 4
+    for index, user_data in enumerate(every):
+        result = _cloud_init_schema(tmp_path / f"user-data-{index}.yaml", user_data)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "Valid cloud-config" in result.stdout
+
+
+def test_cloud_init_schema_rejects_a_broken_document(tmp_path: Path) -> None:
+    # Proves the check above can fail: the same tool on a document with a bad module.
+    broken = "#cloud-config\nruncmd: 42\nwrite_files: [{path: 1, permissions: 600}]\n"
+    assert _cloud_init_schema(tmp_path / "broken.yaml", broken).returncode != 0
 
 
 @pytest.mark.parametrize("site", ["alpha", "beta"])
