@@ -23,6 +23,11 @@ SYSCTL_PATH = "/etc/sysctl.d/99-wg-site-to-site.conf"
 # The last part of every key parameter's name (policies recognise key parameters by it).
 KEY_PARAMETER_LEAF = "wireguard-private-key"
 FETCH_KEY_PATH = "/usr/local/sbin/wg-site-to-site-fetch-key"
+# On-gateway scripts of day 2: converge to the desired state in SSM, check the tunnel,
+# and publish its health. The deployer (Run Command) and the lab call them by these paths.
+APPLY_PATH = "/usr/local/sbin/wg-site-to-site-apply"
+CHECK_PATH = "/usr/local/sbin/wg-site-to-site-check"
+PROBE_PATH = "/usr/local/sbin/wg-site-to-site-probe"
 
 _IPTABLES_TARGET = {"reject": "REJECT", "drop": "DROP", "accept": "ACCEPT"}
 
