@@ -1,14 +1,15 @@
-"""A site's WireGuard gateway: the instance, who may reach it, and how it gets its key."""
+"""A site's WireGuard gateway: its interface, the instance, who may reach it, its key."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
 
-from core.facts import GatewayFacts
+from core.facts import CANONICAL_OWNER, GatewayFacts
 from core.render import PeerEndpoint, render_gateway
 
 _EC2_ASSUME_ROLE = json.dumps(
@@ -24,6 +25,32 @@ _EC2_ASSUME_ROLE = json.dumps(
     }
 )
 
+# What the account may do with a gateway's key: everything but use it. Without Decrypt
+# here, no IAM policy in the account can grant decrypting a gateway key; only the key
+# policy's own statements can. (AWS's "key administrators" statement, minus the
+# deletion-protection-free shortcuts: https://docs.aws.amazon.com/kms/latest/developerguide/key-policy-default.html)
+KEY_ADMINISTRATION_ACTIONS = [
+    "kms:Create*",
+    "kms:Describe*",
+    "kms:Enable*",
+    "kms:List*",
+    "kms:Put*",
+    "kms:Update*",
+    "kms:Revoke*",
+    "kms:Disable*",
+    "kms:Get*",
+    "kms:Delete*",
+    "kms:TagResource",
+    "kms:UntagResource",
+    "kms:ScheduleKeyDeletion",
+    "kms:CancelKeyDeletion",
+]
+# The deployer writes the SecureString (Encrypt; GenerateDataKey for the advanced tier)
+# and the provider reads it back with decryption on every refresh
+# (terraform-provider-aws internal/service/ssm/parameter.go: WithDecryption: true). The
+# deployer holds the key in Pulumi state anyway, so this exposes nothing new.
+DEPLOYER_KEY_ACTIONS = ["kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey*", "kms:DescribeKey"]
+
 
 @dataclass
 class WireGuardGatewayArgs:
@@ -31,7 +58,7 @@ class WireGuardGatewayArgs:
     """This gateway's addresses, peer, rules and paths, computed by the core."""
     vpc_id: pulumi.Input[str]
     subnet_id: pulumi.Input[str]
-    """The public subnet the gateway sits in."""
+    """The public subnet the gateway's interface sits in."""
     route_table_ids: list[pulumi.Output[str]]
     """Every route table of the site: each gets a route to the peer site via the gateway."""
     private_key: pulumi.Output[str]
@@ -41,18 +68,31 @@ class WireGuardGatewayArgs:
     peer_public_key: pulumi.Input[str]
     peer_public_ip: pulumi.Input[str]
     """The peer's Elastic IP: the endpoint in the config and the only source allowed in."""
-    internet_gateway: list[pulumi.Resource]
-    """Must exist before the Elastic IP can be associated."""
+    internet_path: list[pulumi.Resource]
+    """The internet gateway, the public subnet's default route and its association: the
+    Elastic IP and the instance need them at boot, and must go before them on destroy."""
+    workload_security_group_id: pulumi.Input[str]
+    """The site's workload group: it learns to admit this gateway's path-MTU messages."""
+    deployer_arn: pulumi.Input[str]
+    """The IAM principal that runs `pulumi up`: it may encrypt the key through SSM."""
+    account_id: pulumi.Input[str]
+    partition: pulumi.Input[str]
+    """Where the key parameter's ARN lives, for the key policy written before it exists."""
     tags: dict[str, str]
     """Tags for every resource."""
 
 
 class WireGuardGateway(pulumi.ComponentResource):
-    """The gateway instance with everything it needs to route between the sites."""
+    """The gateway: a network interface that outlives instances, and the instance on it.
+
+    Routes, the Elastic IP and the private address belong to the interface, so replacing
+    the instance (a new image, another type) changes none of them.
+    """
 
     instance_id: pulumi.Output[str]
     network_interface_id: pulumi.Output[str]
     security_group_id: pulumi.Output[str]
+    kms_key_arn: pulumi.Output[str]
     wg_config: pulumi.Output[str]
     user_data: pulumi.Output[str]
 
@@ -65,25 +105,36 @@ class WireGuardGateway(pulumi.ComponentResource):
         self._child = pulumi.ResourceOptions(parent=self)
 
         security_group = self._security_group()
-        key_parameter, key_policy, profile = self._key_access()
-        self._render()
-        instance = self._instance(security_group, profile, depends_on=[key_parameter, key_policy])
-        aws.ec2.EipAssociation(
+        interface = self._network_interface(security_group)
+        address = aws.ec2.EipAssociation(
             f"{name}-address",
             allocation_id=args.allocation_id,
-            instance_id=instance.id,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=args.internet_gateway),
+            network_interface_id=interface.id,
+            # An Elastic IP can only be associated in a VPC attached to an internet
+            # gateway; on destroy it must let go before the internet gateway detaches
+            # ("has some mapped public address(es)").
+            opts=pulumi.ResourceOptions(parent=self, depends_on=args.internet_path),
         )
-        self._routes_to_peer(instance)
+        self._routes_to_peer(interface)
+        self._frag_needed_to_workloads(interface)
+        key_parameter, key_policy, profile = self._key_access()
+        self._render()
+        instance = self._instance(
+            interface,
+            profile,
+            # cloud-init needs the internet (packages, SSM) the moment it starts.
+            depends_on=[key_parameter, key_policy, address, *args.internet_path],
+        )
 
         self.instance_id = instance.id
-        self.network_interface_id = instance.primary_network_interface_id
+        self.network_interface_id = interface.id
         self.security_group_id = security_group.id
         self.register_outputs(
             {
                 "instanceId": self.instance_id,
                 "networkInterfaceId": self.network_interface_id,
                 "securityGroupId": self.security_group_id,
+                "kmsKeyArn": self.kms_key_arn,
                 "wgConfig": self.wg_config,
             }
         )
@@ -135,26 +186,80 @@ class WireGuardGateway(pulumi.ComponentResource):
         )
         return group
 
+    def _network_interface(self, security_group: aws.ec2.SecurityGroup) -> aws.ec2.NetworkInterface:
+        facts = self._inputs.facts
+        # In a VPC the project lays out, the address is fixed (the first host of the
+        # public subnet); in an existing one AWS picks it, once, for the interface.
+        fixed = None if facts.site.uses_existing_vpc else [str(facts.layout.gateway_private_ip)]
+        return aws.ec2.NetworkInterface(
+            f"{self._site}-gateway",
+            subnet_id=self._inputs.subnet_id,
+            private_ips=fixed,
+            security_groups=[security_group.id],
+            # It forwards packets for other hosts; with the check on, the VPC drops them.
+            source_dest_check=False,
+            description=f"WireGuard gateway of site {facts.name} (outlives its instances)",
+            tags=self._tags("gateway"),
+            opts=self._child,
+        )
+
+    def _frag_needed_to_workloads(self, interface: aws.ec2.NetworkInterface) -> None:
+        # A workload sending DF packets bigger than the tunnel MTU learns the path MTU
+        # from this gateway's ICMP "fragmentation needed"; security groups admit it only
+        # with an explicit rule ("Path MTU Discovery", EC2 user guide:
+        # https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/network_mtu.html#path_mtu_discovery).
+        aws.vpc.SecurityGroupIngressRule(
+            f"{self._site}-frag-needed-from-gateway",
+            security_group_id=self._inputs.workload_security_group_id,
+            description="path MTU discovery: fragmentation needed from the gateway",
+            ip_protocol="icmp",
+            from_port=3,  # destination unreachable
+            to_port=4,  # fragmentation needed and DF set
+            cidr_ipv4=interface.private_ip.apply(lambda ip: f"{ip}/32"),
+            tags=self._tags("frag-needed-from-gateway"),
+            opts=self._child,
+        )
+
     def _key_access(
         self,
     ) -> tuple[aws.ssm.Parameter, aws.iam.RolePolicy, aws.iam.InstanceProfile]:
         """The private key in an SSM SecureString that only this gateway's role can read."""
         name, args, facts = self._site, self._inputs, self._inputs.facts
-        parameter = aws.ssm.Parameter(
-            f"{name}-wireguard-key",
-            name=facts.key_parameter_name,
-            type="SecureString",
-            value=args.private_key,
-            description=f"WireGuard private key of the {facts.name} gateway ({facts.interface})",
-            tags=self._tags("wireguard-key"),
-            opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["value"]),
-        )
         role = aws.iam.Role(
             f"{name}-gateway",
             assume_role_policy=_EC2_ASSUME_ROLE,
             description=f"wg-site-to-site gateway of site {facts.name}",
             tags=self._tags("gateway"),
             opts=self._child,
+        )
+        parameter_arn = pulumi.Output.format(
+            "arn:{0}:ssm:{1}:{2}:parameter{3}",
+            args.partition,
+            facts.site.region,
+            args.account_id,
+            facts.key_parameter_name,
+        )
+        key = aws.kms.Key(
+            f"{name}-wireguard-key",
+            description=f"wg-site-to-site: WireGuard key of the {facts.name} gateway",
+            enable_key_rotation=True,
+            deletion_window_in_days=7,
+            policy=pulumi.Output.json_dumps(
+                _key_policy(facts, role.arn, parameter_arn, args.deployer_arn, args)
+            ),
+            tags=self._tags("wireguard-key"),
+            opts=self._child,
+        )
+        self.kms_key_arn = key.arn
+        parameter = aws.ssm.Parameter(
+            f"{name}-wireguard-key",
+            name=facts.key_parameter_name,
+            type="SecureString",
+            key_id=key.arn,
+            value=args.private_key,
+            description=f"WireGuard private key of the {facts.name} gateway ({facts.interface})",
+            tags=self._tags("wireguard-key"),
+            opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["value"]),
         )
         # Exactly one parameter ARN, no wildcard: parameter paths are hierarchical, and
         # a grant on a prefix would reach every key below it.
@@ -191,31 +296,49 @@ class WireGuardGateway(pulumi.ComponentResource):
         self.wg_config = rendered.apply(lambda r: r.wg_config)
         self.user_data = rendered.apply(lambda r: r.user_data)
 
+    def _image(self) -> pulumi.Output[str]:
+        """The AMI: the pinned build for this architecture, or Canonical's current one."""
+        facts, invoke = self._inputs.facts, pulumi.InvokeOutputOptions(parent=self)
+        if facts.image_name is not None:
+            # Name and owner identify one image per region; the architecture is part of
+            # the name, so a t4g <-> t3 change picks the matching build.
+            pinned = aws.ec2.get_ami_output(
+                owners=[CANONICAL_OWNER],
+                filters=[aws.ec2.GetAmiFilterArgs(name="name", values=[facts.image_name])],
+                most_recent=True,
+                opts=invoke,
+            )
+            return pinned.id
+        current = aws.ssm.get_parameter_output(name=facts.ami_parameter, opts=invoke)
+
+        def announce(ami: str) -> str:
+            pulumi.log.warn(
+                f"site {facts.name}: image not pinned; using Canonical's current Ubuntu "
+                f"{facts.architecture} image {ami} (`make pin STACK=...` pins it)",
+                resource=self,
+            )
+            return ami
+
+        # Canonical publishes the AMI id as a plain (not secret) public parameter.
+        return current.insecure_value.apply(announce)
+
     def _instance(
         self,
-        security_group: aws.ec2.SecurityGroup,
+        interface: aws.ec2.NetworkInterface,
         profile: aws.iam.InstanceProfile,
         depends_on: list[pulumi.Resource],
     ) -> aws.ec2.Instance:
-        name, args, facts = self._site, self._inputs, self._inputs.facts
-        provider_opts = pulumi.InvokeOutputOptions(parent=self)
-        ami = aws.ssm.get_parameter_output(name=facts.ami_parameter, opts=provider_opts)
+        name, facts = self._site, self._inputs.facts
         return aws.ec2.Instance(
             f"{name}-gateway",
-            # Canonical publishes the AMI id as a plain (not secret) public parameter.
-            ami=ami.insecure_value,
+            ami=self._image(),
             instance_type=facts.site.instance_type,
-            subnet_id=args.subnet_id,
-            private_ip=None
-            if facts.site.uses_existing_vpc
-            else str(facts.layout.gateway_private_ip),
-            # A launch-time public address lets cloud-init install packages and fetch the
-            # key even if it runs before the Elastic IP is associated (which replaces it).
-            associate_public_ip_address=True,
-            vpc_security_group_ids=[security_group.id],
+            # Device 0 is the standalone interface: subnet, address, security group and
+            # source/dest check are its, and stay when the instance is replaced.
+            primary_network_interface=aws.ec2.InstancePrimaryNetworkInterfaceArgs(
+                network_interface_id=interface.id
+            ),
             iam_instance_profile=profile.name,
-            # It forwards packets for other hosts; with the check on, the VPC drops them.
-            source_dest_check=False,
             metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
                 http_endpoint="enabled",
                 http_tokens="required",
@@ -226,29 +349,76 @@ class WireGuardGateway(pulumi.ComponentResource):
             ),
             user_data=self.user_data,
             # cloud-init runs only on first boot: a changed config needs a new instance
-            # (the Elastic IP keeps the endpoint the same).
+            # (the interface keeps the address, routes and Elastic IP).
             user_data_replace_on_change=True,
             tags=self._tags("gateway"),
             volume_tags=self._tags("gateway"),
             opts=pulumi.ResourceOptions(
                 parent=self,
                 depends_on=depends_on,
-                # A newer Ubuntu image must not replace a working gateway on every `up`;
-                # roll it deliberately with `pulumi up --replace <urn>`.
-                ignore_changes=["ami"],
-                # The replacement needs the same private address, and two gateways with
-                # one key and one endpoint would only fight: the old one goes first.
+                # The interface can be device 0 of one instance only, and two gateways
+                # with one key and one endpoint would only fight: the old one goes first.
                 delete_before_replace=True,
             ),
         )
 
-    def _routes_to_peer(self, instance: aws.ec2.Instance) -> None:
+    def _routes_to_peer(self, interface: aws.ec2.NetworkInterface) -> None:
         facts = self._inputs.facts
         for index, route_table_id in enumerate(self._inputs.route_table_ids):
             aws.ec2.Route(
                 f"{self._site}-to-{facts.peer.name}-{index}",
                 route_table_id=route_table_id,
                 destination_cidr_block=str(facts.peer.cidr),
-                network_interface_id=instance.primary_network_interface_id,
+                network_interface_id=interface.id,
                 opts=self._child,
             )
+
+
+def _key_policy(
+    facts: GatewayFacts,
+    role_arn: pulumi.Output[str],
+    parameter_arn: pulumi.Output[str],
+    deployer_arn: pulumi.Input[str],
+    args: WireGuardGatewayArgs,
+) -> dict[str, Any]:
+    """Who may use this gateway's key: the gateway, for its own parameter, through SSM.
+
+    SSM encrypts a SecureString with the encryption context PARAMETER_ARN=<its ARN>
+    (https://docs.aws.amazon.com/kms/latest/developerguide/services-parameter-store.html),
+    so the gateway's grant reaches exactly its own parameter.
+    """
+    via_ssm = f"ssm.{facts.site.region}.amazonaws.com"
+    account_root = pulumi.Output.format("arn:{0}:iam::{1}:root", args.partition, args.account_id)
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "AccountAdministersNotUses",
+                "Effect": "Allow",
+                "Principal": {"AWS": account_root},
+                "Action": KEY_ADMINISTRATION_ACTIONS,
+                "Resource": "*",
+            },
+            {
+                "Sid": "DeployerWritesThroughSsm",
+                "Effect": "Allow",
+                "Principal": {"AWS": deployer_arn},
+                "Action": DEPLOYER_KEY_ACTIONS,
+                "Resource": "*",
+                "Condition": {"StringEquals": {"kms:ViaService": via_ssm}},
+            },
+            {
+                "Sid": "GatewayDecryptsOwnParameter",
+                "Effect": "Allow",
+                "Principal": {"AWS": role_arn},
+                "Action": "kms:Decrypt",
+                "Resource": "*",
+                "Condition": {
+                    "StringEquals": {
+                        "kms:ViaService": via_ssm,
+                        "kms:EncryptionContext:PARAMETER_ARN": parameter_arn,
+                    }
+                },
+            },
+        ],
+    }

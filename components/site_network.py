@@ -20,6 +20,9 @@ class SiteNetworkArgs:
     """Subnets computed by the core (public for the gateway, private for workloads)."""
     availability_zone: pulumi.Input[str]
     """Where both subnets go: one that offers the gateway's instance type."""
+    zone_pinned: bool
+    """True if the zone comes from the stack config. Otherwise the zone chosen on the first
+    run is kept: a later run that would choose another never moves the subnets."""
     peer_cidr: str
     """The other site's CIDR, which the workloads' security group admits."""
     tags: dict[str, str]
@@ -36,8 +39,9 @@ class SiteNetwork(pulumi.ComponentResource):
     vpc_id: pulumi.Output[str]
     gateway_subnet_id: pulumi.Output[str]
     route_table_ids: list[pulumi.Output[str]]
-    internet_gateway: list[pulumi.Resource]
-    """What must exist before an Elastic IP can be associated (empty for an existing VPC)."""
+    internet_path: list[pulumi.Resource]
+    """The internet gateway, the public default route and its association: what the
+    gateway needs at boot and must outlive it on destroy (empty for an existing VPC)."""
     workload_security_group_id: pulumi.Output[str]
     """Attach to hosts the other site must reach: admits the peer CIDR (no NAT hides it)."""
 
@@ -66,7 +70,7 @@ class SiteNetwork(pulumi.ComponentResource):
         self.vpc_id = pulumi.Output.from_input(site.vpc_id)
         self.gateway_subnet_id = pulumi.Output.from_input(site.subnet_id)
         self.route_table_ids = [pulumi.Output.from_input(rtb) for rtb in site.route_table_ids]
-        self.internet_gateway = []
+        self.internet_path = []
 
     def _workload_security_group(self) -> pulumi.Output[str]:
         # Security groups apply to forwarded packets, and the tunnel keeps the other
@@ -106,8 +110,10 @@ class SiteNetwork(pulumi.ComponentResource):
         igw = aws.ec2.InternetGateway(
             f"{name}-igw", vpc_id=vpc.id, tags=self._tags("igw"), opts=child
         )
-        public, public_routes = self._subnet(vpc, "public", args.layout.public_subnet)
-        aws.ec2.Route(
+        public, public_routes, public_association = self._subnet(
+            vpc, "public", args.layout.public_subnet
+        )
+        default_route = aws.ec2.Route(
             f"{name}-public-internet",
             route_table_id=public_routes.id,
             destination_cidr_block="0.0.0.0/0",
@@ -115,15 +121,15 @@ class SiteNetwork(pulumi.ComponentResource):
             opts=child,
         )
         # Workloads have no route to the internet: no NAT anywhere in this design.
-        _, private_routes = self._subnet(vpc, "private", args.layout.private_subnet)
+        _, private_routes, _ = self._subnet(vpc, "private", args.layout.private_subnet)
         self.vpc_id = vpc.id
         self.gateway_subnet_id = public.id
         self.route_table_ids = [public_routes.id, private_routes.id]
-        self.internet_gateway = [igw]
+        self.internet_path = [igw, default_route, public_association]
 
     def _subnet(
         self, vpc: aws.ec2.Vpc, role: str, cidr: ipaddress.IPv4Network
-    ) -> tuple[aws.ec2.Subnet, aws.ec2.RouteTable]:
+    ) -> tuple[aws.ec2.Subnet, aws.ec2.RouteTable, aws.ec2.RouteTableAssociation]:
         """A subnet with a route table of its own (the gateway adds the peer route)."""
         name, child = f"{self._site}-{role}", pulumi.ResourceOptions(parent=self)
         subnet = aws.ec2.Subnet(
@@ -134,10 +140,14 @@ class SiteNetwork(pulumi.ComponentResource):
             # Only the gateway gets a public address, and it asks for one itself.
             map_public_ip_on_launch=False,
             tags=self._tags(role),
-            opts=child,
+            opts=child
+            if self._inputs.zone_pinned
+            # A zone that moved would replace the subnet create-before-delete with the
+            # same CIDR, which AWS refuses (InvalidSubnet.Conflict, pulumi-awsx#910).
+            else pulumi.ResourceOptions(parent=self, ignore_changes=["availabilityZone"]),
         )
         routes = aws.ec2.RouteTable(name, vpc_id=vpc.id, tags=self._tags(role), opts=child)
-        aws.ec2.RouteTableAssociation(
+        association = aws.ec2.RouteTableAssociation(
             name, subnet_id=subnet.id, route_table_id=routes.id, opts=child
         )
-        return subnet, routes
+        return subnet, routes, association

@@ -13,6 +13,14 @@ from components.site_network import SiteNetwork, SiteNetworkArgs
 from components.wireguard_identity import WireGuardIdentity, WireGuardIdentityArgs
 from core.config import StackConfig
 from core.facts import GatewayFacts, gateway_facts
+from core.render import user_data_problems
+
+
+@dataclass(frozen=True)
+class _Account:
+    account_id: pulumi.Output[str]
+    partition: pulumi.Output[str]
+    deployer_arn: pulumi.Output[str]
 
 
 @dataclass
@@ -42,8 +50,14 @@ class SiteToSite(pulumi.ComponentResource):
         super().__init__("wg-site-to-site:index:SiteToSite", name, None, opts)
         tags = {**args.config.tags, "project": args.project, "stack": args.stack}
         both = gateway_facts(args.config, args.stack)
+        # EC2's limits fail only at RunInstances, after delete-before-replace has removed
+        # the old gateway: check them before anything is declared.
+        problems = [line for facts in both for line in user_data_problems(facts)]
+        if problems:
+            raise pulumi.RunError("\n".join(problems))
 
         providers = {facts.name: self._regional_provider(facts) for facts in both}
+        account = self._account(providers[both[0].name], args.config.deployer)
         networks = {
             facts.name: self._site_network(facts, providers[facts.name], tags) for facts in both
         }
@@ -74,7 +88,11 @@ class SiteToSite(pulumi.ComponentResource):
                     allocation_id=own.allocation_id,
                     peer_public_key=peer.public_key,
                     peer_public_ip=peer.public_ip,
-                    internet_gateway=network.internet_gateway,
+                    internet_path=network.internet_path,
+                    workload_security_group_id=network.workload_security_group_id,
+                    deployer_arn=account.deployer_arn,
+                    account_id=account.account_id,
+                    partition=account.partition,
                     tags=tags,
                 ),
                 opts=pulumi.ResourceOptions(parent=self, providers=[providers[facts.name]]),
@@ -91,6 +109,22 @@ class SiteToSite(pulumi.ComponentResource):
             )
         self.register_outputs({"sites": self.sites})
 
+    def _account(self, provider: aws.Provider, deployer: str | None) -> _Account:
+        """The account, and who deploys: the configured ARN, else the caller's own role."""
+        invoke = pulumi.InvokeOutputOptions(provider=provider, parent=self)
+        caller = aws.get_caller_identity_output(opts=invoke)
+        deployer_arn: pulumi.Output[str]
+        if deployer is not None:
+            deployer_arn = pulumi.Output.from_input(deployer)
+        else:
+            # An assumed role's session ARN cannot be a key-policy principal; its role can.
+            session = aws.iam.get_session_context_output(arn=caller.arn, opts=invoke)
+            deployer_arn = session.issuer_arn
+        partition = caller.arn.apply(lambda arn: arn.split(":")[1])
+        return _Account(
+            account_id=caller.account_id, partition=partition, deployer_arn=deployer_arn
+        )
+
     def _regional_provider(self, facts: GatewayFacts) -> aws.Provider:
         return aws.Provider(
             f"{facts.name}-{facts.site.region}",
@@ -101,8 +135,8 @@ class SiteToSite(pulumi.ComponentResource):
     def _site_network(
         self, facts: GatewayFacts, provider: aws.Provider, tags: dict[str, str]
     ) -> SiteNetwork:
-        zone: pulumi.Input[str] = ""
-        if not facts.site.uses_existing_vpc:
+        zone: pulumi.Input[str] = facts.site.availability_zone or ""
+        if not facts.site.uses_existing_vpc and not facts.site.availability_zone:
             # Not every zone offers every instance type (us-east-1e has no t4g), so
             # both subnets go to the first zone that offers the gateway's type.
             offerings = aws.ec2.get_instance_type_offerings_output(
@@ -121,6 +155,7 @@ class SiteToSite(pulumi.ComponentResource):
                 site=facts.site,
                 layout=facts.layout,
                 availability_zone=zone,
+                zone_pinned=facts.site.availability_zone is not None,
                 peer_cidr=str(facts.peer.cidr),
                 tags=tags,
             ),

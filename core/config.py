@@ -24,7 +24,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 PROJECT = "wg-site-to-site"
-CONFIG_KEYS = ("tunnel", "sites", "firewall", "tags")
+CONFIG_KEYS = ("tunnel", "sites", "firewall", "tags", "deployer")
 
 # wg-quick's own rule for interface names (it refuses anything else), which is also
 # within Linux's IFNAMSIZ of 15 characters.
@@ -34,6 +34,10 @@ REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[1-9]$")
 SITE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,22}$")
 INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 PORT_RANGE = re.compile(r"^(\d{1,5})-(\d{1,5})$")
+# Canonical's build serial of an Ubuntu image: 20251113 or 20251113.1 (the last part of
+# ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-arm64-server-20251113).
+IMAGE_SERIAL = re.compile(r"^20\d{6}(\.\d{1,2})?$")
+AVAILABILITY_ZONE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[1-9][a-z]$")
 
 
 class ConfigError(Exception):
@@ -119,6 +123,19 @@ class SiteConfig(_Model):
     instance_type: Annotated[
         str, _matches(INSTANCE_TYPE, "an EC2 instance type such as t4g.nano")
     ] = "t4g.nano"
+    # The image the gateway boots, pinned so that a new one is a reviewed change;
+    # `make pin STACK=...` writes Canonical's current build. None: the current build,
+    # looked up on every run (each new build then replaces the gateway).
+    # Text, not a number: YAML would read 20251113.1 as a float (the tool writes it quoted).
+    image: (
+        Annotated[str, _matches(IMAGE_SERIAL, "an Ubuntu build serial such as '20251113'")] | None
+    ) = None
+    # Where the site's subnets (and so its gateway) live. None: the first zone offering the
+    # instance type, chosen on the first run and kept afterwards.
+    availability_zone: (
+        Annotated[str, _matches(AVAILABILITY_ZONE, "an availability zone such as us-east-1a")]
+        | None
+    ) = None
     vpc_id: Annotated[str, _matches(re.compile(r"^vpc-[0-9a-f]{8,17}$"), "a VPC id")] | None = None
     subnet_id: (
         Annotated[str, _matches(re.compile(r"^subnet-[0-9a-f]{8,17}$"), "a subnet id")] | None
@@ -134,6 +151,10 @@ class SiteConfig(_Model):
         if any(given) and not all(given):
             raise ValueError(
                 "an existing VPC needs all of vpcId, subnetId and routeTableIds (non-empty)"
+            )
+        if self.availability_zone and not self.availability_zone.startswith(self.region):
+            raise ValueError(
+                f"availabilityZone {self.availability_zone} is not in region {self.region}"
             )
         return self
 
@@ -218,6 +239,19 @@ class StackConfig(_Model):
     firewall: list[FirewallRule] = []
     # Extra tags for every resource (ephemeral test stacks add owner and expiry).
     tags: dict[TagKey, TagValue] = {}
+    # The IAM role (or user) ARN that runs `pulumi up`: the gateway keys' KMS policies let
+    # it write the keys. Default: the role of whoever runs the program, which differs
+    # when a read-only role runs `pulumi preview`; set it to keep previews quiet.
+    deployer: (
+        Annotated[
+            str,
+            _matches(
+                re.compile(r"^arn:aws[\w-]*:iam::\d{12}:(role|user)/[\w+=,.@/-]+$"),
+                "an IAM role or user ARN",
+            ),
+        ]
+        | None
+    ) = None
 
 
 def _key(loc: tuple[int | str, ...]) -> str:

@@ -19,6 +19,12 @@ from core.config import PROJECT, FirewallRule, SiteConfig, StackConfig
 _ARM_FAMILY = re.compile(r"^(a1|[a-z]+\d+g[a-z]*)$")
 
 UBUNTU_RELEASE = "24.04"
+UBUNTU_CODENAME = "noble"
+# Canonical's AWS account, the owner of the official Ubuntu images.
+CANONICAL_OWNER = "099720109477"
+# Every *.nano type has 512 MiB and no swap, too little for cloud-init, apt and the SSM
+# agent at once (aws/amazon-ssm-agent#615); the gateway gets a swap file of this size.
+NANO_SWAP_MIB = 1024
 SYSCTL_PATH = "/etc/sysctl.d/99-wg-site-to-site.conf"
 # The last part of every key parameter's name (policies recognise key parameters by it).
 KEY_PARAMETER_LEAF = "wireguard-private-key"
@@ -44,6 +50,22 @@ def ubuntu_ami_parameter(arch: str) -> str:
         f"/aws/service/canonical/ubuntu/server/{UBUNTU_RELEASE}/stable/current/"
         f"{arch}/hvm/ebs-gp3/ami-id"
     )
+
+
+def ubuntu_image_name(arch: str, serial: str) -> str:
+    """The name of Canonical's Ubuntu image of one build: unique per region and owner."""
+    release = f"{UBUNTU_CODENAME}-{UBUNTU_RELEASE}"
+    return f"ubuntu/images/hvm-ssd-gp3/ubuntu-{release}-{arch}-server-{serial}"
+
+
+def image_serial(image_name: str) -> str:
+    """The build serial at the end of a Canonical image name."""
+    return image_name.rsplit("-", 1)[-1]
+
+
+def swap_mib(instance_type: str) -> int:
+    """The swap file a gateway of this type needs (0: none)."""
+    return NANO_SWAP_MIB if instance_type.endswith(".nano") else 0
 
 
 @dataclass(frozen=True)
@@ -173,6 +195,17 @@ class GatewayFacts:
     @property
     def ami_parameter(self) -> str:
         return ubuntu_ami_parameter(self.architecture)
+
+    @property
+    def image_name(self) -> str | None:
+        """The pinned image's name for this gateway's architecture (None: not pinned)."""
+        if self.site.image is None:
+            return None
+        return ubuntu_image_name(self.architecture, self.site.image)
+
+    @property
+    def swap_mib(self) -> int:
+        return swap_mib(self.site.instance_type)
 
 
 def tunnel_addresses(

@@ -20,6 +20,12 @@ from core.facts import FETCH_KEY_PATH, SYSCTL_PATH, GatewayFacts
 from core.keys import is_key
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "cloud-init"
+# EC2 refuses user data over 16 KB (raw, before base64), and only at RunInstances: with
+# delete-before-replace the old gateway is gone by then. Checked before anything exists.
+# https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/user-data.html
+USER_DATA_LIMIT_BYTES = 16 * 1024
+# The longest values a peer can contribute: a key is always 44 characters, an IPv4
+# address at most 15. Rendering with them bounds the size before the peer exists.
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,8 @@ def render_gateway(facts: GatewayFacts, peer: PeerEndpoint) -> RenderedGateway:
     fetch_key = render_fetch_key(facts)
     user_data = _render(
         "user-data.yaml.j2",
+        instance_type=facts.site.instance_type,
+        swap_mib=facts.swap_mib,
         site=facts.name,
         stack=facts.stack,
         interface=facts.interface,
@@ -129,6 +137,21 @@ def render_gateway(facts: GatewayFacts, peer: PeerEndpoint) -> RenderedGateway:
     return RenderedGateway(
         wg_config=wg_config, sysctl=sysctl, fetch_key=fetch_key, user_data=user_data
     )
+
+
+def user_data_problems(facts: GatewayFacts) -> list[str]:
+    """One line if this gateway's user data could exceed EC2's limit, else nothing.
+
+    Rendered against the longest peer values possible, so the check holds for any peer.
+    """
+    longest = PeerEndpoint(public_key="A" * 43 + "=", public_ip="255.255.255.255")
+    size = len(render_gateway(facts, longest).user_data.encode())
+    if size <= USER_DATA_LIMIT_BYTES:
+        return []
+    return [
+        f"site {facts.name}: the gateway's user data would be {size} bytes, over EC2's limit"
+        f" of {USER_DATA_LIMIT_BYTES} bytes (16 KB); use fewer or shorter firewall rules"
+    ]
 
 
 def parse_user_data(user_data: str) -> dict[str, Any]:

@@ -46,6 +46,7 @@ TYPE_ROUTE_TABLE = "aws:ec2/routeTable:RouteTable"
 TYPE_ASSOCIATION = "aws:ec2/routeTableAssociation:RouteTableAssociation"
 TYPE_ROUTE = "aws:ec2/route:Route"
 TYPE_INSTANCE = "aws:ec2/instance:Instance"
+TYPE_INTERFACE = "aws:ec2/networkInterface:NetworkInterface"
 TYPE_EIP = "aws:ec2/eip:Eip"
 TYPE_EIP_ASSOCIATION = "aws:ec2/eipAssociation:EipAssociation"
 TYPE_INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
@@ -227,20 +228,36 @@ def _subnet_id(plan: Plan, vpc_id: str | None, cidr: IPv4Network) -> str | None:
     return None
 
 
-def _gateway_instance(plan: Plan, facts: GatewayFacts, subnet_id: str | None) -> PlannedResource:
+def _gateway_interface(plan: Plan, facts: GatewayFacts, subnet_id: str | None) -> PlannedResource:
+    """The gateway's standalone interface: in the site's public subnet."""
     wanted = facts.site.subnet_id or subnet_id
-    found = [i for i in plan.by_type(TYPE_INSTANCE) if _value(i, "subnetId") == wanted]
+    found = [i for i in plan.by_type(TYPE_INTERFACE) if _value(i, "subnetId") == wanted]
     if len(found) != 1:
         raise LabError(
-            f"plan: expected one gateway instance in site {facts.name}'s public subnet,"
+            f"plan: expected one gateway network interface in site {facts.name}'s public"
+            f" subnet, found {len(found)}"
+        )
+    return found[0]
+
+
+def _gateway_instance(plan: Plan, facts: GatewayFacts, interface_id: str) -> PlannedResource:
+    """The instance whose device 0 is the gateway's interface."""
+    found = []
+    for instance in plan.by_type(TYPE_INSTANCE):
+        attached = _value(instance, "primaryNetworkInterface")
+        if isinstance(attached, dict) and attached.get("networkInterfaceId") == interface_id:
+            found.append(instance)
+    if len(found) != 1:
+        raise LabError(
+            f"plan: expected one instance on site {facts.name}'s gateway interface,"
             f" found {len(found)}"
         )
     return found[0]
 
 
-def _elastic_ip(plan: Plan, instance_id: str, site: str) -> IPv4Address:
+def _elastic_ip(plan: Plan, interface_id: str, site: str) -> IPv4Address:
     for association in plan.by_type(TYPE_EIP_ASSOCIATION):
-        if _value(association, "instanceId") != instance_id:
+        if _value(association, "networkInterfaceId") != interface_id:
             continue
         allocation = _value(association, "allocationId")
         for eip in plan.by_type(TYPE_EIP):
@@ -248,7 +265,7 @@ def _elastic_ip(plan: Plan, instance_id: str, site: str) -> IPv4Address:
                 return _documentation_address(
                     eip.outputs.get("publicIp"), f"Elastic IP of site {site}"
                 )
-    raise LabError(f"plan: no Elastic IP is associated with site {site}'s gateway")
+    raise LabError(f"plan: no Elastic IP is associated with site {site}'s gateway interface")
 
 
 def _private_key(plan: Plan, facts: GatewayFacts) -> str:
@@ -325,10 +342,8 @@ def derive(plan: Plan) -> Topology:
     instances = {f.name: _instance_for(plan, f) for f in both}
     gateways_by_eni: dict[str, tuple[str, IPv4Address]] = {}
     for facts in both:
-        instance = instances[facts.name][0]
-        eni = instance.outputs.get("primaryNetworkInterfaceId")
-        if isinstance(eni, str):
-            gateways_by_eni[eni] = (facts.name, _private_ip(instance, facts))
+        interface = instances[facts.name][0]
+        gateways_by_eni[resource_id(interface)] = (facts.name, _private_ip(interface, facts))
     igw_ids = {resource_id(igw) for igw in plan.by_type(TYPE_IGW)}
     workload_groups = _workload_groups(plan)
 
@@ -337,7 +352,8 @@ def derive(plan: Plan) -> Topology:
     edges = list(EDGE_LINKS.subnets(new_prefix=30))
     for index, facts in enumerate(both):
         letter = letters[index]
-        instance, vpc_id, public_id, private_id = instances[facts.name]
+        interface, vpc_id, public_id, private_id = instances[facts.name]
+        instance = _gateway_instance(plan, facts, resource_id(interface))
         (pub_id, pub_name), (prv_id, prv_name), notes = _route_tables(
             plan, facts, vpc_id, public_id, private_id
         )
@@ -357,20 +373,20 @@ def derive(plan: Plan) -> Topology:
             tables[public] = RouteTable(table_id, table_name, 101 + number, routes)
         if pub_id == prv_id:
             tables[False] = tables[True]
-        instance_id = resource_id(instance)
-        group_ids = [str(g) for g in _value(instance, "vpcSecurityGroupIds") or []]
-        check = _value(instance, "sourceDestCheck")
+        interface_id = resource_id(interface)
+        group_ids = [str(g) for g in _value(interface, "securityGroups") or []]
+        check = _value(interface, "sourceDestCheck")
         user_data = _value(instance, "userData")
         if not isinstance(user_data, str):
             raise LabError(f"plan: site {facts.name}'s gateway has no user data")
         gateway = Gateway(
             namespace=f"{PREFIX}{facts.name}-gw",
             instance=instance.name,
-            eni=str(instance.outputs.get("primaryNetworkInterfaceId", "")),
+            eni=interface_id,
             private_address=IPv4Interface(
-                f"{_private_ip(instance, facts)}/{facts.layout.public_subnet.prefixlen}"
+                f"{_private_ip(interface, facts)}/{facts.layout.public_subnet.prefixlen}"
             ),
-            elastic_ip=_elastic_ip(plan, instance_id, facts.name),
+            elastic_ip=_elastic_ip(plan, interface_id, facts.name),
             # AWS turns the check on unless told otherwise.
             source_dest_check=check is not False,
             ingress=_ingress_rules(plan, group_ids),
@@ -420,13 +436,13 @@ def _instance_for(
     vpc_id = _site_vpc_id(plan, facts)
     public_id = _subnet_id(plan, vpc_id, facts.layout.public_subnet)
     private_id = _subnet_id(plan, vpc_id, facts.layout.private_subnet)
-    return _gateway_instance(plan, facts, public_id), vpc_id, public_id, private_id
+    return _gateway_interface(plan, facts, public_id), vpc_id, public_id, private_id
 
 
-def _private_ip(instance: PlannedResource, facts: GatewayFacts) -> IPv4Address:
-    declared = reveal(instance.inputs.get("privateIp"))
-    if isinstance(declared, str):
-        return IPv4Address(declared)
+def _private_ip(interface: PlannedResource, facts: GatewayFacts) -> IPv4Address:
+    declared = reveal(interface.inputs.get("privateIps"))
+    if isinstance(declared, list) and declared and isinstance(declared[0], str):
+        return IPv4Address(declared[0])
     # An instance in an existing subnet gets its address from AWS; the lab uses the
     # nominal layout's.
     return facts.layout.gateway_private_ip

@@ -37,6 +37,12 @@ ACCOUNT = "123456789012"
 ELASTIC_IP_BASE = ipaddress.IPv4Address("203.0.113.0")
 
 
+# Every shipped stack sets `pulumi:disable-default-providers: [aws]`, so a resource that
+# forgot its site's provider fails instead of landing in the ambient AWS_REGION.
+DISABLED_DEFAULT_PROVIDERS = ("aws",)
+DISABLE_DEFAULT_PROVIDERS_KEY = "pulumi:disable-default-providers"
+
+
 class PlanError(Exception):
     """The program could not be planned; the message is one line per problem."""
 
@@ -130,7 +136,10 @@ _ID_PREFIX = {
     "aws:ec2/instance:Instance": "i",
     "aws:ec2/eip:Eip": "eipalloc",
     "aws:ec2/eipAssociation:EipAssociation": "eipassoc",
+    "aws:ec2/networkInterface:NetworkInterface": "eni",
 }
+# Invokes answered with a made-up Canonical image and the plan's own account.
+_MOCK_CALLER_ROLE = "wg-site-to-site-deployer"
 
 
 class _Recorder:
@@ -143,6 +152,18 @@ class _Recorder:
         self.resources: list[PlannedResource] = []
         self.provider_regions: dict[str, str] = {}
         self.lock = threading.Lock()
+        self.disabled_default_providers: tuple[str, ...] = DISABLED_DEFAULT_PROVIDERS
+        self.problems: list[str] = []
+
+    def require_explicit_provider(self, what: str, token: str, provider: str) -> None:
+        """What the engine does with `pulumi:disable-default-providers`: refuse."""
+        package = token.split(":", 1)[0]
+        if package in self.disabled_default_providers and not provider:
+            with self.lock:
+                self.problems.append(
+                    f"{what} has no explicit provider, and the default {package} provider is "
+                    f"disabled ({DISABLE_DEFAULT_PROVIDERS_KEY}): pass the site's provider"
+                )
 
     def region_for_provider(self, provider_ref: str) -> str:
         # A provider reference is "<provider urn>::<provider id>".
@@ -171,8 +192,18 @@ class _Recorder:
             outputs["publicIp"] = self.elastic_ip(name)
             outputs["allocationId"] = id_
         elif type_ == "aws:ec2/instance:Instance":
-            outputs["primaryNetworkInterfaceId"] = f"eni-{_short_hash(self.stack, name, 'eni')}"
+            attached = plain.get("primaryNetworkInterface") or {}
+            outputs["primaryNetworkInterfaceId"] = attached.get("networkInterfaceId") or (
+                f"eni-{_short_hash(self.stack, name, 'eni')}"
+            )
             outputs.setdefault("privateIp", "10.0.0.4")
+        elif type_ == "aws:ec2/networkInterface:NetworkInterface":
+            fixed = plain.get("privateIps") or []
+            # An existing VPC's subnet: AWS picks the address; the mock says so plainly.
+            outputs["privateIp"] = fixed[0] if fixed else "10.0.0.4"
+        elif type_ == "aws:kms/key:Key":
+            outputs["keyId"] = id_.removeprefix("key-")
+            outputs["arn"] = f"arn:aws:kms:{region}:{ACCOUNT}:key/{outputs['keyId']}"
         elif type_ == "aws:ssm/parameter:Parameter":
             outputs["arn"] = (
                 f"arn:aws:ssm:{region}:{ACCOUNT}:parameter{plain.get('name', '/' + name)}"
@@ -185,10 +216,30 @@ class _Recorder:
         return id_, outputs
 
     def call(self, token: str, args: dict[str, Any], provider: str) -> dict[str, Any]:
+        self.require_explicit_provider(f"invoke {token}", token, provider)
         region = self.region_for_provider(provider)
         if token == "aws:ssm/getParameter:getParameter":
             ami = f"ami-{_short_hash(region, str(args.get('name')))}"
             return {"name": args.get("name"), "value": ami, "insecureValue": ami, "type": "String"}
+        if token == "aws:ec2/getAmi:getAmi":
+            name = str(args["filters"][0]["values"][0])
+            return {"id": f"ami-{_short_hash(region, name)}", "name": name, "imageId": ""}
+        if token == "aws:index/getCallerIdentity:getCallerIdentity":
+            return {
+                "accountId": ACCOUNT,
+                "arn": f"arn:aws:sts::{ACCOUNT}:assumed-role/{_MOCK_CALLER_ROLE}/plan",
+                "userId": "AROAPLANPLANPLAN:plan",
+                "id": ACCOUNT,
+            }
+        if token == "aws:iam/getSessionContext:getSessionContext":
+            return {
+                "arn": args["arn"],
+                "issuerArn": f"arn:aws:iam::{ACCOUNT}:role/{_MOCK_CALLER_ROLE}",
+                "issuerId": "AROAPLANPLANPLAN",
+                "issuerName": _MOCK_CALLER_ROLE,
+                "sessionName": "plan",
+                "id": args["arn"],
+            }
         if token == "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings":
             zones = [f"{region}{letter}" for letter in "abc"]
             types = [args["filters"][0]["values"][0]] * 3 if args.get("filters") else []
@@ -256,6 +307,7 @@ def run_program(
     preview: bool = True,
     planted_keys: Mapping[str, str] | None = None,
     program: Path = PROGRAM,
+    disabled_default_providers: tuple[str, ...] = DISABLED_DEFAULT_PROVIDERS,
 ) -> Plan:
     """Runs the program for `stack` with `config` (the project's keys, unprefixed).
 
@@ -282,6 +334,7 @@ def run_program(
         ) from None
 
     recorder = _Recorder(stack, site_names, planted_keys or {})
+    recorder.disabled_default_providers = disabled_default_providers
 
     class Mocks(pulumi_mocks.Mocks):
         def new_resource(
@@ -306,6 +359,10 @@ def run_program(
                 return response
             from pulumi.runtime import rpc
 
+            if request.custom and not request.type.startswith("pulumi:providers:"):
+                recorder.require_explicit_provider(
+                    f"{request.type} {request.name}", request.type, request.provider
+                )
             inputs = _to_marked(rpc.deserialize_properties(request.object, keep_unknowns=True))
             registered = self.resources.get(response.urn)
             with recorder.lock:
@@ -358,6 +415,8 @@ def run_program(
         raise PlanError(str(error)) from None
     finally:
         pulumi_settings.reset_options()
+    if recorder.problems:
+        raise PlanError("\n".join(sorted(set(recorder.problems))))
     return Plan(stack=stack, config=dict(config), resources=recorder.resources, exports=exports)
 
 
@@ -365,4 +424,16 @@ def plan_stack(
     stack: str, *, preview: bool = True, stacks_dir: Path = STACKS, **kwargs: Any
 ) -> Plan:
     """Plans stacks/Pulumi.<stack>.yaml."""
+    kwargs.setdefault("disabled_default_providers", disabled_default_providers(stack, stacks_dir))
     return run_program(stack, read_stack_file(stack, stacks_dir), preview=preview, **kwargs)
+
+
+def disabled_default_providers(stack: str, stacks_dir: Path = STACKS) -> tuple[str, ...]:
+    """The packages whose default provider the stack file disables."""
+    document = yaml.safe_load((stacks_dir / f"Pulumi.{stack}.yaml").read_text()) or {}
+    config = document.get("config") if isinstance(document, dict) else None
+    value = config.get(DISABLE_DEFAULT_PROVIDERS_KEY) if isinstance(config, dict) else None
+    if isinstance(value, str):
+        # The CLI also takes the list as JSON text (`pulumi config set --path`).
+        value = yaml.safe_load(value)
+    return tuple(str(package) for package in value) if isinstance(value, list) else ()

@@ -39,6 +39,8 @@ ROLE = "aws:iam/role:Role"
 ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
 ROLE_POLICY_ATTACHMENT = "aws:iam/rolePolicyAttachment:RolePolicyAttachment"
 IAM_POLICY = "aws:iam/policy:Policy"
+NETWORK_INTERFACE = "aws:ec2/networkInterface:NetworkInterface"
+KMS_KEY = "aws:kms/key:Key"
 
 KEY_PARAMETER_SUFFIX = "/" + KEY_PARAMETER_LEAF
 WG_CONFIG_GLOB = "/etc/wireguard/*.conf"
@@ -251,7 +253,9 @@ def gateway_instance_settings(type_: str, props: Props) -> list[str]:
         return []
     problems = []
     check = props.get("sourceDestCheck")
-    if check is not False and not is_unknown(check):
+    # On a standalone interface the check is the interface's (gateway-interface-forwards).
+    attached = props.get("primaryNetworkInterface") is not None
+    if check is not False and not is_unknown(check) and not attached:
         shown = "absent (AWS defaults it to true)" if check is None else repr(check)
         problems.append(
             f"sourceDestCheck is {shown}: a gateway forwards other hosts' packets, which the "
@@ -508,6 +512,159 @@ def gateway_reads_only_own_key(resources: Sequence[Resource]) -> list[tuple[Reso
     return found
 
 
+def gateway_interface_forwards(resources: Sequence[Resource]) -> list[tuple[Resource, str]]:
+    """(g) A gateway's standalone interface has its source/dest check off."""
+    interfaces = [r for r in resources if r.type == NETWORK_INTERFACE]
+    found: list[tuple[Resource, str]] = []
+    for instance in (r for r in resources if r.type == INSTANCE):
+        data = _user_data(instance.props)
+        attached = instance.props.get("primaryNetworkInterface")
+        if not isinstance(attached, Mapping) or (data is not None and not _is_gateway(data)):
+            continue
+        for interface in _resolve(attached.get("networkInterfaceId"), instance, interfaces):
+            check = interface.props.get("sourceDestCheck")
+            if check is not False and not is_unknown(check):
+                shown = "absent (AWS defaults it to true)" if check is None else repr(check)
+                found.append(
+                    (
+                        interface,
+                        f"sourceDestCheck is {shown} on gateway {instance.name}'s interface: "
+                        "the VPC drops the packets it forwards unless it is false",
+                    )
+                )
+    return found
+
+
+_DECRYPT = "kms:decrypt"
+
+
+def _grants_decrypt(statement: Mapping[str, Any]) -> bool:
+    if statement.get("Effect") != "Allow":
+        return False
+    if "NotAction" in statement:
+        return not any(
+            isinstance(a, str) and fnmatch.fnmatchcase(_DECRYPT, a.lower())
+            for a in _as_list(statement.get("NotAction"))
+        )
+    return any(
+        isinstance(a, str) and fnmatch.fnmatchcase(_DECRYPT, a.lower())
+        for a in _as_list(statement.get("Action"))
+    )
+
+
+def _principals(statement: Mapping[str, Any]) -> list[Any]:
+    principal = statement.get("Principal")
+    if principal == "*" or "NotPrincipal" in statement:
+        return ["*"]
+    if isinstance(principal, Mapping):
+        return _as_list(principal.get("AWS"))
+    return _as_list(principal)
+
+
+def _condition(statement: Mapping[str, Any], key: str) -> Any:
+    conditions = statement.get("Condition")
+    equals = conditions.get("StringEquals") if isinstance(conditions, Mapping) else None
+    return equals.get(key) if isinstance(equals, Mapping) else None
+
+
+def _whole_account(principal: Any) -> bool:
+    text = str(principal)
+    return text == "*" or text.endswith(":root") or re.fullmatch(r"\d{12}", text) is not None
+
+
+def _readers(parameter: Resource, resources: Sequence[Resource]) -> set[str]:
+    """URNs of roles given ssm:GetParameter on `parameter` by a role policy."""
+    roles = [r for r in resources if r.type == ROLE]
+    readers = set()
+    arn = parameter.props.get("arn")
+    for policy in (r for r in resources if r.type == ROLE_POLICY):
+        named = isinstance(arn, str) and arn in str(policy.props.get("policy"))
+        if parameter.urn not in policy.dependencies and not named:
+            continue
+        readers |= {role.urn for role in _resolve(policy.props.get("role"), policy, roles)}
+    return readers
+
+
+def _referenced_roles(key: Resource, roles: Sequence[Resource]) -> list[Resource]:
+    """Roles the key policy names: by ARN where known (the engine), else by dependency."""
+    policy = str(key.props.get("policy"))
+    by_arn = [r for r in roles if isinstance(r.props.get("arn"), str) and r.props["arn"] in policy]
+    return by_arn or [r for r in roles if r.urn in key.dependencies]
+
+
+def key_decrypted_only_by_own_gateway(
+    resources: Sequence[Resource],
+) -> list[tuple[Resource, str]]:
+    """(h) A WireGuard key parameter is under a KMS key only its own gateway may decrypt.
+
+    The account's default aws/ssm key lets any principal with ssm:GetParameter decrypt.
+    On the stack's own key: no decrypt for the whole account or anyone; a role of the plan
+    only if it reads this parameter, through SSM, with the encryption context naming it;
+    one principal outside the plan (the deployer, who holds the keys in state anyway)
+    only through SSM.
+    """
+    keys = [r for r in resources if r.type == KMS_KEY]
+    roles = [r for r in resources if r.type == ROLE]
+    found: list[tuple[Resource, str]] = []
+    for parameter in (r for r in resources if r.type == SSM_PARAMETER):
+        name = parameter.props.get("name")
+        if not (isinstance(name, str) and name.endswith(KEY_PARAMETER_SUFFIX)):
+            continue
+        key_id = parameter.props.get("keyId")
+        if key_id is None or (isinstance(key_id, str) and key_id.endswith("alias/aws/ssm")):
+            found.append(
+                (
+                    parameter,
+                    "encrypted with the account's default aws/ssm key, which every principal "
+                    "allowed ssm:GetParameter can decrypt: give it the stack's own KMS key",
+                )
+            )
+            continue
+        readers = _readers(parameter, resources)
+        for key in _resolve(key_id, parameter, keys):
+            found += [
+                (key, f"{problem} (parameter {name})")
+                for problem in _key_problems(key, name, readers, _referenced_roles(key, roles))
+            ]
+    return found
+
+
+def _key_problems(
+    key: Resource, parameter: str, readers: set[str], referenced: list[Resource]
+) -> list[str]:
+    document = key.props.get("policy")
+    if is_unknown(document):
+        return []
+    try:
+        statements = _as_list(json.loads(str(document)).get("Statement"))
+    except (ValueError, AttributeError):
+        return ["its key policy cannot be read here, so anyone may decrypt"]
+    problems = [
+        f"role {role.name} is named in the key policy but does not read the parameter"
+        for role in referenced
+        if role.urn not in readers
+    ]
+    outsiders = 0
+    for statement in (s for s in statements if isinstance(s, Mapping) and _grants_decrypt(s)):
+        sid = statement.get("Sid", "(no Sid)")
+        if _condition(statement, "kms:ViaService") is None:
+            problems.append(f"statement {sid} allows kms:Decrypt without kms:ViaService (SSM)")
+        for principal in _principals(statement):
+            if _whole_account(principal):
+                problems.append(f"statement {sid} lets {principal} decrypt")
+        context = _condition(statement, "kms:EncryptionContext:PARAMETER_ARN")
+        if context is None:
+            outsiders += 1
+        elif not (is_unknown(context) or str(context).endswith(f":parameter{parameter}")):
+            problems.append(f"statement {sid} names another parameter: {context}")
+    if outsiders > 1:
+        problems.append(
+            f"{outsiders} statements allow kms:Decrypt without the parameter's encryption "
+            "context; only the deployer's may"
+        )
+    return problems
+
+
 RESOURCE_RULES: Final = (
     ResourceRule(
         "wireguard-port-not-public",
@@ -546,6 +703,17 @@ STACK_RULES: Final = (
         "gateway-reads-only-own-key",
         "A gateway's instance role may read only the key parameter its boot script reads.",
         gateway_reads_only_own_key,
+    ),
+    StackRule(
+        "gateway-interface-forwards",
+        "A gateway's standalone network interface has sourceDestCheck false.",
+        gateway_interface_forwards,
+    ),
+    StackRule(
+        "key-decrypted-only-by-own-gateway",
+        "A WireGuard key parameter uses a KMS key that only its own gateway (and the "
+        "deployer, through SSM) may decrypt.",
+        key_decrypted_only_by_own_gateway,
     ),
 )
 

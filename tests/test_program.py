@@ -22,6 +22,7 @@ from plan.engine import Plan, PlannedResource, Secret, plan_private_key, reveal,
 from tests.conftest import stack_config
 
 INSTANCE = "aws:ec2/instance:Instance"
+INTERFACE = "aws:ec2/networkInterface:NetworkInterface"
 INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 ROUTE = "aws:ec2/route:Route"
 ROUTE_TABLE = "aws:ec2/routeTable:RouteTable"
@@ -32,6 +33,10 @@ PEER = {"alpha": "beta", "beta": "alpha"}
 
 def gateway(plan: Plan, site: str) -> PlannedResource:
     return plan.one(INSTANCE, f"{site}-gateway")
+
+
+def interface(plan: Plan, site: str) -> PlannedResource:
+    return plan.one(INTERFACE, f"{site}-gateway")
 
 
 def elastic_ip(plan: Plan, site: str) -> str:
@@ -45,7 +50,7 @@ def wg_config(plan: Plan, site: str) -> str:
 
 
 def ingress_rules(plan: Plan, site: str) -> list[dict[str, Any]]:
-    group_ids = gateway(plan, site).inputs["vpcSecurityGroupIds"]
+    group_ids = interface(plan, site).inputs["securityGroups"]
     return [r.inputs for r in plan.by_type(INGRESS) if r.inputs["securityGroupId"] in group_ids]
 
 
@@ -117,8 +122,10 @@ def test_security_group_descriptions_use_only_what_aws_accepts(dev_plan: Plan) -
 
 
 @pytest.mark.parametrize("site", SITES)
-def test_source_dest_check_is_disabled(dev_plan: Plan, site: str) -> None:
-    assert gateway(dev_plan, site).inputs["sourceDestCheck"] is False
+def test_source_dest_check_is_disabled_on_the_gateway_interface(dev_plan: Plan, site: str) -> None:
+    assert interface(dev_plan, site).inputs["sourceDestCheck"] is False
+    attached = gateway(dev_plan, site).inputs["primaryNetworkInterface"]
+    assert attached["networkInterfaceId"] == interface(dev_plan, site).outputs["id"]
 
 
 @pytest.mark.parametrize("site", SITES)
@@ -134,10 +141,16 @@ def test_root_volume_is_encrypted(dev_plan: Plan, site: str) -> None:
 
 
 @pytest.mark.parametrize("site", SITES)
-def test_gateway_reaches_the_internet_before_its_elastic_ip_arrives(
-    dev_plan: Plan, site: str
-) -> None:
-    assert gateway(dev_plan, site).inputs["associatePublicIpAddress"] is True
+def test_instance_boots_after_its_path_to_the_internet_exists(dev_plan: Plan, site: str) -> None:
+    # cloud-init needs packages and SSM at once; an attached interface gets no launch-time
+    # public address, so the Elastic IP and the public route must be there first.
+    needed = {
+        dev_plan.one("aws:ec2/internetGateway:InternetGateway", f"{site}-igw").urn,
+        dev_plan.one(ROUTE, f"{site}-public-internet").urn,
+        dev_plan.one("aws:ec2/routeTableAssociation:RouteTableAssociation", f"{site}-public").urn,
+        dev_plan.one("aws:ec2/eipAssociation:EipAssociation", f"{site}-address").urn,
+    }
+    assert needed <= set(gateway(dev_plan, site).options["dependsOn"])
 
 
 @pytest.mark.parametrize("site", SITES)
@@ -151,11 +164,12 @@ def test_user_data_change_replaces_the_instance(dev_plan: Plan, site: str) -> No
 def test_gateway_sits_at_the_computed_address_in_the_public_subnet(
     dev_plan: Plan, site: str
 ) -> None:
-    instance = gateway(dev_plan, site)
+    eni = interface(dev_plan, site)
     public = dev_plan.one("aws:ec2/subnet:Subnet", f"{site}-public")
-    assert instance.inputs["subnetId"] == public.outputs["id"]
+    assert eni.inputs["subnetId"] == public.outputs["id"]
     subnet = ipaddress.IPv4Network(public.inputs["cidrBlock"])
-    assert ipaddress.IPv4Address(instance.inputs["privateIp"]) in subnet
+    (address,) = eni.inputs["privateIps"]
+    assert ipaddress.IPv4Address(address) == subnet.network_address + 4
 
 
 def test_ami_is_looked_up_for_the_instance_architecture(
@@ -168,7 +182,41 @@ def test_ami_is_looked_up_for_the_instance_architecture(
     assert arm.startswith("ami-") and x86.startswith("ami-") and arm != x86
     # Each site asks its own region (same architecture, other region, other image).
     assert gateway(dev_plan, "beta").inputs["ami"] not in (arm, x86)
-    assert "ami" in gateway(dev_plan, "alpha").options["ignoreChanges"]
+
+
+def test_no_changes_to_the_image_are_ignored(dev_plan: Plan) -> None:
+    # ignore_changes would make Pulumi reuse the recorded AMI on every replacement,
+    # `--replace` included (pulumi/pulumi#2657).
+    for site in SITES:
+        assert gateway(dev_plan, site).options["ignoreChanges"] == []
+
+
+def test_a_pinned_image_is_the_image_a_replaced_gateway_boots() -> None:
+    config = stack_config("dev")
+    config["sites"][0]["image"] = "20251113"
+    before = run_program("dev", config, preview=True)
+    config["sites"][0]["image"] = "20251201"
+    after = run_program("dev", config, preview=True)
+    old, new = gateway(before, "alpha").inputs["ami"], gateway(after, "alpha").inputs["ami"]
+    assert old != new
+    # Exactly that build: the mock answers an image id derived from the name asked for.
+    from plan.engine import _short_hash
+
+    name = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-arm64-server-20251201"
+    assert new == f"ami-{_short_hash('us-east-1', name)}"
+    assert gateway(after, "beta").inputs["ami"] == gateway(before, "beta").inputs["ami"]
+
+
+def test_switching_architecture_picks_the_matching_build_of_the_pinned_image() -> None:
+    config = stack_config("dev")
+    config["sites"][0]["image"] = "20251113"
+    arm = gateway(run_program("dev", config), "alpha").inputs["ami"]
+    config["sites"][0]["instanceType"] = "t3.nano"
+    x86 = gateway(run_program("dev", config), "alpha").inputs["ami"]
+    from plan.engine import _short_hash
+
+    name = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-20251113"
+    assert arm != x86 == f"ami-{_short_hash('us-east-1', name)}"
 
 
 # --- routes ---------------------------------------------------------------------------
@@ -178,7 +226,7 @@ def test_ami_is_looked_up_for_the_instance_architecture(
 def test_every_route_table_sends_the_peer_site_to_the_gateway_interface(
     dev_plan: Plan, site: str
 ) -> None:
-    eni = gateway(dev_plan, site).outputs["primaryNetworkInterfaceId"]
+    eni = interface(dev_plan, site).outputs["id"]
     peer_cidr = {"alpha": "10.2.0.0/16", "beta": "10.1.0.0/16"}[site]
     tables = {
         r.outputs["id"] for r in dev_plan.by_type(ROUTE_TABLE) if r.name.startswith(f"{site}-")
@@ -203,14 +251,16 @@ def test_existing_vpc_gets_routes_and_no_new_network() -> None:
     plan = run_program("dev", config)
     assert [r.name for r in plan.by_type("aws:ec2/vpc:Vpc")] == ["alpha-vpc"]
     assert not [r for r in plan.by_type("aws:ec2/subnet:Subnet") if r.name.startswith("beta")]
-    eni = gateway(plan, "beta").outputs["primaryNetworkInterfaceId"]
+    eni = interface(plan, "beta").outputs["id"]
     routed = sorted(
         r.inputs["routeTableId"]
         for r in plan.by_type(ROUTE)
         if r.inputs.get("networkInterfaceId") == eni
     )
     assert routed == ["rtb-0123456789abcdef0", "rtb-0fedcba9876543210"]
-    assert gateway(plan, "beta").inputs["subnetId"] == "subnet-0123456789abcdef0"
+    assert interface(plan, "beta").inputs["subnetId"] == "subnet-0123456789abcdef0"
+    # AWS picks the address in a subnet the project does not lay out.
+    assert "privateIps" not in interface(plan, "beta").inputs
     group = plan.one("aws:ec2/securityGroup:SecurityGroup", "beta-gateway")
     assert group.inputs["vpcId"] == "vpc-0123456789abcdef0"
 
@@ -224,7 +274,9 @@ def test_elastic_ips_are_allocated_alone_and_associated_afterwards(dev_plan: Pla
         assert "instance" not in address.inputs and address.inputs["domain"] == "vpc"
         association = dev_plan.one("aws:ec2/eipAssociation:EipAssociation", f"{site}-address")
         assert association.inputs["allocationId"] == address.outputs["allocationId"]
-        assert association.inputs["instanceId"] == gateway(dev_plan, site).outputs["id"]
+        # On the interface, not the instance: a replaced instance leaves it untouched.
+        assert association.inputs["networkInterfaceId"] == interface(dev_plan, site).outputs["id"]
+        assert "instanceId" not in association.inputs
         igw = dev_plan.one("aws:ec2/internetGateway:InternetGateway", f"{site}-igw")
         assert igw.urn in association.options["dependsOn"]
 
@@ -446,7 +498,15 @@ def test_workloads_can_admit_the_peer_site_by_its_real_addresses(dev_plan: Plan,
         if r.inputs["securityGroupId"] == group.outputs["id"]
     ]
     peer_cidr = {"alpha": "10.2.0.0/16", "beta": "10.1.0.0/16"}[site]
-    assert [(r["cidrIpv4"], r["ipProtocol"]) for r in rules] == [(peer_cidr, "-1")]
+    gateway_ip = interface(dev_plan, site).inputs["privateIps"][0]
+    assert {(r["cidrIpv4"], r["ipProtocol"], r.get("fromPort")) for r in rules} == {
+        (peer_cidr, "-1", None),
+        # Path MTU discovery: "fragmentation needed" (type 3 code 4) from its own gateway.
+        (f"{gateway_ip}/32", "icmp", 3),
+    }
+    assert len(rules) == 2
+    frag = next(r for r in rules if r["ipProtocol"] == "icmp")
+    assert frag["toPort"] == 4
 
 
 def test_components_are_typed_and_own_their_children(dev_plan: Plan) -> None:
