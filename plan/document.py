@@ -93,6 +93,7 @@ def public_document(plan: Plan) -> Document:
         "stack": plan.stack,
         "resources": [_resource(plan, r, secrets) for r in resources],
         "exports": public_value(plan.exports, secrets),
+        "notes": [redact_text(note, secrets) for note in plan.notes],
     }
 
 

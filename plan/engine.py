@@ -17,6 +17,7 @@ import functools
 import hashlib
 import ipaddress
 import json
+import logging
 import os
 import runpy
 import threading
@@ -79,6 +80,8 @@ class Plan:
     config: dict[str, Any]  # the project's keys from the stack file
     resources: list[PlannedResource]
     exports: dict[str, Any]
+    # What the program logged as a warning (`pulumi up` shows these as diagnostics).
+    notes: list[str] = field(default_factory=list)
 
     def by_type(self, type_: str) -> list[PlannedResource]:
         return [r for r in self.resources if r.type == type_]
@@ -140,6 +143,17 @@ _ID_PREFIX = {
 }
 # Invokes answered with a made-up Canonical image and the plan's own account.
 _MOCK_CALLER_ROLE = "wg-site-to-site-deployer"
+
+
+class _NoteTaker(logging.Handler):
+    """Keeps the program's warnings, which `pulumi up` would print as diagnostics."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.notes: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.notes.append(record.getMessage())
 
 
 class _Recorder:
@@ -397,8 +411,16 @@ def run_program(
     }
     pulumi_settings.reset_options(project=PROJECT, stack=stack, preview=preview)
     set_all_config(flat_config, [])
+    notes = _NoteTaker()
+    logger = logging.Logger(f"{PROJECT}-plan")
+    logger.addHandler(notes)
     pulumi_mocks.set_mocks(
-        Mocks(), project=PROJECT, stack=stack, preview=preview, monitor=Monitor(Mocks())
+        Mocks(),
+        project=PROJECT,
+        stack=stack,
+        preview=preview,
+        logger=logger,
+        monitor=Monitor(Mocks()),
     )
     exports: dict[str, Any] = {}
 
@@ -417,15 +439,22 @@ def run_program(
         pulumi_settings.reset_options()
     if recorder.problems:
         raise PlanError("\n".join(sorted(set(recorder.problems))))
-    return Plan(stack=stack, config=dict(config), resources=recorder.resources, exports=exports)
+    return Plan(
+        stack=stack,
+        config=dict(config),
+        resources=recorder.resources,
+        exports=exports,
+        notes=sorted(set(notes.notes)),
+    )
 
 
 def plan_stack(
     stack: str, *, preview: bool = True, stacks_dir: Path = STACKS, **kwargs: Any
 ) -> Plan:
     """Plans stacks/Pulumi.<stack>.yaml."""
+    config = read_stack_file(stack, stacks_dir)
     kwargs.setdefault("disabled_default_providers", disabled_default_providers(stack, stacks_dir))
-    return run_program(stack, read_stack_file(stack, stacks_dir), preview=preview, **kwargs)
+    return run_program(stack, config, preview=preview, **kwargs)
 
 
 def disabled_default_providers(stack: str, stacks_dir: Path = STACKS) -> tuple[str, ...]:

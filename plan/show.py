@@ -93,6 +93,8 @@ def render(document: Document) -> str:
         lines += ["", "Outputs:"]
         for key in sorted(document["exports"]):
             lines += value_lines(key, document["exports"][key], _INDENT)
+    if document.get("notes"):
+        lines += ["", "Notes:", *(f"{_INDENT}{note}" for note in document["notes"])]
     lines += [
         "",
         f"{len(resources)} resources: {custom} cloud resources and providers, "

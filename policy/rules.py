@@ -649,12 +649,11 @@ def _key_problems(
         sid = statement.get("Sid", "(no Sid)")
         if _condition(statement, "kms:ViaService") is None:
             problems.append(f"statement {sid} allows kms:Decrypt without kms:ViaService (SSM)")
-        for principal in _principals(statement):
-            if _whole_account(principal):
-                problems.append(f"statement {sid} lets {principal} decrypt")
+        everyone = [p for p in _principals(statement) if _whole_account(p)]
+        problems += [f"statement {sid} lets {principal} decrypt" for principal in everyone]
         context = _condition(statement, "kms:EncryptionContext:PARAMETER_ARN")
         if context is None:
-            outsiders += 1
+            outsiders += 0 if everyone else 1
         elif not (is_unknown(context) or str(context).endswith(f":parameter{parameter}")):
             problems.append(f"statement {sid} names another parameter: {context}")
     if outsiders > 1:

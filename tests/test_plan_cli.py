@@ -132,7 +132,7 @@ def test_json_is_deterministic_and_complete(tmp_path, capsys):
     assert first.read_bytes() == second.read_bytes()
 
     document = json.loads(first.read_text())
-    assert sorted(document) == ["exports", "resources", "stack"]
+    assert sorted(document) == ["exports", "notes", "resources", "stack"]
     assert document["stack"] == "dev"
     urns = [r["urn"] for r in document["resources"]]
     assert urns == sorted(urns)

@@ -26,6 +26,7 @@ from policy import offline, pack, rules
 
 Document = dict[str, Any]
 INSTANCE = "aws:ec2/instance:Instance"
+INTERFACE = "aws:ec2/networkInterface:NetworkInterface"
 ALPHA_KEY = "/wg-site-to-site/dev/alpha/wireguard-private-key"
 BETA_ARN = (
     "arn:aws:ssm:eu-west-1:123456789012:parameter/wg-site-to-site/dev/beta/wireguard-private-key"
@@ -80,6 +81,40 @@ def edit_policy(name: str, edit: Callable[[dict[str, Any]], None]) -> Callable[[
         inputs["policy"] = json.dumps(policy)
 
     return mutate
+
+
+def edit_key_policy(
+    name: str, edit: Callable[[list[dict[str, Any]]], None], depends_on: str | None = None
+) -> Callable[[Document], None]:
+    def mutate(document: Document) -> None:
+        key = resource(document, "aws:kms/key:Key", name)
+        policy = json.loads(key["inputs"]["policy"])
+        edit(policy["Statement"])
+        key["inputs"]["policy"] = json.dumps(policy)
+        if depends_on is not None:
+            urn = resource(document, "aws:iam/role:Role", depends_on)["urn"]
+            key["options"]["dependsOn"].append(urn)
+
+    return mutate
+
+
+def _statement(sid: str) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+    return lambda statements: next(s for s in statements if s["Sid"] == sid)
+
+
+def _let_root_decrypt(statements: list[dict[str, Any]]) -> None:
+    statements[0]["Action"] = "kms:*"
+    statements[0]["Condition"] = {"StringEquals": {"kms:ViaService": "ssm.us-east-1.amazonaws.com"}}
+
+
+def _drop_encryption_context(statements: list[dict[str, Any]]) -> None:
+    gateway = _statement("GatewayDecryptsOwnParameter")(statements)
+    del gateway["Condition"]["StringEquals"]["kms:EncryptionContext:PARAMETER_ARN"]
+
+
+def _name_the_other_gateway(statements: list[dict[str, Any]]) -> None:
+    gateway = _statement("GatewayDecryptsOwnParameter")(statements)
+    gateway["Principal"]["AWS"] = "arn:aws:iam::123456789012:role/beta-gateway"
 
 
 def add_resource(type_: str, name: str, inputs: dict[str, Any]) -> Callable[[Document], None]:
@@ -157,16 +192,50 @@ CASES = [
         "admits all protocols from 0.0.0.0/0",
     ),
     (
+        "gateway-interface-forwards",
+        set_input(INTERFACE, "alpha-gateway", "sourceDestCheck", True),
+        "alpha-gateway",
+        "sourceDestCheck is True on gateway alpha-gateway's interface",
+    ),
+    (
+        "gateway-interface-forwards",
+        set_input(INTERFACE, "beta-gateway", "sourceDestCheck", None),
+        "beta-gateway",
+        "sourceDestCheck is absent (AWS defaults it to true) on gateway beta-gateway's",
+    ),
+    (
         "gateway-instance-settings",
-        set_input(INSTANCE, "alpha-gateway", "sourceDestCheck", True),
+        # An instance without a standalone interface carries the check itself.
+        lambda document: (
+            set_input(INSTANCE, "alpha-gateway", "primaryNetworkInterface", None)(document),
+            set_input(INSTANCE, "alpha-gateway", "sourceDestCheck", True)(document),
+        ),
         "alpha-gateway",
         "sourceDestCheck is True",
     ),
     (
-        "gateway-instance-settings",
-        set_input(INSTANCE, "beta-gateway", "sourceDestCheck", None),
-        "beta-gateway",
-        "sourceDestCheck is absent (AWS defaults it to true)",
+        "key-decrypted-only-by-own-gateway",
+        set_input("aws:ssm/parameter:Parameter", "alpha-wireguard-key", "keyId", None),
+        "alpha-wireguard-key",
+        "encrypted with the account's default aws/ssm key",
+    ),
+    (
+        "key-decrypted-only-by-own-gateway",
+        edit_key_policy("alpha-wireguard-key", _let_root_decrypt),
+        "alpha-wireguard-key",
+        "lets arn:aws:iam::123456789012:root decrypt",
+    ),
+    (
+        "key-decrypted-only-by-own-gateway",
+        edit_key_policy("beta-wireguard-key", _drop_encryption_context),
+        "beta-wireguard-key",
+        "2 statements allow kms:Decrypt without the parameter's encryption context",
+    ),
+    (
+        "key-decrypted-only-by-own-gateway",
+        edit_key_policy("alpha-wireguard-key", _name_the_other_gateway, depends_on="beta-gateway"),
+        "alpha-wireguard-key",
+        "role beta-gateway is named in the key policy but does not read the parameter",
     ),
     (
         "gateway-instance-settings",
@@ -316,25 +385,27 @@ def test_offline_runner_passes_shipped_stacks(capsys):
     assert offline.main(["dev"]) == 0
     assert offline.main(["single-region"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("stack dev: all 7 mandatory policies pass")
-    assert lines[1].startswith("stack single-region: all 7 mandatory policies pass")
+    count = len(rules.RESOURCE_RULES) + len(rules.STACK_RULES)
+    assert lines[0].startswith(f"stack dev: all {count} mandatory policies pass")
+    assert lines[1].startswith(f"stack single-region: all {count} mandatory policies pass")
 
 
 def test_offline_runner_fails_a_violating_plan_json(dev, tmp_path, capsys):
     document = copy.deepcopy(dev)
-    set_input(INSTANCE, "alpha-gateway", "sourceDestCheck", True)(document)
+    set_input(INTERFACE, "alpha-gateway", "sourceDestCheck", True)(document)
     set_input("aws:ssm/parameter:Parameter", "beta-wireguard-key", "type", "String")(document)
 
     assert offline.main(["dev", "--plan-json", write(tmp_path, document)]) == 1
 
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(
-        "gateway-instance-settings: aws:ec2/instance:Instance alpha-gateway: sourceDestCheck"
-    )
-    assert lines[1].startswith(
         "key-parameter-secure-string: aws:ssm/parameter:Parameter beta-wireguard-key: parameter"
     )
-    assert lines[2].startswith("stack dev: 2 violations of 2 of 7 mandatory policies")
+    assert lines[1].startswith(
+        "gateway-interface-forwards: aws:ec2/networkInterface:NetworkInterface alpha-gateway:"
+    )
+    count = len(rules.RESOURCE_RULES) + len(rules.STACK_RULES)
+    assert lines[2].startswith(f"stack dev: 2 violations of 2 of {count} mandatory policies")
 
 
 def test_offline_runner_accepts_its_own_plan_json(dev, tmp_path):
@@ -384,7 +455,9 @@ def test_policy_pack_builds_every_policy_as_mandatory(monkeypatch):
         r.name for r in (*rules.RESOURCE_RULES, *rules.STACK_RULES)
     ]
     assert all(p.enforcement_level == pulumi_policy.EnforcementLevel.MANDATORY for p in policies)
-    assert sum(isinstance(p, pulumi_policy.StackValidationPolicy) for p in policies) == 1
+    assert sum(isinstance(p, pulumi_policy.StackValidationPolicy) for p in policies) == len(
+        rules.STACK_RULES
+    )
 
 
 class Reports(list[tuple[str, str | None]]):
