@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := wireguard-tools wireguard-go iproute2 iptables nftables iputils-ping \
 	mtr-tiny iperf3 procps psmisc cloud-init
 
-.PHONY: help deps test lint typecheck unit lab lab-down lab-bench plan policy \
+.PHONY: help deps test lint typecheck unit lab lab-down lab-bench plan pin policy \
 	test-stack test-stack-destroy test-stack-sweep clean
 
 help: ## list the targets
@@ -56,6 +56,9 @@ test: deps lint typecheck ## everything CI runs: lint, types, unit, policy and l
 
 plan: deps ## offline plan of STACK (no credentials): make plan STACK=dev [ARGS="--diff main"]
 	$(PY) -m plan $(STACK) $(ARGS)
+
+pin: deps ## pin each site's current Ubuntu build and a zone into STACK's file (needs AWS)
+	$(PY) -m tools.pin $(STACK)
 
 policy: deps ## offline policy check of STACK's plan
 	$(PY) -m policy.offline $(STACK)

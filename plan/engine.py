@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import graphlib
 import hashlib
 import ipaddress
 import json
@@ -94,6 +95,23 @@ class Plan:
 
     def get(self, urn: str) -> PlannedResource:
         return next(r for r in self.resources if r.urn == urn)
+
+    def destroy_order(self) -> list[str]:
+        """URNs in an order `pulumi destroy` may delete them: dependents first.
+
+        The engine deletes a resource only after everything that depends on it (inputs
+        taken from it, `depends_on`, children) is gone; this is that order, made from
+        the same dependencies the engine records.
+        """
+        graph: dict[str, set[str]] = {r.urn: set() for r in self.resources}
+        for resource in self.resources:
+            needed = set(resource.options.get("dependsOn", []))
+            if resource.parent:
+                needed.add(resource.parent)
+            for urn in needed & graph.keys():
+                # `urn` may go only once `resource` is gone.
+                graph[urn].add(resource.urn)
+        return list(graphlib.TopologicalSorter(graph).static_order())
 
     def region_of(self, resource: PlannedResource) -> str | None:
         """The region a resource is created in: its own `region`, else its provider's."""

@@ -10,6 +10,7 @@ from typing import Any
 from plan.engine import Plan, PlannedResource, Secret, reveal
 
 TYPE_INSTANCE = "aws:ec2/instance:Instance"
+TYPE_INTERFACE = "aws:ec2/networkInterface:NetworkInterface"
 TYPE_ROUTE = "aws:ec2/route:Route"
 TYPE_INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 
@@ -30,13 +31,13 @@ def _set(resource: PlannedResource, key: str, value: Any) -> None:
 
 def source_dest_check_on(site: str) -> Callable[[Plan], None]:
     def change(plan: Plan) -> None:
-        _set(plan.one(TYPE_INSTANCE, f"{site}-gateway"), "sourceDestCheck", True)
+        _set(plan.one(TYPE_INTERFACE, f"{site}-gateway"), "sourceDestCheck", True)
 
     return change
 
 
 def no_routes_to_gateways(plan: Plan) -> None:
-    enis = {r.outputs.get("primaryNetworkInterfaceId") for r in plan.by_type(TYPE_INSTANCE)}
+    enis = {r.outputs.get("id") for r in plan.by_type(TYPE_INTERFACE)}
     plan.resources = [
         r
         for r in plan.resources

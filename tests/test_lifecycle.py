@@ -1,0 +1,138 @@
+"""A gateway's lifecycle on AWS: nothing a replacement, resize or destroy does may strand
+a site. Each test names the AWS behaviour it guards against (issue 7)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from core.config import load_stack_config
+from core.facts import gateway_facts
+from core.render import USER_DATA_LIMIT_BYTES, parse_user_data, user_data_problems
+from plan.engine import STACKS, Plan, PlanError, plan_stack, run_program
+from tests.conftest import stack_config
+
+INSTANCE = "aws:ec2/instance:Instance"
+SUBNET = "aws:ec2/subnet:Subnet"
+SITES = ("alpha", "beta")
+
+
+def test_every_shipped_stack_disables_the_default_aws_provider() -> None:
+    for path in sorted(STACKS.glob("Pulumi.*.yaml")):
+        config = yaml.safe_load(path.read_text())["config"]
+        assert config["pulumi:disable-default-providers"] == ["aws"], path.name
+
+
+def test_a_resource_without_a_provider_fails_the_plan(tmp_path: Path) -> None:
+    # What `pulumi:disable-default-providers: [aws]` makes the engine do: a resource that
+    # forgot its site's provider would otherwise land in the ambient AWS_REGION.
+    program = tmp_path / "__main__.py"
+    program.write_text(
+        "import pulumi_aws as aws\n"
+        "from components import SiteToSite, SiteToSiteArgs, read_stack_config\n"
+        "import pulumi\n"
+        "SiteToSite('site-to-site', SiteToSiteArgs(config=read_stack_config(),"
+        " project=pulumi.get_project(), stack=pulumi.get_stack()))\n"
+        "aws.ec2.Vpc('stray', cidr_block='10.9.0.0/16')\n"
+    )
+    with pytest.raises(PlanError, match=r"aws:ec2/vpc:Vpc stray has no explicit provider"):
+        run_program("dev", stack_config("dev"), program=program)
+    # The same program passes with the default provider allowed: the failure is that rule.
+    run_program("dev", stack_config("dev"), program=program, disabled_default_providers=())
+
+
+def test_an_invoke_without_a_provider_fails_the_plan(tmp_path: Path) -> None:
+    program = tmp_path / "__main__.py"
+    program.write_text("import pulumi_aws as aws\naws.get_caller_identity_output()\n")
+    with pytest.raises(PlanError, match="invoke aws:index/getCallerIdentity"):
+        run_program("dev", stack_config("dev"), program=program)
+
+
+def test_destroy_deletes_the_gateway_before_its_path_to_the_internet(dev_plan: Plan) -> None:
+    # Detaching an internet gateway while an Elastic IP is still mapped fails with
+    # "has some mapped public address(es)"; the instance must also go before its route.
+    order = dev_plan.destroy_order()
+    for site in SITES:
+        position = {r.name + "|" + r.type: order.index(r.urn) for r in dev_plan.resources}
+        igw = position[f"{site}-igw|aws:ec2/internetGateway:InternetGateway"]
+        route = position[f"{site}-public-internet|aws:ec2/route:Route"]
+        association = position[f"{site}-public|aws:ec2/routeTableAssociation:RouteTableAssociation"]
+        instance = position[f"{site}-gateway|{INSTANCE}"]
+        eip = position[f"{site}-address|aws:ec2/eipAssociation:EipAssociation"]
+        assert instance < min(igw, route, association)
+        assert eip < igw
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_unpinned_zones_are_kept_once_chosen(dev_plan: Plan, site: str) -> None:
+    # A zone that moved would replace both subnets create-before-delete with the same
+    # CIDR, which AWS refuses (InvalidSubnet.Conflict, pulumi-awsx#910).
+    for subnet in dev_plan.by_type(SUBNET):
+        if subnet.name.startswith(f"{site}-"):
+            assert subnet.options["ignoreChanges"] == ["availabilityZone"], subnet.name
+
+
+def test_a_pinned_zone_is_used_and_honoured() -> None:
+    config = stack_config("dev")
+    config["sites"][1]["availabilityZone"] = "eu-west-1c"
+    plan = run_program("dev", config)
+    beta = [s for s in plan.by_type(SUBNET) if s.name.startswith("beta-")]
+    assert {s.inputs["availabilityZone"] for s in beta} == {"eu-west-1c"}
+    # Configured, so a change to it is a reviewed change and must take effect.
+    assert all(s.options["ignoreChanges"] == [] for s in beta)
+
+
+def test_a_zone_outside_the_site_region_is_refused() -> None:
+    config = stack_config("dev")
+    config["sites"][1]["availabilityZone"] = "us-east-1a"
+    with pytest.raises(PlanError, match="availabilityZone us-east-1a is not in region eu-west-1"):
+        run_program("dev", config)
+
+
+def _many_rules(count: int) -> list[dict[str, object]]:
+    return [
+        {
+            "description": f"rule {n} for the service on port {1000 + n} between the sites",
+            "protocol": "tcp",
+            "port": 1000 + n,
+            "action": "reject",
+        }
+        for n in range(count)
+    ]
+
+
+def test_user_data_over_ec2s_limit_fails_before_anything_is_declared() -> None:
+    # EC2 refuses more than 16 KB only at RunInstances, after the old gateway is gone.
+    config = stack_config("dev")
+    config["firewall"] = _many_rules(60)
+    with pytest.raises(PlanError) as raised:
+        run_program("dev", config)
+    lines = str(raised.value).splitlines()
+    assert len(lines) == 2  # one per site
+    assert all(f"over EC2's limit of {USER_DATA_LIMIT_BYTES} bytes" in line for line in lines)
+
+
+def test_user_data_within_the_limit_passes_the_check() -> None:
+    config = load_stack_config(stack_config("dev"))
+    for facts in gateway_facts(config, "dev"):
+        assert user_data_problems(facts) == []
+
+
+def test_nano_gateways_get_a_swap_file_and_larger_ones_do_not() -> None:
+    config = stack_config("dev")
+    config["sites"][1]["instanceType"] = "t4g.micro"
+    plan = run_program("dev", config)
+    nano = parse_user_data(plan.one(INSTANCE, "alpha-gateway").inputs["userData"])
+    micro = parse_user_data(plan.one(INSTANCE, "beta-gateway").inputs["userData"])
+    assert nano["swap"] == {"filename": "/swapfile", "size": 1 << 30, "maxsize": 1 << 30}
+    assert "swap" not in micro
+
+
+def test_the_shipped_stack_plans_without_a_pinned_image_and_says_which_it_used() -> None:
+    plan = plan_stack("dev")
+    amis = {site: plan.one(INSTANCE, f"{site}-gateway").inputs["ami"] for site in SITES}
+    for site, ami in amis.items():
+        (note,) = [n for n in plan.notes if n.startswith(f"site {site}:")]
+        assert "image not pinned" in note and ami in note

@@ -1,0 +1,125 @@
+"""`make pin`: the image and zone become reviewed values in the stack file."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+from botocore.stub import Stubber
+
+from plan.engine import STACKS, plan_stack
+from tools import pin
+
+SERIAL = {"arm64": "20251201", "amd64": "20251130.1"}
+
+
+class FakeAws:
+    """Real boto3 clients, answered by Stubber: Canonical's current image per arch."""
+
+    def __init__(self) -> None:
+        self.stubbers: list[Stubber] = []
+
+    def __call__(self, service: str, region: str) -> Any:
+        client = boto3.client(
+            service, region_name=region, aws_access_key_id="x", aws_secret_access_key="x"
+        )
+        stubber = Stubber(client)
+        self.stubbers.append(stubber)
+        if service == "ssm":
+            original = client.get_parameter
+
+            def get_parameter(**kwargs: Any) -> Any:
+                arch = "arm64" if "/arm64/" in kwargs["Name"] else "amd64"
+                stubber.add_response(
+                    "get_parameter",
+                    {"Parameter": {"Name": kwargs["Name"], "Value": f"ami-{arch}0123456789a"}},
+                    {"Name": kwargs["Name"]},
+                )
+                return original(**kwargs)
+
+            client.get_parameter = get_parameter
+        else:
+            original_images = client.describe_images
+
+            def describe_images(**kwargs: Any) -> Any:
+                arch = "arm64" if "arm64" in kwargs["ImageIds"][0] else "amd64"
+                name = f"ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-{arch}-server-{SERIAL[arch]}"
+                stubber.add_response(
+                    "describe_images",
+                    {"Images": [{"ImageId": kwargs["ImageIds"][0], "Name": name}]},
+                    kwargs,
+                )
+                return original_images(**kwargs)
+
+            original_offerings = client.describe_instance_type_offerings
+
+            def describe_instance_type_offerings(**kwargs: Any) -> Any:
+                zones = [f"{region}c", f"{region}b"]
+                stubber.add_response(
+                    "describe_instance_type_offerings",
+                    {"InstanceTypeOfferings": [{"Location": z} for z in zones]},
+                    kwargs,
+                )
+                return original_offerings(**kwargs)
+
+            client.describe_images = describe_images
+            client.describe_instance_type_offerings = describe_instance_type_offerings
+        stubber.activate()
+        return client
+
+
+@pytest.fixture
+def stacks(tmp_path: Path) -> Path:
+    shutil.copytree(STACKS, tmp_path / "stacks")
+    return tmp_path / "stacks"
+
+
+def test_pin_writes_image_and_zone_per_site_and_nothing_else(stacks: Path) -> None:
+    before = (stacks / "Pulumi.dev.yaml").read_text()
+
+    report = pin.pin_stack("dev", FakeAws(), stacks)
+
+    after = (stacks / "Pulumi.dev.yaml").read_text()
+    assert report.splitlines() == [
+        "site alpha: image 20251201, zone us-east-1b",
+        "site beta: image 20251201, zone eu-west-1b",
+    ]
+    added = [line for line in after.splitlines() if line not in before.splitlines()]
+    assert added == [
+        "      image: '20251201'",
+        "      availabilityZone: us-east-1b",
+        "      image: '20251201'",
+        "      availabilityZone: eu-west-1b",
+    ]
+    # Comments survive; every old line is still there.
+    assert all(line in after.splitlines() for line in before.splitlines())
+    sites = yaml.safe_load(after)["config"]["wg-site-to-site:sites"]
+    assert [s["image"] for s in sites] == ["20251201", "20251201"]
+
+
+def test_a_pinned_stack_plans_with_exactly_the_pinned_build(stacks: Path) -> None:
+    pin.pin_stack("single-region", FakeAws(), stacks)
+
+    plan = plan_stack("single-region", stacks_dir=stacks)
+
+    # x86 gateways get the amd64 build of that serial; nothing says "not pinned".
+    assert plan.notes == []
+    text = (stacks / "Pulumi.single-region.yaml").read_text()
+    assert "image: '20251130.1'" in text
+
+
+def test_pin_twice_changes_nothing_the_second_time(stacks: Path) -> None:
+    pin.pin_stack("dev", FakeAws(), stacks)
+    once = (stacks / "Pulumi.dev.yaml").read_text()
+    pin.pin_stack("dev", FakeAws(), stacks)
+    assert (stacks / "Pulumi.dev.yaml").read_text() == once
+
+
+def test_unknown_stack_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert pin.main(["no-such-stack"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no config file for stack 'no-such-stack'" in err
