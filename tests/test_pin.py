@@ -24,7 +24,7 @@ class FakeAws:
         self.stubbers: list[Stubber] = []
 
     def __call__(self, service: str, region: str) -> Any:
-        client = boto3.client(
+        client = boto3.client(  # type: ignore[call-overload]
             service, region_name=region, aws_access_key_id="x", aws_secret_access_key="x"
         )
         stubber = Stubber(client)
