@@ -248,3 +248,13 @@ def gateway_facts(config: StackConfig, stack: str) -> tuple[GatewayFacts, Gatewa
             )
         )
     return facts[0], facts[1]
+
+# The gateway's AWS API calls (SSM reads, CloudWatch metrics): curl --aws-sigv4 with
+# the instance role's credentials. The optional env file points it elsewhere (the lab's
+# local AWS stand-in); on AWS it does not exist.
+AWS_CALL_PATH = "/usr/local/sbin/wg-site-to-site-aws"
+AWS_ENV_PATH = "/etc/wg-site-to-site/aws.env"
+# The health probe's systemd units, and where the probe keeps its byte counters.
+PROBE_SERVICE_PATH = "/etc/systemd/system/wg-site-to-site-probe.service"
+PROBE_TIMER_PATH = "/etc/systemd/system/wg-site-to-site-probe.timer"
+PROBE_STATE_DIR = "/run/wg-site-to-site"

@@ -10,13 +10,25 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import jinja2
 import yaml
 
-from core.facts import FETCH_KEY_PATH, SYSCTL_PATH, GatewayFacts
+from core import health
+from core.facts import (
+    APPLY_PATH,
+    AWS_CALL_PATH,
+    AWS_ENV_PATH,
+    FETCH_KEY_PATH,
+    PROBE_PATH,
+    PROBE_SERVICE_PATH,
+    PROBE_STATE_DIR,
+    PROBE_TIMER_PATH,
+    SYSCTL_PATH,
+    GatewayFacts,
+)
 from core.keys import is_key
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "cloud-init"
@@ -169,4 +181,74 @@ def written_files(user_data: str) -> dict[str, dict[str, str]]:
     return {
         entry["path"]: {"content": entry["content"], "permissions": entry.get("permissions", "")}
         for entry in parse_user_data(user_data).get("write_files", [])
+    }
+
+
+def render_aws_call(facts: GatewayFacts) -> str:
+    """The gateway's signed AWS API call helper, installed at AWS_CALL_PATH."""
+    return _render(
+        "aws-call.sh.j2",
+        name=PurePosixPath(AWS_CALL_PATH).name,
+        region=facts.site.region,
+        env_path=AWS_ENV_PATH,
+    )
+
+
+def _probe_interval(interval_seconds: int) -> int:
+    if isinstance(interval_seconds, bool) or not isinstance(interval_seconds, int):
+        raise ValueError(f"probe interval must be whole seconds, got {interval_seconds!r}")
+    if not 1 <= interval_seconds <= 3600:
+        raise ValueError(f"probe interval must be 1..3600 s, got {interval_seconds}")
+    return interval_seconds
+
+
+def render_probe(
+    facts: GatewayFacts, interval_seconds: int = health.DEFAULT_PROBE_INTERVAL_SECONDS
+) -> str:
+    """The health probe, installed at PROBE_PATH and run by the units of render_probe_units."""
+    return _render(
+        "probe.sh.j2",
+        name=PurePosixPath(PROBE_PATH).name,
+        sbin=str(PurePosixPath(AWS_CALL_PATH).parent),
+        aws_call=PurePosixPath(AWS_CALL_PATH).name,
+        apply=PurePosixPath(APPLY_PATH).name,
+        interval=_probe_interval(interval_seconds),
+        interface=facts.interface,
+        site=facts.name,
+        peer=facts.peer.name,
+        peer_address=str(facts.peer_tunnel_address),
+        stack=facts.stack,
+        state_dir=PROBE_STATE_DIR,
+        namespace=health.NAMESPACE,
+        dimension_stack=health.DIMENSION_STACK,
+        dimension_site=health.DIMENSION_SITE,
+        tunnel_up=health.TUNNEL_UP,
+        handshake_age=health.HANDSHAKE_AGE,
+        probe_rtt=health.PROBE_RTT,
+        received_bytes=health.RECEIVED_BYTES,
+        sent_bytes=health.SENT_BYTES,
+        units=health.METRICS,
+    )
+
+
+def render_probe_units(
+    facts: GatewayFacts, interval_seconds: int = health.DEFAULT_PROBE_INTERVAL_SECONDS
+) -> dict[str, str]:
+    """The probe's systemd service and timer: unit file path -> text.
+
+    Enable with `systemctl enable --now wg-site-to-site-probe.timer`.
+    """
+    interval = _probe_interval(interval_seconds)
+    values = {
+        "interface": facts.interface,
+        "site": facts.name,
+        "peer": facts.peer.name,
+        "probe_path": PROBE_PATH,
+        "interval": interval,
+        # Longer than pings (3 s) plus the API call (20 s), whatever the interval.
+        "timeout": 60,
+    }
+    return {
+        PROBE_SERVICE_PATH: _render("probe.service.j2", **values),
+        PROBE_TIMER_PATH: _render("probe.timer.j2", **values),
     }

@@ -1,0 +1,225 @@
+"""The health probe, run with sh against moto, with fake wg, ping and apply on PATH."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core import health
+from core.config import load_stack_config
+from core.facts import PROBE_PATH, PROBE_TIMER_PATH, GatewayFacts, gateway_facts
+from core.render import render_aws_call, render_probe, render_probe_units
+from tests.aws_stand_in import boto_client, moto_endpoint, script_env
+from tests.conftest import stack_config
+
+__all__ = ["moto_endpoint"]  # fixture
+
+PUBLIC_KEY = "cGVlci1wdWJsaWMta2V5LWZvci10aGUtcHJvYmUtdGVzdA="
+
+FAKE_WG = """#!/bin/sh
+# wg show IFACE latest-handshakes|transfer, from files the test writes.
+[ -e "$FAKE/missing" ] && { echo "Unable to access interface: No such device" >&2; exit 1; }
+[ "$1 $2" = "show $WANT_IFACE" ] || { echo "unexpected: $*" >&2; exit 3; }
+case "$3" in
+    latest-handshakes) printf '%s\\t%s\\n' "$PEER_KEY" "$(cat "$FAKE/handshake")" ;;
+    transfer) printf '%s\\t%s\\n' "$PEER_KEY" "$(cat "$FAKE/transfer")" ;;
+    *) exit 3 ;;
+esac
+"""
+FAKE_PING = """#!/bin/sh
+echo "$*" >> "$FAKE/ping.args"
+if [ -e "$FAKE/ping-fails" ]; then
+    echo "3 packets transmitted, 0 received, 100% packet loss, time 2003ms"
+    exit 1
+fi
+echo "3 packets transmitted, 3 received, 0% packet loss, time 402ms"
+echo "rtt min/avg/max/mdev = 1.100/1.234/1.400/0.100 ms"
+"""
+FAKE_APPLY = """#!/bin/sh
+echo applied >> "$FAKE/applied"
+rm -f "$FAKE/missing"
+"""
+
+
+@dataclass
+class Gateway:
+    facts: GatewayFacts
+    fake: Path
+    env: dict[str, str]
+    endpoint: str
+
+    def run(self) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["sh", str(self.fake / "bin" / "wg-site-to-site-probe")],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def set(self, name: str, value: str | None) -> None:
+        path = self.fake / name
+        if value is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_text(value)
+
+    def values(self, metric: str, stat: str = "Maximum") -> list[float]:
+        """Every value published for `metric` (one per run: each run is its own period)."""
+        now = datetime.datetime.now(datetime.UTC)
+        result = boto_client(self.endpoint, "cloudwatch").get_metric_data(
+            MetricDataQueries=[
+                {
+                    "Id": "m",
+                    "MetricStat": {
+                        "Metric": {
+                            "Namespace": health.NAMESPACE,
+                            "MetricName": metric,
+                            "Dimensions": [
+                                {"Name": health.DIMENSION_STACK, "Value": self.facts.stack},
+                                {"Name": health.DIMENSION_SITE, "Value": self.facts.name},
+                            ],
+                        },
+                        "Period": 1,
+                        "Stat": stat,
+                    },
+                }
+            ],
+            StartTime=now - datetime.timedelta(minutes=5),
+            EndTime=now + datetime.timedelta(minutes=1),
+            ScanBy="TimestampAscending",
+        )
+        return list(result["MetricDataResults"][0]["Values"])
+
+
+def _executable(path: Path, text: str) -> None:
+    path.write_text(text)
+    path.chmod(0o755)
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, moto_endpoint: str) -> Gateway:
+    # A stack of its own, so each test reads only its own metrics from the shared server.
+    stack = f"probe-{uuid.uuid4().hex[:8]}"
+    facts, _ = gateway_facts(load_stack_config(stack_config("dev")), stack)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _executable(bin_dir / "wg", FAKE_WG)
+    _executable(bin_dir / "ping", FAKE_PING)
+    _executable(bin_dir / "wg-site-to-site-apply", FAKE_APPLY)
+    _executable(bin_dir / "wg-site-to-site-aws", render_aws_call(facts))
+    _executable(bin_dir / "wg-site-to-site-probe", render_probe(facts, 60))
+    env = script_env(
+        moto_endpoint,
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+        FAKE=str(tmp_path),
+        WANT_IFACE=facts.interface,
+        PEER_KEY=PUBLIC_KEY,
+        WG_S2S_STATE_DIR=str(tmp_path / "run"),
+    )
+    g = Gateway(facts=facts, fake=tmp_path, env=env, endpoint=moto_endpoint)
+    g.set("handshake", str(int(time.time()) - 20))
+    g.set("transfer", "1000\t2000")
+    return g
+
+
+def next_second() -> None:
+    # Each run lands in its own one-second period, so the test reads one value per run.
+    time.sleep(1.05 - (time.time() % 1))
+
+
+def test_healthy_tunnel_publishes_up_age_and_rtt(gateway: Gateway):
+    result = gateway.run()
+
+    assert result.returncode == 0, result.stderr
+    assert gateway.values(health.TUNNEL_UP) == [1.0]
+    (age,) = gateway.values(health.HANDSHAKE_AGE)
+    assert 20 <= age <= 25
+    assert gateway.values(health.PROBE_RTT) == [1.234]
+    ping_args = (gateway.fake / "ping.args").read_text().split()
+    assert ping_args[-1] == str(gateway.facts.peer_tunnel_address)
+    assert gateway.facts.interface in ping_args
+    assert result.stderr == ""
+    assert "up=1" in result.stdout
+
+
+def test_bytes_are_published_per_interval(gateway: Gateway):
+    assert gateway.run().returncode == 0
+    assert gateway.values(health.RECEIVED_BYTES) == []  # no baseline on the first run
+    next_second()
+    gateway.set("transfer", "1500\t2300")
+
+    assert gateway.run().returncode == 0
+
+    assert gateway.values(health.RECEIVED_BYTES) == [500.0]
+    assert gateway.values(health.SENT_BYTES) == [300.0]
+
+
+def test_failing_ping_is_tunnel_down_while_bytes_grow(gateway: Gateway):
+    # Negative control for "bytes are not liveness": the counters move, the probe fails.
+    assert gateway.run().returncode == 0
+    gateway.set("ping-fails", "")
+    for rx in (5000, 9000):
+        next_second()
+        gateway.set("transfer", f"{rx}\t{rx * 2}")
+        assert gateway.run().returncode == 0
+
+    assert gateway.values(health.TUNNEL_UP, "Minimum") == [1.0, 0.0, 0.0]
+    received = gateway.values(health.RECEIVED_BYTES)
+    assert received == [4000.0, 4000.0]
+    assert all(value > 0 for value in received)
+
+
+def test_missing_interface_runs_apply_and_says_so(gateway: Gateway):
+    gateway.set("missing", "")
+
+    result = gateway.run()
+
+    assert result.returncode == 0, result.stderr
+    assert (gateway.fake / "applied").read_text() == "applied\n"
+    assert result.stderr.splitlines() == [
+        f"wg-site-to-site-probe: interface {gateway.facts.interface} is missing; running "
+        "wg-site-to-site-apply to bring it back"
+    ]
+    assert gateway.values(health.TUNNEL_UP) == [0.0]
+    next_second()
+
+    # The apply brought it back: the next run is healthy again, without another apply.
+    assert gateway.run().returncode == 0
+    assert (gateway.fake / "applied").read_text() == "applied\n"
+    assert gateway.values(health.TUNNEL_UP, "Minimum") == [0.0, 1.0]
+
+
+def test_a_failed_publish_fails_the_run(gateway: Gateway):
+    gateway.env["WG_S2S_ENDPOINT_MONITORING"] = "http://127.0.0.1:9"
+
+    result = gateway.run()
+
+    assert result.returncode != 0
+    assert "monitoring PutMetricData failed" in result.stderr
+
+
+def test_units_run_the_probe_on_the_interval(gateway: Gateway):
+    units = render_probe_units(gateway.facts, 5)
+    timer = units[PROBE_TIMER_PATH]
+    assert "OnUnitActiveSec=5s" in timer.splitlines()
+    service = next(text for path, text in units.items() if path.endswith(".service"))
+    assert f"ExecStart={PROBE_PATH}" in service.splitlines()
+    assert "Type=oneshot" in service.splitlines()
+    assert "OnUnitActiveSec=60s" in render_probe_units(gateway.facts)[PROBE_TIMER_PATH]
+
+
+@pytest.mark.parametrize("interval", [0, -5, 3601, 1.5, True])
+def test_bad_interval_is_refused(gateway: Gateway, interval: Any):
+    with pytest.raises(ValueError, match="probe interval"):
+        render_probe(gateway.facts, interval)
+    with pytest.raises(ValueError, match="probe interval"):
+        render_probe_units(gateway.facts, interval)
