@@ -24,7 +24,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 PROJECT = "wg-site-to-site"
-CONFIG_KEYS = ("tunnel", "sites", "firewall", "tags", "deployer")
+CONFIG_KEYS = ("tunnel", "sites", "firewall", "tags", "deployer", "verify", "deadlineSeconds")
 
 # wg-quick's own rule for interface names (it refuses anything else), which is also
 # within Linux's IFNAMSIZ of 15 characters.
@@ -109,6 +109,12 @@ class TunnelConfig(_Model):
     port: Annotated[int, Field(ge=1, le=65535)]
     mtu: Annotated[int, Field(ge=1280, le=1500)] = 1420
     persistent_keepalive: Annotated[int, Field(ge=1, le=65535)] | None = None
+    # Raising it makes new private keys (and a new pre-shared key) for both gateways,
+    # applied in place.
+    key_generation: Annotated[int, Field(ge=1, le=1_000_000)] = 1
+    # One pre-shared key for the pair (post-quantum resistance for recorded traffic),
+    # in its own SecureString readable by exactly the two gateways.
+    preshared_key: bool = True
 
 
 class SiteConfig(_Model):
@@ -239,6 +245,12 @@ class StackConfig(_Model):
     firewall: list[FirewallRule] = []
     # Extra tags for every resource (ephemeral test stacks add owner and expiry).
     tags: dict[TagKey, TagValue] = {}
+    # After both gateways applied their desired state, `pulumi up` checks on each that
+    # the tunnel carries traffic (pulumi-command, SSM Run Command); false skips that.
+    verify: bool = True
+    # How long `pulumi up` waits for a gateway's apply or check (a first `up` waits for
+    # the instance to boot and register with SSM).
+    deadline_seconds: Annotated[int, Field(ge=60, le=3600)] = 900
     # The IAM role (or user) ARN that runs `pulumi up`: the gateway keys' KMS policies let
     # it write the keys. Default: the role of whoever runs the program, which differs
     # when a read-only role runs `pulumi preview`; set it to keep previews quiet.

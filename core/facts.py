@@ -28,7 +28,12 @@ NANO_SWAP_MIB = 1024
 SYSCTL_PATH = "/etc/sysctl.d/99-wg-site-to-site.conf"
 # The last part of every key parameter's name (policies recognise key parameters by it).
 KEY_PARAMETER_LEAF = "wireguard-private-key"
-FETCH_KEY_PATH = "/usr/local/sbin/wg-site-to-site-fetch-key"
+DESIRED_STATE_LEAF = "desired-state"
+PRESHARED_KEY_LEAF = "wireguard-preshared-key"
+APPLY_UNIT_PATH = "/etc/systemd/system/wg-site-to-site-apply.service"
+# A standard SSM parameter holds 4 KB; advanced ones 8 KB at a monthly price.
+# https://docs.aws.amazon.com/systems-manager/latest/userguide/parameter-store-advanced-parameters.html
+SSM_STANDARD_LIMIT_BYTES = 4096
 # On-gateway scripts of day 2: converge to the desired state in SSM, check the tunnel,
 # and publish its health. The deployer (Run Command) and the lab call them by these paths.
 APPLY_PATH = "/usr/local/sbin/wg-site-to-site-apply"
@@ -70,27 +75,41 @@ def swap_mib(instance_type: str) -> int:
 
 @dataclass(frozen=True)
 class IptablesRule:
-    """A rule the gateway adds in PostUp and removes, exactly, in PreDown.
+    """One rule in one of the gateway's own chains (`s2s-fw-<iface>`, `s2s-mss-<iface>`).
 
-    `spec` is the rule's match and target, with wg-quick's `%i` for the interface.
+    The chains are loaded whole with `iptables-restore --noflush`, which replaces a
+    declared chain's rules in one transaction: a changed rule set never has a moment
+    with no rules, never duplicates one, and leaves everyone else's rules alone.
     """
 
     table: str
     chain: str
-    spec: str
+    spec: str  # match and target
     description: str
     firewall: FirewallRule | None = None  # the configured rule this one enforces, if any
 
+    def restore_line(self) -> str:
+        return f"-A {self.chain} {self.spec}"
+
+
+@dataclass(frozen=True)
+class Jump:
+    """The one rule in a built-in chain that hands the tunnel's packets to our chain."""
+
+    table: str
+    chain: str
+    spec: str
+
     def add_command(self) -> str:
         # Check first so that a repeated `up` (or an `up` after a crash that skipped
-        # PreDown) never stacks a second copy of the rule.
+        # PreDown) never stacks a second copy of the jump.
         return (
             f"iptables -t {self.table} -C {self.chain} {self.spec} 2>/dev/null"
             f" || iptables -t {self.table} -A {self.chain} {self.spec}"
         )
 
     def remove_command(self) -> str:
-        # Delete only if present, so a rule that was never added cannot abort
+        # Delete only if present, so a jump that was never added cannot abort
         # wg-quick down halfway (wg-quick runs hooks under `set -e`).
         return (
             f"! iptables -t {self.table} -C {self.chain} {self.spec} 2>/dev/null"
@@ -98,22 +117,42 @@ class IptablesRule:
         )
 
 
-MSS_CLAMP = IptablesRule(
-    table="mangle",
-    chain="FORWARD",
-    spec="-o %i -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu",
-    description="clamp TCP MSS to the tunnel MTU",
-)
+def firewall_chain(interface: str) -> str:
+    return f"s2s-fw-{interface}"
 
 
-def firewall_rule(rule: FirewallRule) -> IptablesRule:
-    """A configured FORWARD rule for traffic arriving from the tunnel."""
-    spec = f"-i %i -p {rule.protocol}"
+def mss_chain(interface: str) -> str:
+    return f"s2s-mss-{interface}"
+
+
+def mss_clamp(interface: str) -> IptablesRule:
+    return IptablesRule(
+        table="mangle",
+        chain=mss_chain(interface),
+        spec="-p tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu",
+        description="clamp TCP MSS to the tunnel MTU",
+    )
+
+
+def firewall_rule(rule: FirewallRule, interface: str) -> IptablesRule:
+    """A configured rule for traffic arriving from the tunnel (in the FORWARD path)."""
+    spec = f"-p {rule.protocol}"
     if rule.port is not None:
         spec += f" --dport {str(rule.port).replace('-', ':')}"
     spec += f" -j {_IPTABLES_TARGET[rule.action]}"
     return IptablesRule(
-        table="filter", chain="FORWARD", spec=spec, description=rule.description, firewall=rule
+        table="filter",
+        chain=firewall_chain(interface),
+        spec=spec,
+        description=rule.description,
+        firewall=rule,
+    )
+
+
+def jumps(interface: str) -> tuple[Jump, ...]:
+    return (
+        Jump("mangle", "FORWARD", f"-o {interface} -j {mss_chain(interface)}"),
+        Jump("filter", "FORWARD", f"-i {interface} -j {firewall_chain(interface)}"),
     )
 
 
@@ -174,6 +213,8 @@ class GatewayFacts:
     allowed_ips: tuple[ipaddress.IPv4Network, ...]  # what the peer may send and be sent
     rules: tuple[IptablesRule, ...]  # MSS clamp first, then the configured firewall
     architecture: str
+    preshared_key: bool
+    key_generation: int
 
     @property
     def name(self) -> str:
@@ -186,6 +227,44 @@ class GatewayFacts:
     @property
     def config_path(self) -> str:
         return f"/etc/wireguard/{self.interface}.conf"
+
+    @property
+    def rules_path(self) -> str:
+        return f"/etc/wireguard/{self.interface}.rules"
+
+    @property
+    def psk_path(self) -> str:
+        return f"/etc/wireguard/{self.interface}.psk"
+
+    @property
+    def jumps(self) -> tuple[Jump, ...]:
+        return jumps(self.interface)
+
+    @property
+    def chains(self) -> dict[str, str]:
+        """table -> this interface's own chain in it."""
+        return {"mangle": mss_chain(self.interface), "filter": firewall_chain(self.interface)}
+
+    def _parameter(self, leaf: str) -> str:
+        return f"/{PROJECT}/{self.stack}/{self.site.name}/{leaf}"
+
+    @property
+    def desired_state_parameter_name(self) -> str:
+        """This gateway's wg-quick config and firewall (no secret), applied in place."""
+        return self._parameter(DESIRED_STATE_LEAF)
+
+    @property
+    def psk_parameter_name(self) -> str:
+        """The pair's pre-shared key, in this gateway's region (each site has a copy)."""
+        return self._parameter(PRESHARED_KEY_LEAF)
+
+    @property
+    def parameter_names(self) -> tuple[str, ...]:
+        """Every parameter this gateway reads, and nothing else."""
+        names = [self.desired_state_parameter_name, self.key_parameter_name]
+        if self.preshared_key:
+            names.append(self.psk_parameter_name)
+        return tuple(names)
 
     @property
     def key_parameter_name(self) -> str:
@@ -219,7 +298,6 @@ def tunnel_addresses(
 def gateway_facts(config: StackConfig, stack: str) -> tuple[GatewayFacts, GatewayFacts]:
     """Facts for both gateways, in site order: the first site takes the first address."""
     addresses = tunnel_addresses(config.tunnel.cidr)
-    rules = (MSS_CLAMP, *(firewall_rule(rule) for rule in config.firewall))
     facts = []
     for index, site in enumerate(config.sites):
         peer_index = 1 - index
@@ -243,7 +321,12 @@ def gateway_facts(config: StackConfig, stack: str) -> tuple[GatewayFacts, Gatewa
                     ipaddress.IPv4Network(f"{addresses[peer_index]}/32"),
                     peer.cidr,
                 ),
-                rules=rules,
+                rules=(
+                    mss_clamp(site.interface),
+                    *(firewall_rule(rule, site.interface) for rule in config.firewall),
+                ),
+                preshared_key=config.tunnel.preshared_key,
+                key_generation=config.tunnel.key_generation,
                 architecture=architecture(site.instance_type),
             )
         )
