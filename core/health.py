@@ -18,6 +18,10 @@ NAMESPACE = "WgSiteToSite"
 DIMENSION_STACK = "Stack"
 DIMENSION_SITE = "Site"
 
+# Each tunnel alarm names its gateway instance (its id) in this tag, so a policy can
+# tell which gateway an alarm watches: the metric's dimensions name only the site.
+GATEWAY_TAG = "GatewayInstance"
+
 TUNNEL_UP = "TunnelUp"
 HANDSHAKE_AGE = "HandshakeAgeSeconds"
 PROBE_RTT = "ProbeRttMilliseconds"

@@ -223,6 +223,30 @@ CASES = [
         "Action 'ssm:Get*' is a wildcard",
     ),
     (
+        "metrics-permission-namespace-limited",
+        add_resource(
+            "aws:iam/rolePolicy:RolePolicy",
+            "alpha-put-any-metrics",
+            {
+                "role": "alpha-gateway",
+                "policy": json.dumps(
+                    {
+                        "Version": "2012-10-17",
+                        "Statement": [
+                            {
+                                "Effect": "Allow",
+                                "Action": "cloudwatch:PutMetricData",
+                                "Resource": "*",
+                            }
+                        ],
+                    }
+                ),
+            },
+        ),
+        "alpha-put-any-metrics",
+        "allows cloudwatch:PutMetricData without a StringEquals cloudwatch:namespace condition",
+    ),
+    (
         "no-nat",
         edit_user_data(
             "beta-gateway",
@@ -316,8 +340,8 @@ def test_offline_runner_passes_shipped_stacks(capsys):
     assert offline.main(["dev"]) == 0
     assert offline.main(["single-region"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("stack dev: all 7 mandatory policies pass")
-    assert lines[1].startswith("stack single-region: all 7 mandatory policies pass")
+    assert lines[0].startswith("stack dev: all 8 mandatory policies pass")
+    assert lines[1].startswith("stack single-region: all 8 mandatory policies pass")
 
 
 def test_offline_runner_fails_a_violating_plan_json(dev, tmp_path, capsys):
@@ -334,7 +358,7 @@ def test_offline_runner_fails_a_violating_plan_json(dev, tmp_path, capsys):
     assert lines[1].startswith(
         "key-parameter-secure-string: aws:ssm/parameter:Parameter beta-wireguard-key: parameter"
     )
-    assert lines[2].startswith("stack dev: 2 violations of 2 of 7 mandatory policies")
+    assert lines[2].startswith("stack dev: 2 violations of 2 of 8 mandatory policies")
 
 
 def test_offline_runner_accepts_its_own_plan_json(dev, tmp_path):
