@@ -88,11 +88,15 @@ class TunnelHealth(pulumi.ComponentResource):
         self.alarm_names = {}
         for site in args.sites:
             region = site.facts.site.region
-            alarms = [self._tunnel_alarm(site, rule, actions[region]) for rule in health.TUNNEL_RULES]
+            alarms = [
+                self._tunnel_alarm(site, rule, actions[region]) for rule in health.TUNNEL_RULES
+            ]
             alarms.append(self._recovery_alarm(site, actions[region]))
             self.alarm_names[site.facts.name] = {
                 rule.key: alarm.name
-                for rule, alarm in zip((*health.TUNNEL_RULES, health.SYSTEM_CHECK), alarms, strict=True)
+                for rule, alarm in zip(
+                    (*health.TUNNEL_RULES, health.SYSTEM_CHECK), alarms, strict=True
+                )
             }
 
         dashboard = self._dashboard()
@@ -238,9 +242,7 @@ def dashboard_body(stack: str, sites: list[GatewayFacts]) -> dict[str, Any]:
             }
             if metrics == (health.HANDSHAKE_AGE,):
                 properties["annotations"] = {
-                    "horizontal": [
-                        {"label": "stale", "value": health.HANDSHAKE_STALE_SECONDS}
-                    ]
+                    "horizontal": [{"label": "stale", "value": health.HANDSHAKE_STALE_SECONDS}]
                 }
             if metrics == (health.TUNNEL_UP,):
                 properties["yAxis"] = {"left": {"min": 0, "max": 1}}

@@ -154,7 +154,7 @@ def recover_action(region: str) -> str:
     return f"arn:aws:automate:{region}:ec2:recover"
 
 
-def evaluate(
+def evaluate(  # noqa: PLR0911 - one outcome per case of the guide's rules
     rule: AlarmRule,
     datapoints: Sequence[float | None],
     current: AlarmState = "INSUFFICIENT_DATA",

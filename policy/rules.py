@@ -403,9 +403,7 @@ def metrics_permission_namespace_limited(type_: str, props: Props) -> list[str]:
                     f"it to {health.NAMESPACE!r}"
                 )
             elif not values or any(v != health.NAMESPACE for v in values):
-                problems.append(
-                    f"{where} into namespace {values!r}, not only {health.NAMESPACE!r}"
-                )
+                problems.append(f"{where} into namespace {values!r}, not only {health.NAMESPACE!r}")
     return problems
 
 

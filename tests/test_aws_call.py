@@ -40,7 +40,7 @@ def script(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def call(script: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["sh", str(script), *args], env=env, capture_output=True, text=True, timeout=60
+        ["sh", str(script), *args], env=env, capture_output=True, text=True, timeout=60, check=False
     )
 
 
@@ -204,7 +204,10 @@ def test_http_error_never_shows_credentials(script, recorder: Recorder):
     result = call(script, script_env(recorder.url), "ssm", "GetParameter", "{}")
 
     assert result.returncode == 1
-    assert result.stderr == "wg-site-to-site-aws: ssm GetParameter failed: HTTP 403 AccessDenied: nope\n"
+    assert (
+        result.stderr
+        == "wg-site-to-site-aws: ssm GetParameter failed: HTTP 403 AccessDenied: nope\n"
+    )
     for value in CREDENTIALS.values():
         assert value not in result.stderr + result.stdout
 

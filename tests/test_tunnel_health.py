@@ -154,7 +154,9 @@ def test_outputs_name_each_sites_alarms(update_plan):
 
 
 def test_gateway_may_put_metrics_into_the_namespace_only(update_plan):
-    policy = json.loads(update_plan.one("aws:iam/rolePolicy:RolePolicy", "alpha-put-metrics").inputs["policy"])
+    policy = json.loads(
+        update_plan.one("aws:iam/rolePolicy:RolePolicy", "alpha-put-metrics").inputs["policy"]
+    )
     (statement,) = policy["Statement"]
     assert statement["Action"] == "cloudwatch:PutMetricData"
     assert statement["Condition"] == {"StringEquals": {"cloudwatch:namespace": "WgSiteToSite"}}
@@ -183,7 +185,9 @@ def test_the_health_plan_passes_every_policy(plan):
     assert health_violations(resources) == []
 
 
-def _edit(resources: list[rules.Resource], type_: str, name: str, **props: Any) -> list[rules.Resource]:
+def _edit(
+    resources: list[rules.Resource], type_: str, name: str, **props: Any
+) -> list[rules.Resource]:
     edited = []
     for r in resources:
         if r.type == type_ and r.name == name:
@@ -193,8 +197,9 @@ def _edit(resources: list[rules.Resource], type_: str, name: str, **props: Any) 
                     new.pop(key, None)
                 else:
                     new[key] = value
-            r = rules.Resource(r.type, r.name, r.urn, new, r.dependencies)
-        edited.append(r)
+            edited.append(rules.Resource(r.type, r.name, r.urn, new, r.dependencies))
+        else:
+            edited.append(r)
     return edited
 
 
@@ -210,7 +215,9 @@ def test_a_gateway_without_tunnel_alarm_fails(plan):
 
 
 def test_a_tunnel_alarm_without_action_fails(plan):
-    resources = _edit(offline.resources_from_plan(plan), ALARM, "alpha-tunnel-down", alarmActions=[])
+    resources = _edit(
+        offline.resources_from_plan(plan), ALARM, "alpha-tunnel-down", alarmActions=[]
+    )
     (violation,) = health_violations(resources)
     assert violation[:2] == ("gateway-has-tunnel-alarm", "alpha-tunnel-down")
     assert "has no alarm action" in violation[2]
@@ -225,8 +232,9 @@ def test_a_tunnel_alarm_that_names_no_gateway_does_not_count(update_plan):
             del props["tags"][health.GATEWAY_TAG]
             # Without the tag, the reference (and so the dependency) to the instance is gone.
             deps = frozenset(d for d in r.dependencies if "Instance::" not in d)
-            r = rules.Resource(r.type, r.name, r.urn, props, deps)
-        untagged.append(r)
+            untagged.append(rules.Resource(r.type, r.name, r.urn, props, deps))
+        else:
+            untagged.append(r)
     (violation,) = health_violations(untagged)
     assert violation[:2] == ("gateway-has-tunnel-alarm", "alpha-gateway")
 
