@@ -27,7 +27,7 @@ def topic_region(arn: str) -> str:
     return match[1]
 
 
-def _unique(addresses: list[str]) -> list[str]:
+def _unique(addresses: tuple[str, ...]) -> tuple[str, ...]:
     seen = {address.lower() for address in addresses}
     if len(seen) != len(addresses):
         raise ValueError("lists an address twice")
@@ -38,10 +38,10 @@ class AlertsConfig(_Model):
     """`wg-site-to-site:alerts`: e-mail addresses to subscribe and/or an existing topic."""
 
     emails: Annotated[
-        list[Annotated[str, _matches(EMAIL, "an e-mail address")]],
+        tuple[Annotated[str, _matches(EMAIL, "an e-mail address")], ...],
         AfterValidator(_unique),
         Field(max_length=20),
-    ] = []
+    ] = ()
     topic_arn: Annotated[str, _matches(SNS_TOPIC_ARN, "an SNS topic ARN")] | None = None
 
     @model_validator(mode="after")

@@ -332,6 +332,7 @@ def gateway_facts(config: StackConfig, stack: str) -> tuple[GatewayFacts, Gatewa
         )
     return facts[0], facts[1]
 
+
 # The gateway's AWS API calls (SSM reads, CloudWatch metrics): curl --aws-sigv4 with
 # the instance role's credentials. The optional env file points it elsewhere (the lab's
 # local AWS stand-in); on AWS it does not exist.

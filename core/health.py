@@ -18,6 +18,10 @@ NAMESPACE = "WgSiteToSite"
 DIMENSION_STACK = "Stack"
 DIMENSION_SITE = "Site"
 
+# Each tunnel alarm names its gateway instance (its id) in this tag, so a policy can
+# tell which gateway an alarm watches: the metric's dimensions name only the site.
+GATEWAY_TAG = "GatewayInstance"
+
 TUNNEL_UP = "TunnelUp"
 HANDSHAKE_AGE = "HandshakeAgeSeconds"
 PROBE_RTT = "ProbeRttMilliseconds"
@@ -150,7 +154,7 @@ def recover_action(region: str) -> str:
     return f"arn:aws:automate:{region}:ec2:recover"
 
 
-def evaluate(
+def evaluate(  # noqa: PLR0911 - one outcome per case of the guide's rules
     rule: AlarmRule,
     datapoints: Sequence[float | None],
     current: AlarmState = "INSUFFICIENT_DATA",

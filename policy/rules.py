@@ -25,6 +25,7 @@ from typing import Any, Final
 
 import yaml
 
+from core import health
 from core.facts import KEY_PARAMETER_LEAF
 
 Props = Mapping[str, Any]
@@ -41,6 +42,7 @@ ROLE_POLICY_ATTACHMENT = "aws:iam/rolePolicyAttachment:RolePolicyAttachment"
 IAM_POLICY = "aws:iam/policy:Policy"
 NETWORK_INTERFACE = "aws:ec2/networkInterface:NetworkInterface"
 KMS_KEY = "aws:kms/key:Key"
+METRIC_ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
 
 KEY_PARAMETER_SUFFIX = "/" + KEY_PARAMETER_LEAF
 WG_CONFIG_GLOB = "/etc/wireguard/*.conf"
@@ -343,6 +345,69 @@ def no_nat(type_: str, props: Props) -> list[str]:
                     f"{where} line {number} uses NAT ({match.group(0).strip()!r}); the sites "
                     "are routed with their own addresses"
                 )
+    return problems
+
+
+def _policy_texts(type_: str, props: Props) -> Iterator[tuple[str, Any]]:
+    """(what, policy JSON) for every policy document a resource carries."""
+    if type_ in (ROLE_POLICY, IAM_POLICY):
+        yield "policy", props.get("policy")
+    elif type_ == ROLE:
+        for index, inline in enumerate(_as_list(props.get("inlinePolicies"))):
+            if isinstance(inline, Mapping):
+                yield f"inline policy [{index}]", inline.get("policy")
+
+
+def _grants_put_metric_data(statement: Mapping[str, Any]) -> bool:
+    if statement.get("Effect") != "Allow":
+        return False
+    if "NotAction" in statement:
+        return True
+    return any(
+        isinstance(a, str) and fnmatch.fnmatchcase("cloudwatch:putmetricdata", a.lower())
+        for a in _as_list(statement.get("Action"))
+    )
+
+
+def _namespace_limit(statement: Mapping[str, Any]) -> list[Any] | None:
+    """The values of the statement's StringEquals cloudwatch:namespace condition, if any."""
+    condition = statement.get("Condition")
+    equals = condition.get("StringEquals") if isinstance(condition, Mapping) else None
+    if not isinstance(equals, Mapping):
+        return None
+    # Condition key names are case-insensitive.
+    values = [v for k, v in equals.items() if str(k).lower() == "cloudwatch:namespace"]
+    return _as_list(values[0]) if values else None
+
+
+def metrics_permission_namespace_limited(type_: str, props: Props) -> list[str]:
+    """(h) Whoever may put metrics may put them only into the tunnel health namespace.
+
+    PutMetricData has no resource type, so only the `cloudwatch:namespace` condition
+    key limits it; without it a gateway's credentials could write (and so fake) any
+    namespace's metrics, alarms included.
+    """
+    problems = []
+    for what, document in _policy_texts(type_, props):
+        if is_unknown(document) or not isinstance(document, str):
+            continue
+        try:
+            parsed = json.loads(document)
+        except ValueError:
+            continue
+        statements = _as_list(parsed.get("Statement")) if isinstance(parsed, dict) else []
+        for index, statement in enumerate(statements):
+            if not isinstance(statement, Mapping) or not _grants_put_metric_data(statement):
+                continue
+            values = _namespace_limit(statement)
+            where = f"{what} statement [{index}] allows cloudwatch:PutMetricData"
+            if values is None:
+                problems.append(
+                    f"{where} without a StringEquals cloudwatch:namespace condition; limit "
+                    f"it to {health.NAMESPACE!r}"
+                )
+            elif not values or any(v != health.NAMESPACE for v in values):
+                problems.append(f"{where} into namespace {values!r}, not only {health.NAMESPACE!r}")
     return problems
 
 
@@ -664,6 +729,60 @@ def _key_problems(
     return problems
 
 
+def _tag(resource: Resource, key: str) -> Any:
+    tags = resource.props.get("tags")
+    return tags.get(key) if isinstance(tags, Mapping) else None
+
+
+def _has_action(actions: Any) -> bool:
+    return is_unknown(actions) or any(
+        is_unknown(a) or (isinstance(a, str) and a) for a in _as_list(actions)
+    )
+
+
+def gateway_has_tunnel_alarm(resources: Sequence[Resource]) -> list[tuple[Resource, str]]:
+    """(i) Every gateway has a TunnelUp alarm with at least one alarm action.
+
+    An alarm belongs to the gateway its GATEWAY_TAG tag names (by the instance's id, or
+    by the dependency that reference makes). An instance known only by a digest of its
+    user data is judged as a gateway, as in gateway_reads_only_own_key.
+    """
+    alarms = [
+        r
+        for r in resources
+        if r.type == METRIC_ALARM
+        and r.props.get("namespace") == health.NAMESPACE
+        and r.props.get("metricName") == health.TUNNEL_UP
+    ]
+    found: list[tuple[Resource, str]] = []
+    for instance in (r for r in resources if r.type == INSTANCE):
+        data = _user_data(instance.props)
+        if data is not None and _USER_DATA_DIGEST.fullmatch(data.text):
+            data = None
+        if data is not None and not _is_gateway(data):
+            continue
+        mine = [a for a in alarms if _resolve(_tag(a, health.GATEWAY_TAG), a, [instance])]
+        if not mine:
+            found.append(
+                (
+                    instance,
+                    f"gateway {instance.name} has no {health.TUNNEL_UP} alarm "
+                    f"(namespace {health.NAMESPACE}, tag {health.GATEWAY_TAG} naming it): "
+                    "nobody would hear that its tunnel is down",
+                )
+            )
+        elif not any(_has_action(a.props.get("alarmActions")) for a in mine):
+            found += [
+                (
+                    alarm,
+                    f"{health.TUNNEL_UP} alarm of gateway {instance.name} has no alarm action: "
+                    "it would change state and tell no one",
+                )
+                for alarm in mine
+            ]
+    return found
+
+
 RESOURCE_RULES: Final = (
     ResourceRule(
         "wireguard-port-not-public",
@@ -695,6 +814,12 @@ RESOURCE_RULES: Final = (
         "No NAT (MASQUERADE, SNAT, DNAT, the nat table) in any user data.",
         no_nat,
     ),
+    ResourceRule(
+        "metrics-permission-namespace-limited",
+        "cloudwatch:PutMetricData is granted only with a StringEquals cloudwatch:namespace "
+        "condition on the tunnel health namespace.",
+        metrics_permission_namespace_limited,
+    ),
 )
 
 STACK_RULES: Final = (
@@ -713,6 +838,17 @@ STACK_RULES: Final = (
         "A WireGuard key parameter uses a KMS key that only its own gateway (and the "
         "deployer, through SSM) may decrypt.",
         key_decrypted_only_by_own_gateway,
+    ),
+)
+
+
+# Joins STACK_RULES once the program declares TunnelHealth for its gateways (issue 9);
+# until then every shipped gateway would fail it.
+HEALTH_STACK_RULES: Final = (
+    StackRule(
+        "gateway-has-tunnel-alarm",
+        "Every gateway has a TunnelUp alarm with at least one alarm action.",
+        gateway_has_tunnel_alarm,
     ),
 )
 

@@ -13,7 +13,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -59,16 +59,15 @@ def moto_endpoint() -> Iterator[str]:
         process.wait(timeout=10)
 
 
-def boto_client(endpoint: str, service: str) -> Any:
+def boto_client(endpoint: str, service: Literal["ssm", "cloudwatch"]) -> Any:
     import boto3
 
-    return boto3.client(
-        service,
+    session = boto3.Session(
         region_name=REGION,
-        endpoint_url=endpoint,
         aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
     )
+    return session.client(service, endpoint_url=endpoint)
 
 
 def script_env(endpoint: str, **extra: str) -> dict[str, str]:

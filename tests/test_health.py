@@ -9,7 +9,7 @@ import pytest
 from core import health
 from core.alerts import AlertsConfig, alerts_problems
 from core.config import ConfigError
-from core.health import HANDSHAKE_STALE, TUNNEL_DOWN, AlarmRule, evaluate
+from core.health import HANDSHAKE_STALE, TUNNEL_DOWN, AlarmRule, MissingData, evaluate
 
 # A rule whose breaching points are "X" (value 1 > 0) and non-breaching "0".
 RULE = AlarmRule(
@@ -24,7 +24,7 @@ RULE = AlarmRule(
     datapoints_to_alarm=3,
     treat_missing_data="missing",
 )
-TREATMENTS = ("missing", "ignore", "breaching", "notBreaching")
+TREATMENTS: tuple[MissingData, ...] = ("missing", "ignore", "breaching", "notBreaching")
 
 
 def points(text: str) -> list[float | None]:

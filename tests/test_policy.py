@@ -292,6 +292,30 @@ CASES = [
         "Action 'ssm:Get*' is a wildcard",
     ),
     (
+        "metrics-permission-namespace-limited",
+        add_resource(
+            "aws:iam/rolePolicy:RolePolicy",
+            "alpha-put-any-metrics",
+            {
+                "role": "alpha-gateway",
+                "policy": json.dumps(
+                    {
+                        "Version": "2012-10-17",
+                        "Statement": [
+                            {
+                                "Effect": "Allow",
+                                "Action": "cloudwatch:PutMetricData",
+                                "Resource": "*",
+                            }
+                        ],
+                    }
+                ),
+            },
+        ),
+        "alpha-put-any-metrics",
+        "allows cloudwatch:PutMetricData without a StringEquals cloudwatch:namespace condition",
+    ),
+    (
         "no-nat",
         edit_user_data(
             "beta-gateway",

@@ -63,6 +63,7 @@ class Gateway:
             capture_output=True,
             text=True,
             timeout=60,
+            check=False,
         )
 
     def set(self, name: str, value: str | None) -> None:

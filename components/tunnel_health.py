@@ -1,0 +1,259 @@
+"""Alarms, notifications, recovery and a dashboard for the tunnel's health metrics.
+
+The gateways publish the metrics (the probe of core/render.py); this declares what
+watches them. The alarm settings come from core/health.py, which the lab evaluates too.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+
+from core import health
+from core.alerts import AlertsConfig, topic_region
+from core.config import PROJECT
+from core.facts import GatewayFacts
+
+GATEWAY_TAG = health.GATEWAY_TAG
+
+
+def gateway_metrics_policy() -> str:
+    """The gateway role's policy document (JSON): PutMetricData into NAMESPACE only."""
+    return json.dumps(health.put_metric_policy())
+
+
+def dashboard_url(region: str, name: str) -> str:
+    return (
+        f"https://{region}.console.aws.amazon.com/cloudwatch/home?region={region}"
+        f"#dashboards:name={name}"
+    )
+
+
+@dataclass
+class HealthSite:
+    """One site's gateway, as its health alarms need it."""
+
+    facts: GatewayFacts
+    """The gateway's facts: its site name, region and stack name the metric dimensions."""
+    provider: aws.Provider
+    """The site's regional provider: its alarms (and its region's topic) are created there,
+    because a metric alarm sees only its own region's metrics."""
+    instance_id: pulumi.Input[str]
+    """The gateway instance: the recovery alarm watches it and recovers it."""
+
+
+@dataclass
+class TunnelHealthArgs:
+    """What the stack's health monitoring needs."""
+
+    stack: str
+    """The stack name: the metrics' Stack dimension and part of every name."""
+    sites: list[HealthSite]
+    """Both sites, in config order (the dashboard's columns)."""
+    alerts: AlertsConfig | None
+    """`wg-site-to-site:alerts`: addresses to subscribe and/or an existing topic."""
+    tags: dict[str, str]
+    """Tags for every resource."""
+
+
+class TunnelHealth(pulumi.ComponentResource):
+    """Per stack an SNS topic (one per region in use), per site the tunnel alarms and
+    the recovery alarm, and one dashboard with both sites side by side."""
+
+    alarm_names: dict[str, dict[str, pulumi.Output[str]]]
+    """Per site: rule key (tunnel-down, handshake-stale, system-check) -> alarm name."""
+    dashboard_url: pulumi.Output[str]
+    topic_arns: dict[str, pulumi.Output[str]]
+    """Region -> the topic the alarms of that region notify."""
+
+    def __init__(
+        self, name: str, args: TunnelHealthArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("wg-site-to-site:health:TunnelHealth", name, None, opts)
+        self._name = name
+        self._args = args
+        self.topic_arns = {}
+        actions: dict[str, list[pulumi.Input[str]]] = {}
+        for site in args.sites:
+            region = site.facts.site.region
+            if region not in actions:
+                topic = self._topic(region, site.provider)
+                self.topic_arns[region] = topic.arn
+                actions[region] = [topic.arn, *self._existing_topic(region)]
+
+        self.alarm_names = {}
+        for site in args.sites:
+            region = site.facts.site.region
+            alarms = [
+                self._tunnel_alarm(site, rule, actions[region]) for rule in health.TUNNEL_RULES
+            ]
+            alarms.append(self._recovery_alarm(site, actions[region]))
+            self.alarm_names[site.facts.name] = {
+                rule.key: alarm.name
+                for rule, alarm in zip(
+                    (*health.TUNNEL_RULES, health.SYSTEM_CHECK), alarms, strict=True
+                )
+            }
+
+        dashboard = self._dashboard()
+        home = args.sites[0].facts.site.region
+        self.dashboard_url = dashboard.dashboard_name.apply(lambda n: dashboard_url(home, n))
+        self.register_outputs(
+            {
+                "alarmNames": self.alarm_names,
+                "dashboardUrl": self.dashboard_url,
+                "topicArns": self.topic_arns,
+            }
+        )
+
+    def _opts(self, provider: aws.Provider) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions(parent=self, provider=provider)
+
+    def _existing_topic(self, region: str) -> list[str]:
+        alerts = self._args.alerts
+        # An alarm can notify only a topic in its own region; core.alerts rejects a
+        # topic in a region with no site.
+        if alerts is not None and alerts.topic_arn and topic_region(alerts.topic_arn) == region:
+            return [alerts.topic_arn]
+        return []
+
+    def _topic(self, region: str, provider: aws.Provider) -> aws.sns.Topic:
+        args = self._args
+        topic = aws.sns.Topic(
+            f"{self._name}-{region}",
+            name=f"{PROJECT}-{_safe(args.stack)}-tunnel-health",
+            tags={**args.tags, "Name": f"{PROJECT}-{args.stack}-tunnel-health"},
+            opts=self._opts(provider),
+        )
+        # SNS mails a confirmation link first; nothing arrives until it is followed.
+        for index, address in enumerate(args.alerts.emails if args.alerts else []):
+            aws.sns.TopicSubscription(
+                f"{self._name}-{region}-email-{index}",
+                topic=topic.arn,
+                protocol="email",
+                endpoint=address,
+                opts=self._opts(provider),
+            )
+        return topic
+
+    def _tunnel_alarm(
+        self, site: HealthSite, rule: health.AlarmRule, actions: list[pulumi.Input[str]]
+    ) -> aws.cloudwatch.MetricAlarm:
+        facts, stack = site.facts, self._args.stack
+        return aws.cloudwatch.MetricAlarm(
+            f"{facts.name}-{rule.key}",
+            name=health.alarm_name(stack, facts.name, rule),
+            alarm_description=f"{facts.name} -> {facts.peer.name} ({facts.interface}): "
+            f"{rule.description}",
+            namespace=rule.namespace,
+            metric_name=rule.metric,
+            dimensions={health.DIMENSION_STACK: stack, health.DIMENSION_SITE: facts.name},
+            statistic=rule.statistic,
+            comparison_operator=rule.comparison,
+            threshold=rule.threshold,
+            period=rule.period_seconds,
+            evaluation_periods=rule.evaluation_periods,
+            datapoints_to_alarm=rule.datapoints_to_alarm,
+            treat_missing_data=rule.treat_missing_data,
+            alarm_actions=actions,
+            ok_actions=actions,
+            tags={**self._args.tags, GATEWAY_TAG: site.instance_id},
+            opts=self._opts(site.provider),
+        )
+
+    def _recovery_alarm(
+        self, site: HealthSite, actions: list[pulumi.Input[str]]
+    ) -> aws.cloudwatch.MetricAlarm:
+        facts, rule = site.facts, health.SYSTEM_CHECK
+        return aws.cloudwatch.MetricAlarm(
+            f"{facts.name}-{rule.key}",
+            name=health.alarm_name(self._args.stack, facts.name, rule),
+            alarm_description=f"{facts.name} gateway: {rule.description}",
+            namespace=rule.namespace,
+            metric_name=rule.metric,
+            dimensions={"InstanceId": site.instance_id},
+            statistic=rule.statistic,
+            comparison_operator=rule.comparison,
+            threshold=rule.threshold,
+            period=rule.period_seconds,
+            evaluation_periods=rule.evaluation_periods,
+            datapoints_to_alarm=rule.datapoints_to_alarm,
+            treat_missing_data=rule.treat_missing_data,
+            # Recovery keeps the instance id, ENI, private address and Elastic IP, and the
+            # boot-time apply brings the tunnel back.
+            alarm_actions=[health.recover_action(facts.site.region), *actions],
+            ok_actions=actions,
+            tags={**self._args.tags, GATEWAY_TAG: site.instance_id},
+            opts=self._opts(site.provider),
+        )
+
+    def _dashboard(self) -> aws.cloudwatch.Dashboard:
+        args = self._args
+        first = args.sites[0]
+        return aws.cloudwatch.Dashboard(
+            f"{self._name}-dashboard",
+            dashboard_name=f"{PROJECT}-{_safe(args.stack)}",
+            dashboard_body=json.dumps(dashboard_body(args.stack, [s.facts for s in args.sites])),
+            # A dashboard lives in one region but each widget names its own.
+            opts=self._opts(first.provider),
+        )
+
+
+def _safe(text: str) -> str:
+    """Dashboard and topic names allow letters, digits, - and _ (a stack name may hold .)."""
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in text)
+
+
+_ROWS: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("Tunnel up (1 = ping across the tunnel answered)", (health.TUNNEL_UP,), "Minimum"),
+    ("Latest handshake age (s)", (health.HANDSHAKE_AGE,), "Maximum"),
+    ("Probe round trip (ms)", (health.PROBE_RTT,), "Average"),
+    ("Bytes per probe interval", (health.RECEIVED_BYTES, health.SENT_BYTES), "Sum"),
+)
+
+
+def dashboard_body(stack: str, sites: list[GatewayFacts]) -> dict[str, Any]:
+    """Both sites side by side: one column per site, one row per metric."""
+    width = 24 // len(sites)
+    widgets: list[dict[str, Any]] = []
+    for row, (title, metrics, stat) in enumerate(_ROWS):
+        for column, facts in enumerate(sites):
+            properties: dict[str, Any] = {
+                "title": f"{facts.name}: {title}",
+                "region": facts.site.region,
+                "view": "timeSeries",
+                "stat": stat,
+                "period": 60,
+                "metrics": [
+                    [
+                        health.NAMESPACE,
+                        metric,
+                        health.DIMENSION_STACK,
+                        stack,
+                        health.DIMENSION_SITE,
+                        facts.name,
+                    ]
+                    for metric in metrics
+                ],
+            }
+            if metrics == (health.HANDSHAKE_AGE,):
+                properties["annotations"] = {
+                    "horizontal": [{"label": "stale", "value": health.HANDSHAKE_STALE_SECONDS}]
+                }
+            if metrics == (health.TUNNEL_UP,):
+                properties["yAxis"] = {"left": {"min": 0, "max": 1}}
+            widgets.append(
+                {
+                    "type": "metric",
+                    "x": column * width,
+                    "y": row * 6,
+                    "width": width,
+                    "height": 6,
+                    "properties": properties,
+                }
+            )
+    return {"widgets": widgets}

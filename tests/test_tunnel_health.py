@@ -1,0 +1,280 @@
+"""TunnelHealth under the project's mock engine, and the health policies on its plan."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core import health
+from plan.engine import Plan, run_program
+from policy import offline, rules
+from tests.conftest import stack_config
+
+PROGRAM = Path(__file__).resolve().parent / "health_program.py"
+ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
+TOPIC = "aws:sns/topic:Topic"
+REGIONS = {"alpha": "us-east-1", "beta": "eu-west-1"}
+EXISTING_TOPIC = "arn:aws:sns:eu-west-1:123456789012:ops-pager"
+
+
+def plan_health(
+    monkeypatch: pytest.MonkeyPatch, alerts: dict[str, Any] | None, preview: bool = False
+) -> Plan:
+    if alerts is not None:
+        monkeypatch.setenv("WG_S2S_TEST_ALERTS", json.dumps(alerts))
+    return run_program("dev", stack_config("dev"), program=PROGRAM, preview=preview)
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["update", "preview"])
+def plan(request: pytest.FixtureRequest) -> Iterator[Plan]:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield plan_health(
+            monkeypatch,
+            {"emails": ["ops@example.com", "noc@example.com"], "topicArn": EXISTING_TOPIC},
+            preview=request.param,
+        )
+
+
+@pytest.fixture(scope="module")
+def update_plan() -> Iterator[Plan]:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield plan_health(monkeypatch, None)
+
+
+def topic_arn(plan: Plan, region: str) -> str:
+    (topic,) = [t for t in plan.by_type(TOPIC) if plan.region_of(t) == region]
+    return str(topic.outputs["arn"])
+
+
+@pytest.mark.parametrize("site", ["alpha", "beta"])
+@pytest.mark.parametrize("rule", health.TUNNEL_RULES, ids=lambda r: r.key)
+def test_each_site_has_its_tunnel_alarms_from_the_shared_rules(update_plan, site, rule):
+    alarm = update_plan.one(ALARM, f"{site}-{rule.key}")
+    inputs = alarm.inputs
+
+    assert update_plan.region_of(alarm) == REGIONS[site]
+    assert inputs["name"] == f"wg-site-to-site-dev-{site}-{rule.key}"
+    assert inputs["namespace"] == health.NAMESPACE
+    assert inputs["metricName"] == rule.metric
+    assert inputs["dimensions"] == {"Stack": "dev", "Site": site}
+    assert (inputs["statistic"], inputs["comparisonOperator"], inputs["threshold"]) == (
+        rule.statistic,
+        rule.comparison,
+        rule.threshold,
+    )
+    assert (inputs["period"], inputs["evaluationPeriods"], inputs["datapointsToAlarm"]) == (
+        rule.period_seconds,
+        rule.evaluation_periods,
+        rule.datapoints_to_alarm,
+    )
+    assert inputs["treatMissingData"] == rule.treat_missing_data
+    topic = topic_arn(update_plan, REGIONS[site])
+    assert inputs["alarmActions"] == [topic]
+    assert inputs["okActions"] == [topic]
+
+
+def test_tunnel_down_pages_on_silence(update_plan):
+    inputs = update_plan.one(ALARM, "alpha-tunnel-down").inputs
+    assert (inputs["metricName"], inputs["threshold"]) == ("TunnelUp", 1)
+    assert (inputs["evaluationPeriods"], inputs["datapointsToAlarm"]) == (3, 3)
+    assert inputs["treatMissingData"] == "breaching"
+
+
+@pytest.mark.parametrize("site", ["alpha", "beta"])
+def test_recovery_alarm_recovers_the_gateway(update_plan, site):
+    alarm = update_plan.one(ALARM, f"{site}-system-check")
+    instance = update_plan.one("aws:ec2/instance:Instance", f"{site}-gateway")
+    inputs = alarm.inputs
+
+    assert update_plan.region_of(alarm) == REGIONS[site]
+    assert (inputs["namespace"], inputs["metricName"]) == ("AWS/EC2", "StatusCheckFailed_System")
+    assert inputs["dimensions"] == {"InstanceId": instance.outputs["id"]}
+    assert inputs["alarmActions"][0] == f"arn:aws:automate:{REGIONS[site]}:ec2:recover"
+    assert topic_arn(update_plan, REGIONS[site]) in inputs["alarmActions"]
+
+
+def test_one_topic_per_region_with_the_configured_addresses(plan):
+    topics = plan.by_type(TOPIC)
+    assert sorted(str(plan.region_of(t)) for t in topics) == sorted(REGIONS.values())
+    subscriptions = plan.by_type("aws:sns/topicSubscription:TopicSubscription")
+    by_region = sorted((plan.region_of(s), s.inputs["endpoint"]) for s in subscriptions)
+    assert by_region == sorted(
+        (region, address)
+        for region in REGIONS.values()
+        for address in ("ops@example.com", "noc@example.com")
+    )
+    assert all(s.inputs["protocol"] == "email" for s in subscriptions)
+
+
+def test_an_existing_topic_is_notified_by_alarms_of_its_region_only(plan):
+    beta = plan.one(ALARM, "beta-tunnel-down").inputs
+    alpha = plan.one(ALARM, "alpha-tunnel-down").inputs
+    assert EXISTING_TOPIC in beta["alarmActions"]
+    assert EXISTING_TOPIC in beta["okActions"]
+    assert EXISTING_TOPIC not in alpha["alarmActions"]
+
+
+def test_dashboard_shows_both_sites_side_by_side(update_plan):
+    (dashboard,) = update_plan.by_type("aws:cloudwatch/dashboard:Dashboard")
+    body = json.loads(dashboard.inputs["dashboardBody"])
+    shown = {
+        (w["properties"]["region"], w["x"], tuple(m[1] for m in w["properties"]["metrics"]))
+        for w in body["widgets"]
+    }
+    for metrics in [
+        (health.TUNNEL_UP,),
+        (health.HANDSHAKE_AGE,),
+        (health.PROBE_RTT,),
+        (health.RECEIVED_BYTES, health.SENT_BYTES),
+    ]:
+        assert ("us-east-1", 0, metrics) in shown
+        assert ("eu-west-1", 12, metrics) in shown
+    for widget in body["widgets"]:
+        assert widget["properties"]["metrics"][0][2:] in (
+            ["Stack", "dev", "Site", "alpha"],
+            ["Stack", "dev", "Site", "beta"],
+        )
+    assert update_plan.exports["dashboardUrl"] == (
+        "https://us-east-1.console.aws.amazon.com/cloudwatch/home?region=us-east-1"
+        "#dashboards:name=wg-site-to-site-dev"
+    )
+
+
+def test_outputs_name_each_sites_alarms(update_plan):
+    assert update_plan.exports["alarmNames"]["beta"] == {
+        "tunnel-down": "wg-site-to-site-dev-beta-tunnel-down",
+        "handshake-stale": "wg-site-to-site-dev-beta-handshake-stale",
+        "system-check": "wg-site-to-site-dev-beta-system-check",
+    }
+
+
+def test_gateway_may_put_metrics_into_the_namespace_only(update_plan):
+    policy = json.loads(
+        update_plan.one("aws:iam/rolePolicy:RolePolicy", "alpha-put-metrics").inputs["policy"]
+    )
+    (statement,) = policy["Statement"]
+    assert statement["Action"] == "cloudwatch:PutMetricData"
+    assert statement["Condition"] == {"StringEquals": {"cloudwatch:namespace": "WgSiteToSite"}}
+
+
+# ------------------------------------------------------------------------------ policies
+
+
+def health_violations(resources: list[rules.Resource]) -> list[tuple[str, str, str]]:
+    found = [
+        ("metrics-permission-namespace-limited", r.name, message)
+        for r in resources
+        for message in rules.metrics_permission_namespace_limited(r.type, r.props)
+    ]
+    found += [
+        (rule.name, r.name, message)
+        for rule in rules.HEALTH_STACK_RULES
+        for r, message in rule.check(resources)
+    ]
+    return found
+
+
+def test_the_health_plan_passes_every_policy(plan):
+    resources = offline.resources_from_plan(plan)
+    assert rules.evaluate(resources) == []
+    assert health_violations(resources) == []
+
+
+def _edit(
+    resources: list[rules.Resource], type_: str, name: str, **props: Any
+) -> list[rules.Resource]:
+    edited = []
+    for r in resources:
+        if r.type == type_ and r.name == name:
+            new = copy.deepcopy(dict(r.props))
+            for key, value in props.items():
+                if value is None:
+                    new.pop(key, None)
+                else:
+                    new[key] = value
+            edited.append(rules.Resource(r.type, r.name, r.urn, new, r.dependencies))
+        else:
+            edited.append(r)
+    return edited
+
+
+def test_a_gateway_without_tunnel_alarm_fails(plan):
+    resources = [
+        r
+        for r in offline.resources_from_plan(plan)
+        if not (r.type == ALARM and r.name == "beta-tunnel-down")
+    ]
+    (violation,) = health_violations(resources)
+    assert violation[:2] == ("gateway-has-tunnel-alarm", "beta-gateway")
+    assert violation[2].startswith("gateway beta-gateway has no TunnelUp alarm")
+
+
+def test_a_tunnel_alarm_without_action_fails(plan):
+    resources = _edit(
+        offline.resources_from_plan(plan), ALARM, "alpha-tunnel-down", alarmActions=[]
+    )
+    (violation,) = health_violations(resources)
+    assert violation[:2] == ("gateway-has-tunnel-alarm", "alpha-tunnel-down")
+    assert "has no alarm action" in violation[2]
+
+
+def test_a_tunnel_alarm_that_names_no_gateway_does_not_count(update_plan):
+    resources = offline.resources_from_plan(update_plan)
+    untagged = []
+    for r in resources:
+        if r.type == ALARM and r.name == "alpha-tunnel-down":
+            props = copy.deepcopy(dict(r.props))
+            del props["tags"][health.GATEWAY_TAG]
+            # Without the tag, the reference (and so the dependency) to the instance is gone.
+            deps = frozenset(d for d in r.dependencies if "Instance::" not in d)
+            untagged.append(rules.Resource(r.type, r.name, r.urn, props, deps))
+        else:
+            untagged.append(r)
+    (violation,) = health_violations(untagged)
+    assert violation[:2] == ("gateway-has-tunnel-alarm", "alpha-gateway")
+
+
+@pytest.mark.parametrize(
+    ("condition", "message"),
+    [
+        (None, "without a StringEquals cloudwatch:namespace condition"),
+        ({"StringLike": {"cloudwatch:namespace": "*"}}, "without a StringEquals"),
+        ({"StringEquals": {"cloudwatch:namespace": ["WgSiteToSite", "AWS/EC2"]}}, "not only"),
+    ],
+    ids=["no-condition", "string-like", "second-namespace"],
+)
+def test_a_metrics_grant_not_limited_to_the_namespace_fails(plan, condition, message):
+    document = json.loads(gateway_policy(plan))
+    if condition is None:
+        del document["Statement"][0]["Condition"]
+    else:
+        document["Statement"][0]["Condition"] = condition
+    resources = _edit(
+        offline.resources_from_plan(plan),
+        "aws:iam/rolePolicy:RolePolicy",
+        "beta-put-metrics",
+        policy=json.dumps(document),
+    )
+    (violation,) = health_violations(resources)
+    assert violation[:2] == ("metrics-permission-namespace-limited", "beta-put-metrics")
+    assert message in violation[2]
+
+
+def test_wildcard_actions_count_as_putting_metrics():
+    document = {"Statement": [{"Effect": "Allow", "Action": "cloudwatch:*", "Resource": "*"}]}
+    props = {"policy": json.dumps(document)}
+    assert rules.metrics_permission_namespace_limited(rules.ROLE_POLICY, props) != []
+    document["Statement"][0]["Action"] = "cloudwatch:GetMetricData"
+    props = {"policy": json.dumps(document)}
+    assert rules.metrics_permission_namespace_limited(rules.ROLE_POLICY, props) == []
+
+
+def gateway_policy(plan: Plan) -> str:
+    policy = plan.one("aws:iam/rolePolicy:RolePolicy", "beta-put-metrics").inputs["policy"]
+    assert isinstance(policy, str)
+    return policy
