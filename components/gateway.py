@@ -8,9 +8,33 @@ from typing import Any
 
 import pulumi
 import pulumi_aws as aws
+import pulumi_command as command
 
 from core.facts import CANONICAL_OWNER, GatewayFacts
-from core.render import PeerEndpoint, render_gateway
+from core.render import PeerEndpoint, render_bootstrap, render_desired_state
+
+# The deployer side of Run Command, run from the project directory by pulumi-command with
+# the project's own virtualenv (Pulumi.yaml: virtualenv .venv).
+DEPLOYER = ".venv/bin/python -m deployer"
+# What the SSM agent needs to register and take Run Command, without the managed policy
+# AmazonSSMManagedInstanceCore, whose ssm:GetParameter on * would let each gateway read
+# the other's key (https://docs.aws.amazon.com/systems-manager/latest/userguide/
+# setup-instance-permissions.html lists these actions).
+SSM_AGENT_ACTIONS = [
+    "ssm:UpdateInstanceInformation",
+    "ssm:ListInstanceAssociations",
+    "ssm:DescribeInstanceProperties",
+    "ssmmessages:CreateControlChannel",
+    "ssmmessages:CreateDataChannel",
+    "ssmmessages:OpenControlChannel",
+    "ssmmessages:OpenDataChannel",
+    "ec2messages:AcknowledgeMessage",
+    "ec2messages:DeleteMessage",
+    "ec2messages:FailMessage",
+    "ec2messages:GetEndpoint",
+    "ec2messages:GetMessages",
+    "ec2messages:SendReply",
+]
 
 _EC2_ASSUME_ROLE = json.dumps(
     {
@@ -63,6 +87,8 @@ class WireGuardGatewayArgs:
     """Every route table of the site: each gets a route to the peer site via the gateway."""
     private_key: pulumi.Output[str]
     """This gateway's private key (a secret); it goes to SSM, never into user data."""
+    preshared_key: pulumi.Output[str] | None
+    """The pair's pre-shared key (a secret), or None when the stack turns it off."""
     allocation_id: pulumi.Input[str]
     """This gateway's Elastic IP, allocated beforehand."""
     peer_public_key: pulumi.Input[str]
@@ -78,6 +104,8 @@ class WireGuardGatewayArgs:
     account_id: pulumi.Input[str]
     partition: pulumi.Input[str]
     """Where the key parameter's ARN lives, for the key policy written before it exists."""
+    deadline_seconds: int
+    """How long `pulumi up` waits for this gateway's apply through Run Command."""
     tags: dict[str, str]
     """Tags for every resource."""
 
@@ -94,7 +122,8 @@ class WireGuardGateway(pulumi.ComponentResource):
     security_group_id: pulumi.Output[str]
     kms_key_arn: pulumi.Output[str]
     wg_config: pulumi.Output[str]
-    user_data: pulumi.Output[str]
+    desired_state_digest: pulumi.Output[str]
+    apply: command.local.Command
 
     def __init__(
         self, name: str, args: WireGuardGatewayArgs, opts: pulumi.ResourceOptions | None = None
@@ -117,14 +146,14 @@ class WireGuardGateway(pulumi.ComponentResource):
         )
         self._routes_to_peer(interface)
         self._frag_needed_to_workloads(interface)
-        key_parameter, key_policy, profile = self._key_access()
-        self._render()
+        parameters, role_policy, profile = self._desired_state_and_keys()
         instance = self._instance(
             interface,
             profile,
             # cloud-init needs the internet (packages, SSM) the moment it starts.
-            depends_on=[key_parameter, key_policy, address, *args.internet_path],
+            depends_on=[*parameters, role_policy, address, *args.internet_path],
         )
+        self.apply = self._apply_in_place(instance, parameters)
 
         self.instance_id = instance.id
         self.network_interface_id = interface.id
@@ -220,10 +249,20 @@ class WireGuardGateway(pulumi.ComponentResource):
             opts=self._child,
         )
 
-    def _key_access(
+    def _parameter_arn(self, name: str) -> pulumi.Output[str]:
+        args = self._inputs
+        return pulumi.Output.format(
+            "arn:{0}:ssm:{1}:{2}:parameter{3}",
+            args.partition,
+            args.facts.site.region,
+            args.account_id,
+            name,
+        )
+
+    def _desired_state_and_keys(
         self,
-    ) -> tuple[aws.ssm.Parameter, aws.iam.RolePolicy, aws.iam.InstanceProfile]:
-        """The private key in an SSM SecureString that only this gateway's role can read."""
+    ) -> tuple[list[aws.ssm.Parameter], aws.iam.RolePolicy, aws.iam.InstanceProfile]:
+        """What the gateway converges to, in SSM, readable by this gateway's role only."""
         name, args, facts = self._site, self._inputs, self._inputs.facts
         role = aws.iam.Role(
             f"{name}-gateway",
@@ -232,50 +271,89 @@ class WireGuardGateway(pulumi.ComponentResource):
             tags=self._tags("gateway"),
             opts=self._child,
         )
-        parameter_arn = pulumi.Output.format(
-            "arn:{0}:ssm:{1}:{2}:parameter{3}",
-            args.partition,
-            facts.site.region,
-            args.account_id,
-            facts.key_parameter_name,
-        )
+        secret_arns = [self._parameter_arn(facts.key_parameter_name)]
+        if facts.preshared_key:
+            secret_arns.append(self._parameter_arn(facts.psk_parameter_name))
         key = aws.kms.Key(
             f"{name}-wireguard-key",
-            description=f"wg-site-to-site: WireGuard key of the {facts.name} gateway",
+            description=f"wg-site-to-site: WireGuard keys of the {facts.name} gateway",
             enable_key_rotation=True,
             deletion_window_in_days=7,
             policy=pulumi.Output.json_dumps(
-                _key_policy(facts, role.arn, parameter_arn, args.deployer_arn, args)
+                _key_policy(facts, role.arn, secret_arns, args.deployer_arn, args)
             ),
             tags=self._tags("wireguard-key"),
             opts=self._child,
         )
         self.kms_key_arn = key.arn
-        parameter = aws.ssm.Parameter(
-            f"{name}-wireguard-key",
-            name=facts.key_parameter_name,
-            type="SecureString",
-            key_id=key.arn,
-            value=args.private_key,
-            description=f"WireGuard private key of the {facts.name} gateway ({facts.interface})",
-            tags=self._tags("wireguard-key"),
-            opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["value"]),
+        secret = pulumi.ResourceOptions(parent=self, additional_secret_outputs=["value"])
+        parameters = [
+            aws.ssm.Parameter(
+                f"{name}-wireguard-key",
+                name=facts.key_parameter_name,
+                type="SecureString",
+                key_id=key.arn,
+                value=args.private_key,
+                description=f"WireGuard private key of the {facts.name} gateway",
+                tags=self._tags("wireguard-key"),
+                opts=secret,
+            )
+        ]
+        if args.preshared_key is not None:
+            parameters.append(
+                aws.ssm.Parameter(
+                    f"{name}-preshared-key",
+                    name=facts.psk_parameter_name,
+                    type="SecureString",
+                    key_id=key.arn,
+                    value=args.preshared_key,
+                    description=f"WireGuard pre-shared key of {facts.name} and {facts.peer.name}",
+                    tags=self._tags("preshared-key"),
+                    opts=secret,
+                )
+            )
+        desired = pulumi.Output.all(args.peer_public_key, args.peer_public_ip).apply(
+            lambda peer: render_desired_state(
+                facts, PeerEndpoint(public_key=peer[0], public_ip=peer[1])
+            )
         )
-        # Exactly one parameter ARN, no wildcard: parameter paths are hierarchical, and
-        # a grant on a prefix would reach every key below it.
+        self.wg_config = desired.apply(lambda state: state.wg_config)
+        self.desired_state_digest = desired.apply(lambda state: state.digest)
+        # A plain String: it holds no secret, and a reviewer sees the change in the diff.
+        # Its size is checked against the standard tier's 4 KB before anything exists.
+        parameters.append(
+            aws.ssm.Parameter(
+                f"{name}-desired-state",
+                name=facts.desired_state_parameter_name,
+                type="String",
+                tier="Standard",
+                value=desired.apply(lambda state: state.document),
+                description=f"wg-quick config and firewall of the {facts.name} gateway",
+                tags=self._tags("desired-state"),
+                opts=self._child,
+            )
+        )
+        # Exactly its own parameter ARNs, no wildcard: parameter paths are hierarchical,
+        # and a grant on a prefix would reach every parameter below it.
         policy = aws.iam.RolePolicy(
-            f"{name}-read-own-key",
+            f"{name}-read-own-parameters",
             role=role.id,
             policy=pulumi.Output.json_dumps(
                 {
                     "Version": "2012-10-17",
                     "Statement": [
                         {
-                            "Sid": "ReadOwnWireGuardKey",
+                            "Sid": "ReadOwnParameters",
                             "Effect": "Allow",
                             "Action": "ssm:GetParameter",
-                            "Resource": parameter.arn,
-                        }
+                            "Resource": [parameter.arn for parameter in parameters],
+                        },
+                        {
+                            "Sid": "SsmAgentForRunCommand",
+                            "Effect": "Allow",
+                            "Action": SSM_AGENT_ACTIONS,
+                            "Resource": "*",
+                        },
                     ],
                 }
             ),
@@ -284,17 +362,33 @@ class WireGuardGateway(pulumi.ComponentResource):
         profile = aws.iam.InstanceProfile(
             f"{name}-gateway", role=role.name, tags=self._tags("gateway"), opts=self._child
         )
-        return parameter, policy, profile
+        return parameters, policy, profile
 
-    def _render(self) -> None:
-        facts = self._inputs.facts
-        rendered = pulumi.Output.all(
-            self._inputs.peer_public_key, self._inputs.peer_public_ip
-        ).apply(
-            lambda peer: render_gateway(facts, PeerEndpoint(public_key=peer[0], public_ip=peer[1]))
+    def _apply_in_place(
+        self, instance: aws.ec2.Instance, parameters: list[aws.ssm.Parameter]
+    ) -> command.local.Command:
+        """Sends the apply to the gateway with Run Command whenever its desired state changes.
+
+        The triggers are a digest of the desired state and the key generation, never a
+        secret: a change replaces this resource, which runs the apply again.
+        """
+        facts, args = self._inputs.facts, self._inputs
+        return command.local.Command(
+            f"{self._site}-apply",
+            create=f"{DEPLOYER} apply",
+            environment={
+                "WG_S2S_SITE": facts.name,
+                "WG_S2S_REGION": facts.site.region,
+                "WG_S2S_INSTANCE_ID": instance.id,
+                "WG_S2S_DEADLINE_SECONDS": str(args.deadline_seconds),
+            },
+            triggers=[
+                self.desired_state_digest,
+                f"key-generation-{facts.key_generation}",
+                f"preshared-key-{facts.preshared_key}",
+            ],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[instance, *parameters]),
         )
-        self.wg_config = rendered.apply(lambda r: r.wg_config)
-        self.user_data = rendered.apply(lambda r: r.user_data)
 
     def _image(self) -> pulumi.Output[str]:
         """The AMI: the pinned build for this architecture, or Canonical's current one."""
@@ -347,8 +441,9 @@ class WireGuardGateway(pulumi.ComponentResource):
             root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
                 encrypted=True, volume_type="gp3", volume_size=8
             ),
-            user_data=self.user_data,
-            # cloud-init runs only on first boot: a changed config needs a new instance
+            # Bootstrap only: nothing of day 2 is in it (see core.render.render_bootstrap).
+            user_data_base64=render_bootstrap(facts).user_data_base64,
+            # cloud-init runs only on first boot: a changed bootstrap needs a new instance
             # (the interface keeps the address, routes and Elastic IP).
             user_data_replace_on_change=True,
             tags=self._tags("gateway"),
@@ -377,7 +472,7 @@ class WireGuardGateway(pulumi.ComponentResource):
 def _key_policy(
     facts: GatewayFacts,
     role_arn: pulumi.Output[str],
-    parameter_arn: pulumi.Output[str],
+    parameter_arns: list[pulumi.Output[str]],
     deployer_arn: pulumi.Input[str],
     args: WireGuardGatewayArgs,
 ) -> dict[str, Any]:
@@ -385,7 +480,7 @@ def _key_policy(
 
     SSM encrypts a SecureString with the encryption context PARAMETER_ARN=<its ARN>
     (https://docs.aws.amazon.com/kms/latest/developerguide/services-parameter-store.html),
-    so the gateway's grant reaches exactly its own parameter.
+    so the gateway's grant reaches exactly its own parameters.
     """
     via_ssm = f"ssm.{facts.site.region}.amazonaws.com"
     account_root = pulumi.Output.format("arn:{0}:iam::{1}:root", args.partition, args.account_id)
@@ -416,7 +511,7 @@ def _key_policy(
                 "Condition": {
                     "StringEquals": {
                         "kms:ViaService": via_ssm,
-                        "kms:EncryptionContext:PARAMETER_ARN": parameter_arn,
+                        "kms:EncryptionContext:PARAMETER_ARN": parameter_arns,
                     }
                 },
             },

@@ -7,13 +7,15 @@ from typing import Any
 
 import pulumi
 import pulumi_aws as aws
+import pulumi_command as command
+import pulumi_random as random
 
-from components.gateway import WireGuardGateway, WireGuardGatewayArgs
+from components.gateway import DEPLOYER, WireGuardGateway, WireGuardGatewayArgs
 from components.site_network import SiteNetwork, SiteNetworkArgs
 from components.wireguard_identity import WireGuardIdentity, WireGuardIdentityArgs
-from core.config import StackConfig
+from core.config import StackConfig, TunnelConfig
 from core.facts import GatewayFacts, gateway_facts
-from core.render import user_data_problems
+from core.render import limit_problems
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ class SiteToSite(pulumi.ComponentResource):
         both = gateway_facts(args.config, args.stack)
         # EC2's limits fail only at RunInstances, after delete-before-replace has removed
         # the old gateway: check them before anything is declared.
-        problems = [line for facts in both for line in user_data_problems(facts)]
+        problems = [line for facts in both for line in limit_problems(facts)]
         if problems:
             raise pulumi.RunError("\n".join(problems))
 
@@ -64,13 +66,15 @@ class SiteToSite(pulumi.ComponentResource):
         identities = {
             facts.name: WireGuardIdentity(
                 facts.name,
-                WireGuardIdentityArgs(tags=tags),
+                WireGuardIdentityArgs(key_generation=args.config.tunnel.key_generation, tags=tags),
                 opts=pulumi.ResourceOptions(parent=self, providers=[providers[facts.name]]),
             )
             for facts in both
         }
 
+        preshared_key = self._preshared_key(args.config.tunnel)
         self.sites = {}
+        gateways = []
         for facts in both:
             own, peer, network = (
                 identities[facts.name],
@@ -85,6 +89,8 @@ class SiteToSite(pulumi.ComponentResource):
                     subnet_id=network.gateway_subnet_id,
                     route_table_ids=network.route_table_ids,
                     private_key=own.private_key,
+                    preshared_key=preshared_key,
+                    deadline_seconds=args.config.deadline_seconds,
                     allocation_id=own.allocation_id,
                     peer_public_key=peer.public_key,
                     peer_public_ip=peer.public_ip,
@@ -97,6 +103,7 @@ class SiteToSite(pulumi.ComponentResource):
                 ),
                 opts=pulumi.ResourceOptions(parent=self, providers=[providers[facts.name]]),
             )
+            gateways.append(gateway)
             self.sites[facts.name] = pulumi.Output.all(
                 publicIp=own.public_ip,
                 publicKey=own.public_key,
@@ -107,7 +114,51 @@ class SiteToSite(pulumi.ComponentResource):
                 region=facts.site.region,
                 cidr=str(facts.site.cidr),
             )
+        if args.config.verify:
+            self._verify(both, gateways, args.config.deadline_seconds)
         self.register_outputs({"sites": self.sites})
+
+    def _preshared_key(self, tunnel: TunnelConfig) -> pulumi.Output[str] | None:
+        """One pre-shared key for the pair, renewed with the key generation."""
+        if not tunnel.preshared_key:
+            return None
+        key_bytes = random.RandomBytes(
+            "preshared-key",
+            length=32,
+            keepers={"generation": str(tunnel.key_generation)},
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        return pulumi.Output.secret(key_bytes.base64)
+
+    def _verify(
+        self,
+        both: tuple[GatewayFacts, GatewayFacts],
+        gateways: list[WireGuardGateway],
+        deadline: int,
+    ) -> command.local.Command:
+        """After both applies: does the tunnel carry traffic? Fails `pulumi up` if not."""
+        targets = pulumi.Output.json_dumps(
+            [
+                {
+                    "site": facts.name,
+                    "region": facts.site.region,
+                    "instanceId": gateway.instance_id,
+                    "interface": facts.interface,
+                }
+                for facts, gateway in zip(both, gateways, strict=True)
+            ]
+        )
+        return command.local.Command(
+            "verify-tunnel",
+            create=f"{DEPLOYER} verify",
+            environment={"WG_S2S_GATEWAYS": targets, "WG_S2S_DEADLINE_SECONDS": str(deadline)},
+            # Runs again whenever either side was applied again.
+            triggers=[gateway.desired_state_digest for gateway in gateways]
+            + [gateway.apply.id for gateway in gateways],
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[gateway.apply for gateway in gateways]
+            ),
+        )
 
     def _account(self, provider: aws.Provider, deployer: str | None) -> _Account:
         """The account, and who deploys: the configured ARN, else the caller's own role."""

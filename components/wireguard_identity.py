@@ -13,6 +13,8 @@ from core import keys
 
 @dataclass
 class WireGuardIdentityArgs:
+    key_generation: int
+    """Raising it replaces the key bytes: a new key pair, applied in place (rotation)."""
     tags: dict[str, str]
     """Tags for the Elastic IP."""
 
@@ -37,7 +39,12 @@ class WireGuardIdentity(pulumi.ComponentResource):
         super().__init__("wg-site-to-site:gateway:WireGuardIdentity", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
 
-        key_bytes = random.RandomBytes(f"{name}-wireguard-key", length=32, opts=child)
+        key_bytes = random.RandomBytes(
+            f"{name}-wireguard-key",
+            length=32,
+            keepers={"generation": str(args.key_generation)},
+            opts=child,
+        )
         # RandomBytes marks base64 secret already; say so here too, since it must stay one.
         self.private_key = pulumi.Output.secret(key_bytes.base64)
         # A public key derived from a secret inherits secrecy; it is meant to be public.

@@ -7,7 +7,11 @@ offline plan shows it, and the lab extracts the files from that same user data.
 
 from __future__ import annotations
 
+import base64
+import gzip
+import hashlib
 import ipaddress
+import json
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path, PurePosixPath
@@ -19,13 +23,15 @@ import yaml
 from core import health
 from core.facts import (
     APPLY_PATH,
+    APPLY_UNIT_PATH,
     AWS_CALL_PATH,
     AWS_ENV_PATH,
-    FETCH_KEY_PATH,
+    CHECK_PATH,
     PROBE_PATH,
     PROBE_SERVICE_PATH,
     PROBE_STATE_DIR,
     PROBE_TIMER_PATH,
+    SSM_STANDARD_LIMIT_BYTES,
     SYSCTL_PATH,
     GatewayFacts,
 )
@@ -36,8 +42,6 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "cloud-init"
 # delete-before-replace the old gateway is gone by then. Checked before anything exists.
 # https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/user-data.html
 USER_DATA_LIMIT_BYTES = 16 * 1024
-# The longest values a peer can contribute: a key is always 44 characters, an IPv4
-# address at most 15. Rendering with them bounds the size before the peer exists.
 
 
 @dataclass(frozen=True)
@@ -49,11 +53,39 @@ class PeerEndpoint:
 
 
 @dataclass(frozen=True)
-class RenderedGateway:
+class DesiredState:
+    """What a gateway converges to on day 2: the value of its desired-state parameter."""
+
     wg_config: str
-    sysctl: str
-    fetch_key: str
+    firewall: str
+    document: str  # JSON {"config", "firewall"}: what goes into SSM
+
+    @property
+    def digest(self) -> str:
+        """Changes exactly when the document does; safe to show (no secret inside)."""
+        return hashlib.sha256(self.document.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """The user data, and the files it writes (path -> content). Nothing of day 2."""
+
     user_data: str
+    files: dict[str, str]
+
+    @property
+    def user_data_base64(self) -> str:
+        """What EC2 gets: gzip, then base64. cloud-init unpacks gzip user data itself
+        (https://cloudinit.readthedocs.io/en/latest/explanation/format.html), and the
+        scripts would not fit EC2's 16 KB as text. mtime=0: equal text, equal bytes."""
+        packed = gzip.compress(self.user_data.encode(), compresslevel=9, mtime=0)
+        return base64.b64encode(packed).decode()
+
+
+def decode_user_data(user_data_base64: str) -> str:
+    """The cloud-config text of gzip+base64 user data (as cloud-init reads it)."""
+    raw = base64.b64decode(user_data_base64, validate=True)
+    return (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode()
 
 
 def _literal_block(text: str, indent: int) -> str:
@@ -87,7 +119,7 @@ def _render(template: str, **values: Any) -> str:
 
 
 def render_wg_config(facts: GatewayFacts, peer: PeerEndpoint) -> str:
-    """The wg-quick config: no private key, only the PostUp that loads it from a file."""
+    """The wg-quick config: no secret, only PostUps that load the keys from 0600 files."""
     if not is_key(peer.public_key):
         raise ValueError(f"peer public key for {facts.peer.name} is not a WireGuard key")
     endpoint = ipaddress.IPv4Address(peer.public_ip)
@@ -100,10 +132,16 @@ def render_wg_config(facts: GatewayFacts, peer: PeerEndpoint) -> str:
         stack=facts.stack,
         key_path=facts.key_path,
         key_path_template="/etc/wireguard/%i.key",
+        preshared_key=facts.preshared_key,
+        psk_path=facts.psk_path,
+        psk_path_template="/etc/wireguard/%i.psk",
+        rules_path=facts.rules_path,
+        rules_path_template="/etc/wireguard/%i.rules",
+        jumps=facts.jumps,
+        chains=facts.chains,
         address=str(facts.tunnel_address),
         listen_port=facts.listen_port,
         mtu=facts.mtu,
-        rules=facts.rules,
         peer_public_key=peer.public_key,
         allowed_ips=[str(net) for net in facts.allowed_ips],
         peer_endpoint=f"{endpoint}:{facts.peer_port}",
@@ -111,23 +149,77 @@ def render_wg_config(facts: GatewayFacts, peer: PeerEndpoint) -> str:
     )
 
 
+def render_firewall(facts: GatewayFacts) -> str:
+    """The interface's own chains, for `iptables-restore --noflush`."""
+    return _render(
+        "firewall.rules.j2", interface=facts.interface, chains=facts.chains, rules=facts.rules
+    )
+
+
+def render_desired_state(facts: GatewayFacts, peer: PeerEndpoint) -> DesiredState:
+    wg_config = render_wg_config(facts, peer)
+    firewall = render_firewall(facts)
+    document = json.dumps({"config": wg_config, "firewall": firewall}, sort_keys=True)
+    return DesiredState(wg_config=wg_config, firewall=firewall, document=document)
+
+
 def render_sysctl(facts: GatewayFacts) -> str:
     return _render("sysctl.conf.j2", interface=facts.interface)
 
 
-def render_fetch_key(facts: GatewayFacts) -> str:
+def _sbin() -> str:
+    return str(PurePosixPath(APPLY_PATH).parent)
+
+
+def render_apply(facts: GatewayFacts) -> str:
+    """The apply script: installed at APPLY_PATH, run at boot, by Run Command, by the probe."""
     return _render(
-        "fetch-key.sh.j2",
+        "apply.sh.j2",
+        name=PurePosixPath(APPLY_PATH).name,
+        sbin=_sbin(),
+        aws_call=PurePosixPath(AWS_CALL_PATH).name,
+        interface=facts.interface,
+        config_path=facts.config_path,
+        rules_path=facts.rules_path,
         key_path=facts.key_path,
-        region=facts.site.region,
-        parameter=facts.key_parameter_name,
+        psk_path=facts.psk_path,
+        state_parameter=facts.desired_state_parameter_name,
+        key_parameter=facts.key_parameter_name,
+        psk_parameter=facts.psk_parameter_name if facts.preshared_key else None,
+        jumps=facts.jumps,
     )
 
 
-def render_gateway(facts: GatewayFacts, peer: PeerEndpoint) -> RenderedGateway:
-    wg_config = render_wg_config(facts, peer)
-    sysctl = render_sysctl(facts)
-    fetch_key = render_fetch_key(facts)
+def render_check(facts: GatewayFacts) -> str:
+    """The check `pulumi up` runs through Run Command after an apply (CHECK_PATH)."""
+    return _render(
+        "check.sh.j2",
+        name=PurePosixPath(CHECK_PATH).name,
+        interface=facts.interface,
+        peer_address=str(facts.peer_tunnel_address),
+        persistent_keepalive=facts.persistent_keepalive,
+        # WireGuard drops a session 180 s after its last handshake (REJECT_AFTER_TIME).
+        max_handshake_age=health.HANDSHAKE_STALE_SECONDS,
+    )
+
+
+def render_apply_unit(facts: GatewayFacts) -> str:
+    return _render("apply.service.j2", interface=facts.interface, apply_path=APPLY_PATH)
+
+
+def render_bootstrap(facts: GatewayFacts) -> Bootstrap:
+    """The user data: packages, scripts and the units that apply the desired state.
+
+    Nothing in it changes on day 2 (firewall, keepalive, MTU, keys, the peer), so a day-2
+    change never replaces the instance.
+    """
+    files = {
+        SYSCTL_PATH: (render_sysctl(facts), "0644"),
+        AWS_CALL_PATH: (render_aws_call(facts), "0755"),
+        APPLY_PATH: (render_apply(facts), "0700"),
+        CHECK_PATH: (render_check(facts), "0700"),
+        APPLY_UNIT_PATH: (render_apply_unit(facts), "0644"),
+    }
     user_data = _render(
         "user-data.yaml.j2",
         instance_type=facts.site.instance_type,
@@ -135,35 +227,38 @@ def render_gateway(facts: GatewayFacts, peer: PeerEndpoint) -> RenderedGateway:
         site=facts.name,
         stack=facts.stack,
         interface=facts.interface,
-        config_path=facts.config_path,
-        wg_config=wg_config,
-        sysctl_path=SYSCTL_PATH,
-        sysctl=sysctl,
-        fetch_key_path=FETCH_KEY_PATH,
-        fetch_key=fetch_key,
+        files=[(path, content, mode) for path, (content, mode) in files.items()],
+        apply_unit=PurePosixPath(APPLY_UNIT_PATH).name,
     )
     # Parsing the document back proves it says what we meant before it reaches an instance.
     written = {path: entry["content"] for path, entry in written_files(user_data).items()}
-    if written != {facts.config_path: wg_config, SYSCTL_PATH: sysctl, FETCH_KEY_PATH: fetch_key}:
+    if written != {path: content for path, (content, _) in files.items()}:
         raise ValueError(f"rendered user data for {facts.name} does not round-trip")
-    return RenderedGateway(
-        wg_config=wg_config, sysctl=sysctl, fetch_key=fetch_key, user_data=user_data
-    )
+    return Bootstrap(user_data=user_data, files=written)
 
 
-def user_data_problems(facts: GatewayFacts) -> list[str]:
-    """One line if this gateway's user data could exceed EC2's limit, else nothing.
+# The longest values a peer can contribute: a key is always 44 characters, an IPv4
+# address at most 15. Rendering with them bounds the size before the peer exists.
+_LONGEST_PEER = PeerEndpoint(public_key="A" * 43 + "=", public_ip="255.255.255.255")
 
-    Rendered against the longest peer values possible, so the check holds for any peer.
-    """
-    longest = PeerEndpoint(public_key="A" * 43 + "=", public_ip="255.255.255.255")
-    size = len(render_gateway(facts, longest).user_data.encode())
-    if size <= USER_DATA_LIMIT_BYTES:
-        return []
-    return [
-        f"site {facts.name}: the gateway's user data would be {size} bytes, over EC2's limit"
-        f" of {USER_DATA_LIMIT_BYTES} bytes (16 KB); use fewer or shorter firewall rules"
-    ]
+
+def limit_problems(facts: GatewayFacts) -> list[str]:
+    """One line per limit this gateway's rendered files could exceed, else nothing."""
+    problems = []
+    packed = base64.b64decode(render_bootstrap(facts).user_data_base64)
+    if len(packed) > USER_DATA_LIMIT_BYTES:
+        problems.append(
+            f"site {facts.name}: the gateway's user data would be {len(packed)} bytes"
+            f" (gzip), over EC2's limit of {USER_DATA_LIMIT_BYTES} bytes (16 KB)"
+        )
+    size = len(render_desired_state(facts, _LONGEST_PEER).document.encode())
+    if size > SSM_STANDARD_LIMIT_BYTES:
+        problems.append(
+            f"site {facts.name}: the desired state (wg-quick config and firewall) would be"
+            f" {size} bytes, over a standard SSM parameter's limit of"
+            f" {SSM_STANDARD_LIMIT_BYTES} bytes (4 KB); use fewer or shorter firewall rules"
+        )
+    return problems
 
 
 def parse_user_data(user_data: str) -> dict[str, Any]:

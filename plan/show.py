@@ -10,6 +10,7 @@ import json
 from collections import defaultdict
 from typing import Any
 
+from core.render import decode_user_data
 from plan.document import REDACTED, UNKNOWN, Document
 
 _INDENT = "    "
@@ -31,6 +32,13 @@ def value_lines(key: str, value: Any, indent: str = "") -> list[str]:
     List items get the key "-", as in YAML.
     """
     label = key if key == "-" else f"{key}:"
+    if key == "userDataBase64" and isinstance(value, str):
+        # Gzip for EC2's 16 KB; a reviewer reads the cloud-config itself.
+        try:
+            value = decode_user_data(value)
+            label = f"{key} (gzip+base64, shown decoded):"
+        except (ValueError, OSError, EOFError):
+            pass
     if isinstance(value, dict) and value:
         lines = [f"{indent}{label}"]
         for child_key in sorted(value):

@@ -26,7 +26,9 @@ from typing import Any, Final
 import yaml
 
 from core import health
+from core.config import PROJECT
 from core.facts import KEY_PARAMETER_LEAF
+from core.render import decode_user_data
 
 Props = Mapping[str, Any]
 
@@ -68,6 +70,12 @@ _NAT = re.compile(
     re.IGNORECASE,
 )
 _USER_DATA_DIGEST = re.compile(r"[0-9a-f]{40}")
+# Every parameter of this project: /wg-site-to-site/<stack>/<site>/<what>.
+_PROJECT_PARAMETER = re.compile(
+    r"(?<![\w./-])(/" + re.escape(PROJECT) + r"/[\w.-]+/[\w.-]+/[\w.-]+)(?![\w./-])"
+)
+# A gateway reads its desired state, its private key and the pair's pre-shared key.
+_MOST_PARAMETERS = 3
 _SSM_PARAMETER_ARN = re.compile(r"^arn:[\w-]+:ssm:[\w-]*:\d*:parameter(/.+)$")
 _READ_PARAMETER_ACTIONS = (
     "ssm:getparameter",
@@ -144,8 +152,8 @@ def _user_data(props: Props) -> _UserData | None:
     text = props.get("userData")
     if text is None and isinstance(props.get("userDataBase64"), str):
         try:
-            text = base64.b64decode(props["userDataBase64"], validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError):
+            text = decode_user_data(props["userDataBase64"])
+        except (binascii.Error, UnicodeDecodeError, OSError, EOFError):
             return None
     if not isinstance(text, str):
         return None
@@ -181,9 +189,12 @@ def _sources(data: _UserData) -> Iterator[tuple[str, str]]:
 
 
 def _is_gateway(data: _UserData) -> bool:
-    if data.written:
-        return any(fnmatch.fnmatchcase(path, WG_CONFIG_GLOB) for path in data.written)
-    return bool(_WG_CONFIG_PATH.search(data.text))
+    # It writes a wg-quick config, or a script that does (the apply script).
+    if any(fnmatch.fnmatchcase(path, WG_CONFIG_GLOB) for path in data.written):
+        return True
+    return any(_WG_CONFIG_PATH.search(text) for _, text in _sources(data)) or any(
+        _WG_CONFIG_PATH.search(content) for content in data.written.values()
+    )
 
 
 def key_parameters_read(data: _UserData) -> set[str]:
@@ -463,21 +474,24 @@ def _policy_documents(
 
 
 @dataclass(frozen=True)
-class _OwnKey:
-    """The key parameter a gateway reads, as far as its user data tells."""
+class _Own:
+    """The parameters a gateway reads, as far as its user data's scripts tell."""
 
-    name: str | None
-    arn: str | None
+    names: frozenset[str]
+    arns: frozenset[str]
 
 
-def _own_key(data: _UserData | None, parameters: Sequence[Resource]) -> _OwnKey:
-    read = key_parameters_read(data) if data is not None else set()
-    if len(read) != 1:
-        return _OwnKey(None, None)
-    (name,) = read
-    own = [p for p in parameters if p.props.get("name") == name]
-    arn = own[0].props.get("arn") if len(own) == 1 else None
-    return _OwnKey(name, arn if isinstance(arn, str) else None)
+def parameters_read(data: _UserData) -> set[str]:
+    """The project's SSM parameter names that the user data's scripts mention."""
+    return {m for _, text in _sources(data) for m in _PROJECT_PARAMETER.findall(text)} | {
+        m for content in data.written.values() for m in _PROJECT_PARAMETER.findall(content)
+    }
+
+
+def _own(data: _UserData | None, parameters: Sequence[Resource]) -> _Own:
+    names = frozenset(parameters_read(data)) if data is not None else frozenset()
+    arns = {p.props.get("arn") for p in parameters if p.props.get("name") in names}
+    return _Own(names, frozenset(a for a in arns if isinstance(a, str)))
 
 
 def _grants_read(actions: list[Any]) -> bool:
@@ -497,7 +511,7 @@ def _granted(statement: Any) -> list[Any] | None:
     return None
 
 
-def _statement_problems(statement: Mapping[str, Any], own: _OwnKey) -> list[str]:
+def _statement_problems(statement: Mapping[str, Any], own: _Own) -> list[str]:
     if "NotAction" in statement:
         return ["allows NotAction, which grants ssm:GetParameter* on whatever it does not list"]
     actions = _as_list(statement.get("Action"))
@@ -515,15 +529,15 @@ def _statement_problems(statement: Mapping[str, Any], own: _OwnKey) -> list[str]
             problems.append(f"Resource {resource!r} is a wildcard")
             continue
         match = _SSM_PARAMETER_ARN.match(resource)
-        if own.arn is not None:
-            if resource != own.arn:
-                problems.append(f"Resource {resource!r} is not its own key parameter {own.arn}")
-        elif own.name is not None and (match is None or match.group(1) != own.name):
-            problems.append(f"Resource {resource!r} is not its own key parameter {own.name}")
+        if own.arns and resource in own.arns:
+            continue
+        if own.names and (match is None or match.group(1) not in own.names):
+            listed = ", ".join(sorted(own.names))
+            problems.append(f"Resource {resource!r} is not one of its own parameters ({listed})")
     return problems
 
 
-def _document_problems(document: Any, own: _OwnKey) -> list[str]:
+def _document_problems(document: Any, own: _Own) -> list[str]:
     if is_unknown(document):
         return []
     if not isinstance(document, str):
@@ -536,9 +550,12 @@ def _document_problems(document: Any, own: _OwnKey) -> list[str]:
     granting = [s for s in statements if _granted(s) is not None]
     problems = [p for s in granting for p in _statement_problems(s, own)]
     named = {r for s in granting for r in _granted(s) or [] if isinstance(r, str)}
-    if own.name is None and len(named) > 1:
-        # Which one is its own is not known here, but a gateway has only one key.
-        problems.append(f"grants ssm:GetParameter* on {len(named)} parameters, not one")
+    if not own.names and len(named) > _MOST_PARAMETERS:
+        # Which ones are its own is not known here, but a gateway reads at most these.
+        problems.append(
+            f"grants ssm:GetParameter* on {len(named)} parameters, more than a gateway's"
+            f" {_MOST_PARAMETERS}"
+        )
     return problems
 
 
@@ -566,7 +583,7 @@ def gateway_reads_only_own_key(resources: Sequence[Resource]) -> list[tuple[Reso
         if len(read) > 1:
             listed = ", ".join(sorted(read))
             found.append((instance, f"user data reads {len(read)} key parameters: {listed}"))
-        own = _own_key(data, parameters)
+        own = _own(data, parameters)
         for profile in _resolve(instance.props.get("iamInstanceProfile"), instance, profiles):
             for role in _resolve(profile.props.get("role"), profile, roles):
                 for blame, what, document in _policy_documents(role, resources):
@@ -719,8 +736,13 @@ def _key_problems(
         context = _condition(statement, "kms:EncryptionContext:PARAMETER_ARN")
         if context is None:
             outsiders += 0 if everyone else 1
-        elif not (is_unknown(context) or str(context).endswith(f":parameter{parameter}")):
-            problems.append(f"statement {sid} names another parameter: {context}")
+            continue
+        # Its own site's parameters only (the key and the pre-shared key sit side by side).
+        site = parameter.rsplit("/", 1)[0] + "/"
+        for arn in _as_list(context):
+            match = _SSM_PARAMETER_ARN.match(str(arn))
+            if not is_unknown(arn) and (match is None or not match.group(1).startswith(site)):
+                problems.append(f"statement {sid} names another site's parameter: {arn}")
     if outsiders > 1:
         problems.append(
             f"{outsiders} statements allow kms:Decrypt without the parameter's encryption "
