@@ -7,7 +7,9 @@
 - Gateway: an instance in the public subnet (MTU 9001) whose security group is applied
   statefully on its interface, in its own nftables table so that `iptables-save` in the
   namespace shows only what the instance itself configured. It boots from its user data:
-  the files it writes, its runcmd (sysctl, key fetch, wg-quick), nothing else.
+  the files it writes and its runcmd, whose apply unit runs the gateway's own apply
+  script, which reads its desired state and keys from SSM (moto, lab/aws.py) and starts
+  wg-quick. systemd is the one stand-in: a `systemctl` that starts and stops wg-quick.
 - Internet: links of 9001 bytes that drop anything over 1500, so a tunnel MTU that is
   too big is a black hole, as between AWS regions; plus a host that is not a peer.
 """
@@ -16,13 +18,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from core.facts import FETCH_KEY_PATH
 from core.render import parse_user_data, written_files
-from lab import NETNS_ETC, PREFIX, REPO, LabError, netns
+from lab import NETNS_ETC, PREFIX, REPO, STATE_DIR, LabError, aws, netns
 from lab.state import State
 from lab.topology import (
     EC2_MTU,
@@ -75,6 +77,7 @@ def build(topology: Topology, state: State, progress: Progress = _quiet) -> list
     _namespaces(topology, state)
     _links(topology)
     _addresses_and_routes(topology)
+    _aws_stand_in(topology, state)
     progress("VPC routers, internet gateways, security groups, the internet")
     for site in topology.sites:
         _vpc_router_rules(site)
@@ -94,6 +97,39 @@ def build(topology: Topology, state: State, progress: Progress = _quiet) -> list
         progress(f"booting the {site.name} gateway from its user data ({state.implementation})")
         notes += _boot_gateway(site, state)
     return notes
+
+
+def _aws_stand_in(topology: Topology, state: State) -> None:
+    """SSM and CloudWatch (moto) on the internet, with what `pulumi up` puts in SSM."""
+    state.add("namespaces", aws.NAMESPACE)
+    netns.add_namespace(aws.NAMESPACE)
+    inet = topology.internet_namespace
+    # A server on the internet has a 1500-byte link: it never sends what the internet
+    # would drop, and TCP's MSS tells the gateway the same.
+    netns.veth(inet, aws.LINK, aws.NAMESPACE, LINK_HOST, INTERNET_MTU)
+    netns.ip_batch(inet, [f"address add {aws.ROUTER} dev {aws.LINK}", f"link set {aws.LINK} up"])
+    netns.ip_batch(
+        aws.NAMESPACE,
+        [
+            f"address add {aws.ADDRESS} dev {LINK_HOST}",
+            f"link set {LINK_HOST} up",
+            "link set lo up",
+            f"route add default via {aws.ROUTER.ip} dev {LINK_HOST}",
+        ],
+    )
+    aws.start()
+    put_parameters(topology)
+
+
+def put_parameters(topology: Topology) -> None:
+    """Stores every gateway's parameters as the plan says `pulumi up` would."""
+    aws.put_parameters(
+        [
+            {"region": site.facts.site.region, "name": name, "type": kind, "value": value}
+            for site in topology.sites
+            for name, (kind, value) in site.gateway.parameters.items()
+        ]
+    )
 
 
 def _namespaces(topology: Topology, state: State) -> None:
@@ -351,20 +387,96 @@ def _write(path: Path, content: str, mode: int) -> None:
     os.chmod(path, mode)
 
 
+# Gateways in namespaces have no systemd: this stands in for the part of systemctl the
+# scripts and the user data use, on wg-quick@ units; everything else is a no-op.
+SYSTEMCTL_SHIM = """#!/bin/bash
+set -eu
+args=()
+for arg in "$@"; do
+    case "$arg" in --no-block|--now|-q|--quiet) ;; *) args+=("$arg") ;; esac
+done
+verb=${args[0]:-} unit=${args[1]:-}
+case "$unit" in wg-quick@*) iface=${unit#wg-quick@} ;; *) exit 0 ;; esac
+case "$verb" in
+    start) wg show "$iface" > /dev/null 2>&1 || exec wg-quick up "$iface" ;;
+    restart) wg-quick down "$iface" > /dev/null 2>&1 || true; exec wg-quick up "$iface" ;;
+    stop) exec wg-quick down "$iface" ;;
+    is-active) exec wg show "$iface" > /dev/null 2>&1 ;;
+    *) exit 0 ;;
+esac
+"""
+SBIN = "/usr/local/sbin"
+
+
+def _shims() -> Path:
+    shims = STATE_DIR / "shims"
+    shims.mkdir(parents=True, exist_ok=True)
+    _write(shims / "systemctl", SYSTEMCTL_SHIM, 0o755)
+    return shims
+
+
+def sbin_dir(namespace: str) -> Path:
+    """The gateway's /usr/local/sbin (bind-mounted there for each of its commands)."""
+    return STATE_DIR / namespace / "sbin"
+
+
+def gateway_run(
+    site: Site,
+    state: State,
+    argv: list[str],
+    *,
+    timeout: float = WG_QUICK_TIMEOUT,
+    check: bool = True,
+    extra_env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """A command on the gateway, as the instance runs it: its own /usr/local/sbin, /etc,
+    network and AWS credentials. `ip netns exec` gives each call a private mount
+    namespace, so the bind mount ends with the command."""
+    env = {
+        **aws.gateway_env(),
+        **wg_env(state),
+        "PATH": f"{_shims()}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
+        **(extra_env or {}),
+    }
+    script = 'mount --bind "$0" ' + SBIN + ' && exec "$@"'
+    return netns.ns_run(
+        site.gateway.namespace,
+        ["bash", "-c", script, str(sbin_dir(site.gateway.namespace)), *argv],
+        env=env,
+        timeout=timeout,
+        check=check,
+    )
+
+
+def _unit_exec_start(unit: str) -> list[str]:
+    for line in unit.splitlines():
+        if line.startswith("ExecStart="):
+            return line.removeprefix("ExecStart=").split()
+    raise LabError("a unit in the user data has no ExecStart")
+
+
 def _boot_gateway(site: Site, state: State) -> list[str]:
     """What cloud-init and systemd do with the user data, inside the gateway namespace."""
-    gateway, facts, ns = site.gateway, site.facts, site.gateway.namespace
+    gateway, ns = site.gateway, site.gateway.namespace
     etc = etc_dir(ns)
     state.add("etc_dirs", str(etc))
-    state.add("interfaces", facts.interface)
+    state.add("interfaces", site.facts.interface)
     # As the wireguard-tools package leaves it: only root may look inside.
     (etc / "wireguard").mkdir(mode=0o700, parents=True, exist_ok=True)
     (etc / "sysctl.d").mkdir(mode=0o755, parents=True, exist_ok=True)
     files = written_files(gateway.user_data)
+    units: dict[str, str] = {}
     notes = []
     for path, entry in files.items():
-        if path.startswith("/etc/"):
-            _write(in_etc(ns, path), entry["content"], int(entry["permissions"] or "0644", 8))
+        mode = int(entry["permissions"] or "0644", 8)
+        if path.startswith("/etc/systemd/system/"):
+            units[Path(path).name] = entry["content"]
+        elif path.startswith("/etc/"):
+            _write(in_etc(ns, path), entry["content"], mode)
+        elif path.startswith(SBIN + "/"):
+            _write(sbin_dir(ns) / Path(path).name, entry["content"], mode)
+        else:
+            notes.append(f"{site.name}: user data writes {path}, not emulated")
     for command in parse_user_data(gateway.user_data).get("runcmd", []):
         argv = [str(part) for part in command] if isinstance(command, list) else [str(command)]
         if argv == ["sysctl", "--system"]:
@@ -373,20 +485,11 @@ def _boot_gateway(site: Site, state: State) -> list[str]:
             for path in files:
                 if path.startswith("/etc/sysctl.d/"):
                     netns.ns_run(ns, ["sysctl", "-q", "-p", path])
-        elif argv == [FETCH_KEY_PATH]:
-            # The boot-time fetch from SSM: the parameter's value into the key file.
-            _write(in_etc(ns, facts.key_path), gateway.private_key.strip() + "\n", 0o600)
-        elif argv[:3] == ["systemctl", "enable", "--now"] or argv[:2] == ["systemctl", "start"]:
-            unit = argv[-1]
-            if not unit.startswith("wg-quick@"):
-                notes.append(f"{site.name}: runcmd {' '.join(argv)} not emulated")
-                continue
-            netns.ns_run(
-                ns,
-                ["wg-quick", "up", unit.removeprefix("wg-quick@")],
-                env=wg_env(state),
-                timeout=WG_QUICK_TIMEOUT,
-            )
+        elif argv[0] == "systemctl" and "--now" in argv and argv[-1] in units:
+            # What systemd does with the unit: run its ExecStart (the apply, at boot).
+            gateway_run(site, state, _unit_exec_start(units[argv[-1]]), timeout=60)
+        elif argv[0] == "systemctl" and argv[1] in ("daemon-reload", "enable"):
+            continue  # systemd's bookkeeping; the lab has no systemd
         else:
             notes.append(f"{site.name}: runcmd {' '.join(argv)} not emulated")
     return notes

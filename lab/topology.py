@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from core.config import load_stack_config
-from core.facts import GatewayFacts, first_host, gateway_facts, vpc_router
+from core.facts import KEY_PARAMETER_LEAF, GatewayFacts, first_host, gateway_facts, vpc_router
+from core.render import decode_user_data
 from lab import PREFIX, LabError
 from plan.engine import Plan, PlannedResource, Unknown, reveal
 
@@ -114,8 +115,17 @@ class Gateway:
     elastic_ip: IPv4Address
     source_dest_check: bool
     ingress: tuple[IngressRule, ...]
-    user_data: str = field(repr=False)
-    private_key: str = field(repr=False)  # never printed
+    user_data: str = field(repr=False)  # the cloud-config text (EC2 gets it gzipped)
+    # What `pulumi up` puts in SSM for this gateway: name -> (type, value); never printed.
+    parameters: dict[str, tuple[str, str]] = field(repr=False, default_factory=dict)
+
+    @property
+    def private_key(self) -> str:
+        """The key in its SSM parameter (the name's last part says which it is)."""
+        for name, (_, value) in self.parameters.items():
+            if name.endswith("/" + KEY_PARAMETER_LEAF):
+                return value
+        raise LabError(f"plan: no key parameter for gateway {self.instance}")
 
 
 @dataclass(frozen=True)
@@ -268,13 +278,20 @@ def _elastic_ip(plan: Plan, interface_id: str, site: str) -> IPv4Address:
     raise LabError(f"plan: no Elastic IP is associated with site {site}'s gateway interface")
 
 
-def _private_key(plan: Plan, facts: GatewayFacts) -> str:
+def _parameters(plan: Plan, facts: GatewayFacts) -> dict[str, tuple[str, str]]:
+    """Every SSM parameter this gateway reads, with what `pulumi up` would store."""
+    found: dict[str, tuple[str, str]] = {}
     for parameter in plan.by_type(TYPE_PARAMETER):
-        if _value(parameter, "name") == facts.key_parameter_name:
-            key = _value(parameter, "value")
-            if isinstance(key, str) and key:
-                return key
-    raise LabError(f"plan: no SSM parameter {facts.key_parameter_name} holds a key")
+        name = _value(parameter, "name")
+        if name in facts.parameter_names:
+            value = _value(parameter, "value")
+            if not isinstance(value, str) or not value:
+                raise LabError(f"plan: SSM parameter {name} has no value")
+            found[str(name)] = (str(_value(parameter, "type")), value)
+    missing = sorted(set(facts.parameter_names) - found.keys())
+    if missing:
+        raise LabError(f"plan: no SSM parameter {', '.join(missing)}")
+    return found
 
 
 def _route_tables(
@@ -376,9 +393,10 @@ def derive(plan: Plan) -> Topology:
         interface_id = resource_id(interface)
         group_ids = [str(g) for g in _value(interface, "securityGroups") or []]
         check = _value(interface, "sourceDestCheck")
-        user_data = _value(instance, "userData")
-        if not isinstance(user_data, str):
+        packed = _value(instance, "userDataBase64")
+        if not isinstance(packed, str):
             raise LabError(f"plan: site {facts.name}'s gateway has no user data")
+        user_data = decode_user_data(packed)
         gateway = Gateway(
             namespace=f"{PREFIX}{facts.name}-gw",
             instance=instance.name,
@@ -391,7 +409,7 @@ def derive(plan: Plan) -> Topology:
             source_dest_check=check is not False,
             ingress=_ingress_rules(plan, group_ids),
             user_data=user_data,
-            private_key=_private_key(plan, facts),
+            parameters=_parameters(plan, facts),
         )
         private = facts.layout.private_subnet
         workload_group = workload_groups.get(facts.name)
