@@ -11,7 +11,12 @@ import pulumi_aws as aws
 import pulumi_command as command
 
 from core.facts import CANONICAL_OWNER, GatewayFacts
-from core.render import PeerEndpoint, render_bootstrap, render_desired_state
+from core.render import (
+    PeerEndpoint,
+    desired_state_tier,
+    render_bootstrap,
+    render_desired_state,
+)
 
 # The deployer side of Run Command, run from the project directory by pulumi-command with
 # the project's own virtualenv (Pulumi.yaml: virtualenv .venv).
@@ -320,14 +325,16 @@ class WireGuardGateway(pulumi.ComponentResource):
         self.wg_config = desired.apply(lambda state: state.wg_config)
         self.desired_state_digest = desired.apply(lambda state: state.digest)
         # A plain String: it holds no secret, and a reviewer sees the change in the diff.
-        # Its size is checked against the standard tier's 4 KB before anything exists.
+        # Its size is bounded before anything exists: the free standard tier holds 4 KB,
+        # an advanced parameter (priced monthly) 8 KB, for a long firewall.
         parameters.append(
             aws.ssm.Parameter(
                 f"{name}-desired-state",
                 name=facts.desired_state_parameter_name,
                 type="String",
-                tier="Standard",
-                value=desired.apply(lambda state: state.document),
+                tier=desired_state_tier(facts),
+                # insecure_value: the provider would mark `value` secret and hide it.
+                insecure_value=desired.apply(lambda state: state.document),
                 description=f"wg-quick config and firewall of the {facts.name} gateway",
                 tags=self._tags("desired-state"),
                 opts=self._child,

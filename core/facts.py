@@ -34,6 +34,7 @@ APPLY_UNIT_PATH = "/etc/systemd/system/wg-site-to-site-apply.service"
 # A standard SSM parameter holds 4 KB; advanced ones 8 KB at a monthly price.
 # https://docs.aws.amazon.com/systems-manager/latest/userguide/parameter-store-advanced-parameters.html
 SSM_STANDARD_LIMIT_BYTES = 4096
+SSM_ADVANCED_LIMIT_BYTES = 8192
 # On-gateway scripts of day 2: converge to the desired state in SSM, check the tunnel,
 # and publish its health. The deployer (Run Command) and the lab call them by these paths.
 APPLY_PATH = "/usr/local/sbin/wg-site-to-site-apply"
@@ -140,6 +141,10 @@ def firewall_rule(rule: FirewallRule, interface: str) -> IptablesRule:
     if rule.port is not None:
         spec += f" --dport {str(rule.port).replace('-', ':')}"
     spec += f" -j {_IPTABLES_TARGET[rule.action]}"
+    if rule.action == "reject" and rule.protocol == "tcp":
+        # A reset belongs to the refused connection, so the sender's security group lets
+        # it in as part of that flow; an ICMP error from the gateway would need a rule.
+        spec += " --reject-with tcp-reset"
     return IptablesRule(
         table="filter",
         chain=firewall_chain(interface),

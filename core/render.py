@@ -31,6 +31,7 @@ from core.facts import (
     PROBE_SERVICE_PATH,
     PROBE_STATE_DIR,
     PROBE_TIMER_PATH,
+    SSM_ADVANCED_LIMIT_BYTES,
     SSM_STANDARD_LIMIT_BYTES,
     SYSCTL_PATH,
     GatewayFacts,
@@ -251,14 +252,24 @@ def limit_problems(facts: GatewayFacts) -> list[str]:
             f"site {facts.name}: the gateway's user data would be {len(packed)} bytes"
             f" (gzip), over EC2's limit of {USER_DATA_LIMIT_BYTES} bytes (16 KB)"
         )
-    size = len(render_desired_state(facts, _LONGEST_PEER).document.encode())
-    if size > SSM_STANDARD_LIMIT_BYTES:
+    size = desired_state_bound(facts)
+    if size > SSM_ADVANCED_LIMIT_BYTES:
         problems.append(
             f"site {facts.name}: the desired state (wg-quick config and firewall) would be"
-            f" {size} bytes, over a standard SSM parameter's limit of"
-            f" {SSM_STANDARD_LIMIT_BYTES} bytes (4 KB); use fewer or shorter firewall rules"
+            f" {size} bytes, over an SSM parameter's limit of {SSM_ADVANCED_LIMIT_BYTES}"
+            " bytes (8 KB, advanced tier); use fewer or shorter firewall rules"
         )
     return problems
+
+
+def desired_state_bound(facts: GatewayFacts) -> int:
+    """The most bytes this gateway's desired state can take, whoever the peer is."""
+    return len(render_desired_state(facts, _LONGEST_PEER).document.encode())
+
+
+def desired_state_tier(facts: GatewayFacts) -> str:
+    """Standard holds 4 KB for free; a bigger firewall needs an advanced parameter."""
+    return "Standard" if desired_state_bound(facts) <= SSM_STANDARD_LIMIT_BYTES else "Advanced"
 
 
 def parse_user_data(user_data: str) -> dict[str, Any]:

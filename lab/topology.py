@@ -284,7 +284,7 @@ def _parameters(plan: Plan, facts: GatewayFacts) -> dict[str, tuple[str, str]]:
     for parameter in plan.by_type(TYPE_PARAMETER):
         name = _value(parameter, "name")
         if name in facts.parameter_names:
-            value = _value(parameter, "value")
+            value = _value(parameter, "value") or _value(parameter, "insecureValue")
             if not isinstance(value, str) or not value:
                 raise LabError(f"plan: SSM parameter {name} has no value")
             found[str(name)] = (str(_value(parameter, "type")), value)

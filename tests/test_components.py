@@ -43,7 +43,9 @@ def mocks() -> Iterator[None]:
 def test_identity_keeps_the_private_key_secret_and_the_public_key_plain(
     mocks: None,
 ) -> Awaitable[None]:
-    identity = WireGuardIdentity("alpha", WireGuardIdentityArgs(tags={"stack": "test"}))
+    identity = WireGuardIdentity(
+        "alpha", WireGuardIdentityArgs(key_generation=1, tags={"stack": "test"})
+    )
 
     async def check() -> None:
         assert await identity.private_key.is_secret()

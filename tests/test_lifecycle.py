@@ -3,6 +3,7 @@ a site. Each test names the AWS behaviour it guards against (issue 7)."""
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
@@ -10,11 +11,12 @@ import yaml
 
 from core.config import load_stack_config
 from core.facts import gateway_facts
-from core.render import USER_DATA_LIMIT_BYTES, parse_user_data, user_data_problems
+from core.render import USER_DATA_LIMIT_BYTES, decode_user_data, limit_problems, parse_user_data
 from plan.engine import STACKS, Plan, PlanError, plan_stack, run_program
 from tests.conftest import stack_config
 
 INSTANCE = "aws:ec2/instance:Instance"
+PARAMETER = "aws:ssm/parameter:Parameter"
 SUBNET = "aws:ec2/subnet:Subnet"
 SITES = ("alpha", "beta")
 
@@ -103,29 +105,60 @@ def _many_rules(count: int) -> list[dict[str, object]]:
     ]
 
 
-def test_user_data_over_ec2s_limit_fails_before_anything_is_declared() -> None:
-    # EC2 refuses more than 16 KB only at RunInstances, after the old gateway is gone.
+def test_many_firewall_rules_leave_the_user_data_alone_and_fit_ec2s_limit() -> None:
+    # EC2 refuses more than 16 KB only at RunInstances, after the old gateway is gone;
+    # 30 rules made 19.9 KB when the firewall was in the user data.
     config = stack_config("dev")
-    config["firewall"] = _many_rules(60)
+    config["firewall"] = _many_rules(30)
+    many = run_program("dev", config)
+    few = run_program("dev", stack_config("dev"))
+    for site in SITES:
+        packed = many.one(INSTANCE, f"{site}-gateway").inputs["userDataBase64"]
+        assert packed == few.one(INSTANCE, f"{site}-gateway").inputs["userDataBase64"]
+        assert len(base64.b64decode(packed)) <= USER_DATA_LIMIT_BYTES
+        # Over the free tier's 4 KB: an advanced parameter (8 KB) holds it.
+        state = many.one(PARAMETER, f"{site}-desired-state")
+        assert state.inputs["tier"] == "Advanced"
+        assert few.one(PARAMETER, f"{site}-desired-state").inputs["tier"] == "Standard"
+
+
+def test_a_firewall_over_ssms_limit_fails_before_anything_is_declared() -> None:
+    config = stack_config("dev")
+    config["firewall"] = _many_rules(80)
     with pytest.raises(PlanError) as raised:
         run_program("dev", config)
     lines = str(raised.value).splitlines()
     assert len(lines) == 2  # one per site
-    assert all(f"over EC2's limit of {USER_DATA_LIMIT_BYTES} bytes" in line for line in lines)
+    assert all("over an SSM parameter's limit of 8192 bytes" in line for line in lines)
+
+
+def test_user_data_over_ec2s_limit_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import core.render
+
+    monkeypatch.setattr(core.render, "USER_DATA_LIMIT_BYTES", 1000)
+    with pytest.raises(PlanError) as raised:
+        run_program("dev", stack_config("dev"))
+    lines = str(raised.value).splitlines()
+    assert len(lines) == 2
+    assert all("over EC2's limit of 1000 bytes" in line for line in lines)
 
 
 def test_user_data_within_the_limit_passes_the_check() -> None:
     config = load_stack_config(stack_config("dev"))
     for facts in gateway_facts(config, "dev"):
-        assert user_data_problems(facts) == []
+        assert limit_problems(facts) == []
 
 
 def test_nano_gateways_get_a_swap_file_and_larger_ones_do_not() -> None:
     config = stack_config("dev")
     config["sites"][1]["instanceType"] = "t4g.micro"
     plan = run_program("dev", config)
-    nano = parse_user_data(plan.one(INSTANCE, "alpha-gateway").inputs["userData"])
-    micro = parse_user_data(plan.one(INSTANCE, "beta-gateway").inputs["userData"])
+    nano = parse_user_data(
+        decode_user_data(plan.one(INSTANCE, "alpha-gateway").inputs["userDataBase64"])
+    )
+    micro = parse_user_data(
+        decode_user_data(plan.one(INSTANCE, "beta-gateway").inputs["userDataBase64"])
+    )
     assert nano["swap"] == {"filename": "/swapfile", "size": 1 << 30, "maxsize": 1 << 30}
     assert "swap" not in micro
 

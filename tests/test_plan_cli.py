@@ -69,9 +69,15 @@ def test_tree_shows_resources_nested_with_inputs_and_user_data(capsys):
     assert "    │   ├── aws:ec2/instance:Instance alpha-gateway (us-east-1)" in lines
     assert "    │   ├── aws:ec2/instance:Instance beta-gateway (eu-west-1)" in lines
     # The rendered cloud-init as a readable block, not one escaped string.
-    user_data = next(i for i, line in enumerate(lines) if line.endswith("userData: |"))
+    # (EC2 gets it gzipped; the tree shows the cloud-config a reviewer reads.)
+    user_data = next(
+        i
+        for i, line in enumerate(lines)
+        if line.endswith("userDataBase64 (gzip+base64, shown decoded): |")
+    )
     assert lines[user_data + 1].endswith("    #cloud-config")
-    assert any(line.endswith("      ListenPort = 51000") for line in lines)
+    # The desired state (a plain String parameter) shows what the gateway converges to.
+    assert any("ListenPort = 51000" in line for line in lines)
     assert any(line.endswith(" sourceDestCheck: false") for line in lines)
     # Secrets are shown as such; the key parameter's value is one.
     assert any(line.endswith(" value: [secret]") for line in lines)
@@ -155,7 +161,9 @@ def test_json_is_deterministic_and_complete(tmp_path, capsys):
     assert parameter["region"] == "us-east-1"
     instance = by_name["aws:ec2/instance:Instance", "beta-gateway"]
     assert instance["region"] == "eu-west-1"
-    assert "ListenPort = 51000" in instance["inputs"]["userData"]
+    state = by_name["aws:ssm/parameter:Parameter", "beta-desired-state"]
+    assert "ListenPort = 51000" in state["inputs"]["insecureValue"]
+    assert instance["inputs"]["userDataBase64"]
     assert document["exports"]["sites"]["alpha"]["publicIp"] == "203.0.113.10"
 
 

@@ -83,7 +83,9 @@ def worktrees(repo: Path) -> list[str]:
     ]
 
 
-def test_firewall_port_change_replaces_both_gateways_and_nothing_else(repo, tmp_path):
+def test_firewall_change_updates_parameters_and_reapplies_without_replacing_gateways(
+    repo, tmp_path
+):
     change_stack(repo, "dev", "port: 22\n", "port: 2222\n")
     out = tmp_path / "diff.json"
 
@@ -92,27 +94,20 @@ def test_firewall_port_change_replaces_both_gateways_and_nothing_else(repo, tmp_
     assert ran.returncode == 0, ran.stderr
     diff = json.loads(out.read_text())
     changed = {(c["op"], c["type"], c["name"]) for c in diff["changes"]}
+    # Day 2: the desired state changes in SSM and the apply runs again; no instance.
     assert changed == {
-        ("replace", "aws:ec2/instance:Instance", "alpha-gateway"),
-        ("replace", "aws:ec2/instance:Instance", "beta-gateway"),
+        ("update", "aws:ssm/parameter:Parameter", "alpha-desired-state"),
+        ("update", "aws:ssm/parameter:Parameter", "beta-desired-state"),
+        ("replace", "command:local:Command", "alpha-apply"),
+        ("replace", "command:local:Command", "beta-apply"),
+        ("replace", "command:local:Command", "verify-tunnel"),
     }
-    for change in diff["changes"]:
-        assert [p["key"] for p in change["properties"]] == ["userData"]
+    assert not [c for c in diff["changes"] if c["type"] == "aws:ec2/instance:Instance"]
     assert diff["summary"]["create"] == diff["summary"]["delete"] == 0
-    assert diff["summary"]["update"] == 0
-    assert diff["summary"]["replace"] == 2
-    # On the terminal: the replace marker and the changed lines of the rendered config.
-    assert "+- aws:ec2/instance:Instance alpha-gateway (us-east-1)" in ran.stdout
-    assert "+- aws:ec2/instance:Instance beta-gateway (eu-west-1)" in ran.stdout
-    removed = [line for line in ran.stdout.splitlines() if line.lstrip().startswith("-  ")]
-    added = [line for line in ran.stdout.splitlines() if line.lstrip().startswith("+  ")]
-    assert len(removed) == len(added) == 4  # PostUp and PreDown, on both gateways
-    assert all("--dport 22 " in line for line in removed)
-    assert all("--dport 2222 " in line for line in added)
-    unchanged = diff["summary"]["same"]
-    assert ran.stdout.splitlines()[-1] == (
-        f"Resources: 0 to create, 0 to update, 2 to replace, 0 to delete, {unchanged} unchanged"
-    )
+    # On the terminal: the changed rule in the desired state, nothing else of it.
+    assert "~  aws:ssm/parameter:Parameter alpha-desired-state (us-east-1)" in ran.stdout
+    assert "+- command:local:Command alpha-apply" in ran.stdout
+    assert "--dport 22 " in ran.stdout and "--dport 2222 " in ran.stdout
     assert worktrees(repo) == [f"worktree {repo}"]
 
 
@@ -192,7 +187,8 @@ def test_not_a_git_repository_is_one_line_exit_2(tmp_path):
 
 
 def test_diff_never_shows_private_keys(repo, tmp_path, capsys, monkeypatch):
-    # Planted keys on this side, the engine's derived keys at REF: every userData changes.
+    # Planted keys on this side, the engine's derived keys at REF: both desired states and
+    # every key parameter change.
     monkeypatch.chdir(repo)
     out = tmp_path / "diff.json"
 
@@ -200,7 +196,7 @@ def test_diff_never_shows_private_keys(repo, tmp_path, capsys, monkeypatch):
 
     captured = capsys.readouterr()
     assert status == 0, captured.err
-    assert "+- aws:ec2/instance:Instance alpha-gateway (us-east-1)" in captured.out
+    assert "~  aws:ssm/parameter:Parameter alpha-desired-state (us-east-1)" in captured.out
     derived = {s: plan_private_key("dev", f"{s}-wireguard-key") for s in ("alpha", "beta")}
     outputs = {"stdout": captured.out, "stderr": captured.err, "json": out.read_text()}
     assert leaks(outputs, key_forms(PLANTED) + key_forms(derived)) == []

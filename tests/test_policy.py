@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import copy
+import gzip
 import json
 import runpy
 import sys
@@ -20,6 +22,7 @@ from pulumi_policy import (
 )
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, unknown_checking_proxy
 
+from core.render import decode_user_data
 from plan.document import public_document
 from plan.engine import REPO, plan_stack
 from policy import offline, pack, rules
@@ -67,8 +70,10 @@ def set_input(type_: str, name: str, path: str, value: Any) -> Callable[[Documen
 def edit_user_data(name: str, old: str, new: str) -> Callable[[Document], None]:
     def mutate(document: Document) -> None:
         inputs = resource(document, INSTANCE, name)["inputs"]
-        assert old in inputs["userData"]
-        inputs["userData"] = inputs["userData"].replace(old, new, 1)
+        text = decode_user_data(inputs["userDataBase64"])
+        assert old in text
+        packed = gzip.compress(text.replace(old, new, 1).encode(), mtime=0)
+        inputs["userDataBase64"] = base64.b64encode(packed).decode()
 
     return mutate
 
@@ -136,8 +141,8 @@ def add_resource(type_: str, name: str, inputs: dict[str, Any]) -> Callable[[Doc
     return mutate
 
 
-# Indented as the wg-quick config is inside the cloud-config.
-WG_LINE = "      MTU = 1420\n"
+# A line of the apply script, indented as the files are inside the cloud-config.
+WG_LINE = "      set -euo pipefail\n"
 # Key-shaped, made up: not the key of anything.
 FAKE_KEY = "mC" + "A" * 41 + "="
 
@@ -275,20 +280,20 @@ CASES = [
     ),
     (
         "gateway-reads-only-own-key",
-        edit_policy("alpha-read-own-key", lambda s: s.update(Resource="*")),
-        "alpha-read-own-key",
+        edit_policy("alpha-read-own-parameters", lambda s: s.update(Resource="*")),
+        "alpha-read-own-parameters",
         "Resource '*' is a wildcard",
     ),
     (
         "gateway-reads-only-own-key",
-        edit_policy("alpha-read-own-key", lambda s: s.update(Resource=BETA_ARN)),
-        "alpha-read-own-key",
-        f"Resource '{BETA_ARN}' is not its own key parameter {ALPHA_KEY}",
+        edit_policy("alpha-read-own-parameters", lambda s: s.update(Resource=BETA_ARN)),
+        "alpha-read-own-parameters",
+        f"Resource '{BETA_ARN}' is not one of its own parameters (",
     ),
     (
         "gateway-reads-only-own-key",
-        edit_policy("alpha-read-own-key", lambda s: s.update(Action="ssm:Get*")),
-        "alpha-read-own-key",
+        edit_policy("alpha-read-own-parameters", lambda s: s.update(Action="ssm:Get*")),
+        "alpha-read-own-parameters",
         "Action 'ssm:Get*' is a wildcard",
     ),
     (
@@ -357,37 +362,44 @@ def test_policy_catches_its_violation(dev, policy, mutate, name, message):
 def test_gateway_role_with_a_second_parameter_is_caught(dev):
     document = copy.deepcopy(dev)
     own = f"arn:aws:ssm:us-east-1:123456789012:parameter{ALPHA_KEY}"
-    edit_policy("alpha-read-own-key", lambda s: s.update(Resource=[own, BETA_ARN]))(document)
+    edit_policy("alpha-read-own-parameters", lambda s: s.update(Resource=[own, BETA_ARN]))(document)
 
     found = violations(document)
 
     assert [(v.policy, v.name) for v in found] == [
-        ("gateway-reads-only-own-key", "alpha-read-own-key")
+        ("gateway-reads-only-own-key", "alpha-read-own-parameters")
     ]
 
 
 def test_gateway_known_only_by_user_data_digest_may_read_one_parameter(dev):
     # Stack policies see outputs, where the provider keeps a SHA-1 of the user data.
     document = copy.deepcopy(dev)
+    set_input(INSTANCE, "alpha-gateway", "userDataBase64", None)(document)
     set_input(INSTANCE, "alpha-gateway", "userData", "0" * 40)(document)
     assert violations(document) == []
 
-    own = f"arn:aws:ssm:us-east-1:123456789012:parameter{ALPHA_KEY}"
-    edit_policy("alpha-read-own-key", lambda s: s.update(Resource=[own, BETA_ARN]))(document)
+    own = [f"arn:aws:ssm:us-east-1:123456789012:parameter/x/{n}" for n in range(3)]
+    edit_policy("alpha-read-own-parameters", lambda s: s.update(Resource=[*own, BETA_ARN]))(
+        document
+    )
     found = violations(document)
 
     assert [(v.policy, v.name) for v in found] == [
-        ("gateway-reads-only-own-key", "alpha-read-own-key")
+        ("gateway-reads-only-own-key", "alpha-read-own-parameters")
     ]
-    assert found[0].message.endswith("grants ssm:GetParameter* on 2 parameters, not one")
+    assert found[0].message.endswith(
+        "grants ssm:GetParameter* on 4 parameters, more than a gateway's 3"
+    )
 
 
 def test_unknown_values_cannot_be_judged_but_absent_ones_can(dev):
     document = copy.deepcopy(dev)
     set_input(INSTANCE, "alpha-gateway", "sourceDestCheck", "(unknown)")(document)
-    set_input(INSTANCE, "beta-gateway", "userData", "(unknown)")(document)
+    set_input(INSTANCE, "beta-gateway", "userDataBase64", "(unknown)")(document)
     set_input(INSTANCE, "beta-gateway", "sourceDestCheck", True)(document)
-    set_input("aws:iam/rolePolicy:RolePolicy", "beta-read-own-key", "policy", "(unknown)")(document)
+    set_input("aws:iam/rolePolicy:RolePolicy", "beta-read-own-parameters", "policy", "(unknown)")(
+        document
+    )
     # Not known to be a gateway (its user data is unknown), so no gateway settings apply.
     assert violations(document) == []
 
@@ -536,7 +548,7 @@ def test_resource_policy_treats_engine_unknowns_as_not_known_yet(dev):
 
 def test_stack_policy_follows_dependencies_through_the_pulumi_policy_api(dev):
     document = copy.deepcopy(dev)
-    edit_policy("beta-read-own-key", lambda s: s.update(Resource="*"))(document)
+    edit_policy("beta-read-own-parameters", lambda s: s.update(Resource="*"))(document)
     by_urn = {
         r["urn"]: PolicyResource(
             r["type"],
@@ -561,7 +573,7 @@ def test_stack_policy_follows_dependencies_through_the_pulumi_policy_api(dev):
         StackValidationArgs(list(by_urn.values())), reported
     )
 
-    beta_policy = resource(document, "aws:iam/rolePolicy:RolePolicy", "beta-read-own-key")
+    beta_policy = resource(document, "aws:iam/rolePolicy:RolePolicy", "beta-read-own-parameters")
     assert reported == [
         (
             "role policy of gateway beta-gateway's role beta-gateway: Resource '*' is a wildcard",

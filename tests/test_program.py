@@ -17,7 +17,7 @@ import pytest
 from core.config import load_stack_config
 from core.facts import gateway_facts
 from core.keys import public_key
-from core.render import parse_user_data, written_files
+from core.render import decode_user_data, parse_user_data, written_files
 from plan.engine import Plan, PlannedResource, Secret, plan_private_key, reveal, run_program
 from tests.conftest import stack_config
 
@@ -43,10 +43,19 @@ def elastic_ip(plan: Plan, site: str) -> str:
     return str(plan.one("aws:ec2/eip:Eip", f"{site}-address").outputs["publicIp"])
 
 
+def user_data(plan: Plan, site: str) -> str:
+    """The gateway's cloud-config, as cloud-init reads it (EC2 gets it gzipped)."""
+    return decode_user_data(gateway(plan, site).inputs["userDataBase64"])
+
+
+def desired_state(plan: Plan, site: str) -> dict[str, str]:
+    """What the gateway's apply converges to: its desired-state parameter."""
+    parameter = plan.one(PARAMETER, f"{site}-desired-state")
+    return dict(json.loads(parameter.inputs["insecureValue"]))
+
+
 def wg_config(plan: Plan, site: str) -> str:
-    user_data = gateway(plan, site).inputs["userData"]
-    interface = {"alpha": "wgA", "beta": "wgB"}[site]
-    return written_files(user_data)[f"/etc/wireguard/{interface}.conf"]["content"]
+    return desired_state(plan, site)["config"]
 
 
 def ingress_rules(plan: Plan, site: str) -> list[dict[str, Any]]:
@@ -156,6 +165,7 @@ def test_instance_boots_after_its_path_to_the_internet_exists(dev_plan: Plan, si
 @pytest.mark.parametrize("site", SITES)
 def test_user_data_change_replaces_the_instance(dev_plan: Plan, site: str) -> None:
     assert gateway(dev_plan, site).inputs["userDataReplaceOnChange"] is True
+    assert "userData" not in gateway(dev_plan, site).inputs
     # ...old one first: the new one takes the same private address.
     assert gateway(dev_plan, site).options["deleteBeforeReplace"] is True
 
@@ -314,11 +324,11 @@ def test_wg_config_names_the_peer(dev_plan: Plan, site: str) -> None:
 
 @pytest.mark.parametrize("site", SITES)
 def test_forwarding_is_enabled_by_a_sysctl_file(dev_plan: Plan, site: str) -> None:
-    files = written_files(gateway(dev_plan, site).inputs["userData"])
+    files = written_files(user_data(dev_plan, site))
     sysctl = [f for path, f in files.items() if path.startswith("/etc/sysctl.d/")]
     assert len(sysctl) == 1
     assert re.search(r"^net\.ipv4\.ip_forward = 1$", sysctl[0]["content"], re.MULTILINE)
-    assert "sysctl" in json.dumps(parse_user_data(gateway(dev_plan, site).inputs["userData"]))
+    assert "sysctl" in json.dumps(parse_user_data(user_data(dev_plan, site)))
 
 
 def _hooks(text: str, kind: str) -> list[str]:
@@ -326,7 +336,24 @@ def _hooks(text: str, kind: str) -> list[str]:
 
 
 @pytest.mark.parametrize("site", SITES)
-def test_every_rule_added_in_postup_is_removed_exactly_in_predown(
+def test_firewall_lives_in_the_interfaces_own_chains(dev_plan: Plan, site: str) -> None:
+    interface = {"alpha": "wgA", "beta": "wgB"}[site]
+    firewall = desired_state(dev_plan, site)["firewall"]
+    # Declared chains: iptables-restore --noflush empties and refills each in one step.
+    assert f":s2s-fw-{interface} - [0:0]" in firewall.splitlines()
+    assert f":s2s-mss-{interface} - [0:0]" in firewall.splitlines()
+    assert f"-A s2s-fw-{interface} -p tcp --dport 22 -j REJECT --reject-with tcp-reset" in (
+        firewall.splitlines()
+    )
+    assert any("TCPMSS --clamp-mss-to-pmtu" in line for line in firewall.splitlines())
+    # Nothing but our own chains: other people's rules are never touched.
+    assert [line for line in firewall.splitlines() if line.startswith("-A ")] == [
+        line for line in firewall.splitlines() if line.startswith("-A s2s-")
+    ]
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_every_jump_added_in_postup_is_removed_exactly_in_predown(
     dev_plan: Plan, site: str
 ) -> None:
     text = wg_config(dev_plan, site)
@@ -337,34 +364,43 @@ def test_every_rule_added_in_postup_is_removed_exactly_in_predown(
     def specs(hooks: list[str]) -> list[tuple[str, ...]]:
         return [spec.search(h).groups() for h in hooks]  # type: ignore[union-attr]
 
-    # The MSS clamp plus the one configured firewall rule, removed in reverse order.
+    interface = {"alpha": "wgA", "beta": "wgB"}[site]
     assert len(added) == 2
     assert specs(removed) == list(reversed(specs(added)))
-    assert ("filter", "FORWARD", "-i %i -p tcp --dport 22 -j REJECT") in specs(added)
-    assert any("TCPMSS --clamp-mss-to-pmtu" in s[2] for s in specs(added))
+    assert ("filter", "FORWARD", f"-i {interface} -j s2s-fw-{interface}") in specs(added)
+    assert ("mangle", "FORWARD", f"-o {interface} -j s2s-mss-{interface}") in specs(added)
     # Adds are guarded by a check so a second `up` cannot duplicate them.
     assert all(" -C " in h.split("||")[0] for h in added + removed)
+    assert "PostUp = iptables-restore --noflush /etc/wireguard/%i.rules" in text.splitlines()
 
 
 @pytest.mark.parametrize("site", SITES)
 def test_no_nat_anywhere(dev_plan: Plan, site: str) -> None:
-    user_data = gateway(dev_plan, site).inputs["userData"]
+    everything = user_data(dev_plan, site) + json.dumps(desired_state(dev_plan, site))
     for word in ("MASQUERADE", "SNAT", "DNAT", "-t nat"):
-        assert word not in user_data
+        assert word not in everything
 
 
 @pytest.mark.parametrize("site", SITES)
-def test_tunnel_starts_after_the_key_is_fetched(dev_plan: Plan, site: str) -> None:
-    document = parse_user_data(gateway(dev_plan, site).inputs["userData"])
+def test_user_data_only_bootstraps_the_apply(dev_plan: Plan, site: str) -> None:
+    document = parse_user_data(user_data(dev_plan, site))
     commands = [" ".join(c) if isinstance(c, list) else c for c in document["runcmd"]]
-    fetch = next(i for i, c in enumerate(commands) if "fetch-key" in c)
-    start = next(i for i, c in enumerate(commands) if "wg-quick@" in c)
-    assert fetch < start
+    assert commands[0] == "sysctl --system"
+    assert commands[-1] == "systemctl enable --now --no-block wg-site-to-site-apply.service"
     assert "wireguard-tools" in document["packages"]
-    files = written_files(gateway(dev_plan, site).inputs["userData"])
-    assert files[f"/etc/wireguard/{'wgA' if site == 'alpha' else 'wgB'}.conf"]["permissions"] == (
-        "0600"
-    )
+    files = written_files(user_data(dev_plan, site))
+    assert files["/usr/local/sbin/wg-site-to-site-apply"]["permissions"] == "0700"
+    unit = files["/etc/systemd/system/wg-site-to-site-apply.service"]["content"]
+    interface = {"alpha": "wgA", "beta": "wgB"}[site]
+    # Before the tunnel at every boot, retried until it works.
+    assert f"Before=wg-quick@{interface}.service" in unit
+    assert "Restart=on-failure" in unit
+    assert "WantedBy=multi-user.target" in unit
+    # No wg-quick config, key or firewall rule in the user data: those are day 2.
+    assert not any(path.startswith("/etc/wireguard/") for path in files)
+    state = desired_state(dev_plan, site)
+    assert state["config"] not in user_data(dev_plan, site)
+    assert "AllowedIPs = " not in user_data(dev_plan, site)
 
 
 # --- keys -----------------------------------------------------------------------------
@@ -416,22 +452,28 @@ def test_a_planted_key_is_used_and_never_shown() -> None:
 
 
 @pytest.mark.parametrize("site", SITES)
-def test_each_role_reads_only_its_own_key(dev_plan: Plan, site: str) -> None:
-    parameter = dev_plan.one(PARAMETER, f"{site}-wireguard-key")
+def test_each_role_reads_exactly_its_own_parameters(dev_plan: Plan, site: str) -> None:
+    own = [
+        dev_plan.one(PARAMETER, f"{site}-{what}")
+        for what in ("wireguard-key", "preshared-key", "desired-state")
+    ]
     policy = json.loads(
-        dev_plan.one("aws:iam/rolePolicy:RolePolicy", f"{site}-read-own-key").inputs["policy"]
+        dev_plan.one("aws:iam/rolePolicy:RolePolicy", f"{site}-read-own-parameters").inputs[
+            "policy"
+        ]
     )
-    [statement] = policy["Statement"]
-    assert statement["Effect"] == "Allow"
-    assert statement["Action"] == "ssm:GetParameter"
-    assert statement["Resource"] == parameter.outputs["arn"]
-    assert "*" not in statement["Resource"]
-    # The gateway's fetch script asks for that same parameter, in its own region.
-    fetch = written_files(gateway(dev_plan, site).inputs["userData"])[
-        "/usr/local/sbin/wg-site-to-site-fetch-key"
-    ]["content"]
-    assert f"--name {parameter.inputs['name']} " in fetch
-    assert f"--region {dev_plan.region_of(parameter)} " in fetch
+    reads = [s for s in policy["Statement"] if "ssm:GetParameter" in s["Action"]]
+    assert len(reads) == 1 and reads[0]["Effect"] == "Allow"
+    assert reads[0]["Action"] == "ssm:GetParameter"
+    assert sorted(reads[0]["Resource"]) == sorted(p.outputs["arn"] for p in own)
+    # The SSM agent's own actions, for Run Command; never a parameter read on "*".
+    agent = [s for s in policy["Statement"] if s["Resource"] == "*"]
+    assert all(not a.startswith("ssm:GetParameter") for s in agent for a in s["Action"])
+    assert "ssm:UpdateInstanceInformation" in agent[0]["Action"]
+    # The gateway's apply script asks for those same parameters.
+    apply = written_files(user_data(dev_plan, site))["/usr/local/sbin/wg-site-to-site-apply"]
+    for parameter in own:
+        assert parameter.inputs["name"] in apply["content"]
 
 
 # --- regions, tags, outputs, structure ------------------------------------------------

@@ -15,14 +15,22 @@ import pytest
 from core.config import load_stack_config
 from core.facts import architecture, gateway_facts, site_layout
 from core.keys import public_key
-from core.render import PeerEndpoint, render_gateway
+from core.render import (
+    PeerEndpoint,
+    decode_user_data,
+    render_bootstrap,
+    render_desired_state,
+)
 from plan.engine import Plan
 from tests.conftest import stack_config
-from tests.test_program import gateway, wg_config
+from tests.test_program import desired_state, gateway, wg_config
 
 
 def _instances(plan: Plan) -> list[str]:
-    return [r.inputs["userData"] for r in plan.by_type("aws:ec2/instance:Instance")]
+    return [
+        decode_user_data(r.inputs["userDataBase64"])
+        for r in plan.by_type("aws:ec2/instance:Instance")
+    ]
 
 
 def _cloud_init_schema(path: Path, document: str) -> subprocess.CompletedProcess[str]:
@@ -73,19 +81,31 @@ def test_wg_config_passes_wg_quick_strip(dev_plan: Plan, site: str, tmp_path: Pa
     assert "PrivateKey" not in stripped
 
 
-def test_user_data_holds_the_rendered_files_verbatim(dev_plan: Plan) -> None:
+def test_user_data_and_desired_state_are_the_core_renderings(dev_plan: Plan) -> None:
     config = load_stack_config(stack_config("dev"))
     alpha, _ = gateway_facts(config, "dev")
+    bootstrap = render_bootstrap(alpha)
+    assert gateway(dev_plan, "alpha").inputs["userDataBase64"] == bootstrap.user_data_base64
+    assert decode_user_data(bootstrap.user_data_base64) == bootstrap.user_data
     beta_key = dev_plan.exports["sites"]["beta"]["publicKey"]
     beta_ip = dev_plan.exports["sites"]["beta"]["publicIp"]
-    rendered = render_gateway(alpha, PeerEndpoint(public_key=beta_key, public_ip=beta_ip))
-    assert gateway(dev_plan, "alpha").inputs["userData"] == rendered.user_data
+    state = render_desired_state(alpha, PeerEndpoint(public_key=beta_key, public_ip=beta_ip))
+    assert desired_state(dev_plan, "alpha") == {
+        "config": state.wg_config,
+        "firewall": state.firewall,
+    }
+
+
+def test_user_data_is_the_same_bytes_for_the_same_text() -> None:
+    # gzip with mtime=0: a plan made tomorrow must not show a changed user data.
+    alpha, _ = gateway_facts(load_stack_config(stack_config("dev")), "dev")
+    assert render_bootstrap(alpha).user_data_base64 == render_bootstrap(alpha).user_data_base64
 
 
 def test_renderer_refuses_a_bad_peer_key() -> None:
     alpha, _ = gateway_facts(load_stack_config(stack_config("dev")), "dev")
     with pytest.raises(ValueError, match="not a WireGuard key"):
-        render_gateway(alpha, PeerEndpoint(public_key="not-a-key", public_ip="203.0.113.20"))
+        render_desired_state(alpha, PeerEndpoint(public_key="not-a-key", public_ip="203.0.113.20"))
 
 
 def test_public_key_matches_wg_pubkey() -> None:
@@ -158,7 +178,7 @@ def _rules(netns: str) -> list[str]:
         timeout=10,
         check=True,
     ).stdout
-    return sorted(line for line in saved.splitlines() if line.startswith("-A "))
+    return sorted(line for line in saved.splitlines() if line.startswith(("-A ", ":s2s-")))
 
 
 def _run_hooks(netns: str, commands: list[str]) -> None:
@@ -170,10 +190,19 @@ def _run_hooks(netns: str, commands: list[str]) -> None:
         )
 
 
-def test_hooks_add_each_rule_once_and_remove_exactly_it(dev_plan: Plan, netns: str) -> None:
+@pytest.mark.lab
+def test_hooks_load_the_chains_once_and_remove_exactly_them(
+    dev_plan: Plan, netns: str, tmp_path: Path
+) -> None:
     text = wg_config(dev_plan, "alpha")
-    up, down = _hook_commands(text, "PostUp", "wgA"), _hook_commands(text, "PreDown", "wgA")
-    assert len(up) == len(down) == 2
+    rules_file = tmp_path / "wgA.rules"
+    rules_file.write_text(desired_state(dev_plan, "alpha")["firewall"])
+    up = [
+        c.replace("/etc/wireguard/wgA.rules", str(rules_file))
+        for c in _hook_commands(text, "PostUp", "wgA")
+    ]
+    down = _hook_commands(text, "PreDown", "wgA")
+    assert len(up) == 3 and len(down) == 4
     # A rule of someone else's in the same chain must survive our down.
     subprocess.run(
         ["ip", "netns", "exec", netns, "iptables", "-A", "FORWARD", "-i", "eth9", "-j", "DROP"],
@@ -183,12 +212,10 @@ def test_hooks_add_each_rule_once_and_remove_exactly_it(dev_plan: Plan, netns: s
     before = _rules(netns)
     _run_hooks(netns, up)
     after_up = _rules(netns)
-    assert len(after_up) == len(before) + 2
+    assert "-A FORWARD -i wgA -j s2s-fw-wgA" in after_up
+    assert "-A FORWARD -o wgA -j s2s-mss-wgA" in after_up
     assert any("TCPMSS" in rule for rule in after_up)
-    assert (
-        "-A FORWARD -i wgA -p tcp -m tcp --dport 22 -j REJECT --reject-with icmp-port-unreachable"
-        in after_up
-    )
+    assert "-A s2s-fw-wgA -p tcp -m tcp --dport 22 -j REJECT --reject-with tcp-reset" in after_up
     _run_hooks(netns, up)  # a second up (e.g. after a crash skipped PreDown)
     assert _rules(netns) == after_up
     _run_hooks(netns, down)
