@@ -39,7 +39,8 @@ class SiteNetwork(pulumi.ComponentResource):
     internet_gateway: list[pulumi.Resource]
     """What must exist before an Elastic IP can be associated (empty for an existing VPC)."""
     workload_security_group_id: pulumi.Output[str]
-    """Attach to hosts the other site must reach: admits the peer CIDR (no NAT hides it)."""
+    """Attach to hosts that talk with the other site: admits the peer CIDR (no NAT hides
+    it) and lets connections out to it."""
 
     def __init__(
         self, name: str, args: SiteNetworkArgs, opts: pulumi.ResourceOptions | None = None
@@ -86,6 +87,18 @@ class SiteNetwork(pulumi.ComponentResource):
             ip_protocol="-1",
             cidr_ipv4=self._inputs.peer_cidr,
             tags=self._tags("from-peer-site"),
+            opts=child,
+        )
+        # The provider deletes AWS's default allow-all egress from a group it creates
+        # (aws.ec2.SecurityGroup docs, "NOTE on Egress rules"): without this rule a host
+        # with only this group could answer the other site but never start a connection.
+        aws.vpc.SecurityGroupEgressRule(
+            f"{self._site}-to-peer-site",
+            security_group_id=group.id,
+            description="everything to the other site, through the tunnel",
+            ip_protocol="-1",
+            cidr_ipv4=self._inputs.peer_cidr,
+            tags=self._tags("to-peer-site"),
             opts=child,
         )
         return group.id

@@ -97,6 +97,19 @@ def test_gateway_accepts_forwarded_traffic_from_its_own_site(dev_plan: Plan, sit
     assert [r["ipProtocol"] for r in from_site] == ["-1"]
 
 
+@pytest.mark.parametrize("site", SITES)
+def test_workloads_may_start_connections_to_the_peer_site(dev_plan: Plan, site: str) -> None:
+    # The provider removes AWS's default allow-all egress; only declared rules let out.
+    group = dev_plan.exports["sites"][site]["workloadSecurityGroupId"]
+    egress = [
+        r.inputs
+        for r in dev_plan.by_type("aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule")
+        if r.inputs["securityGroupId"] == group
+    ]
+    peer_cidr = {"alpha": "10.2.0.0/16", "beta": "10.1.0.0/16"}[site]
+    assert [(r["ipProtocol"], r["cidrIpv4"]) for r in egress] == [("-1", peer_cidr)]
+
+
 # AWS accepts only these characters in security group and rule descriptions.
 SG_DESCRIPTION = re.compile(r"^[a-zA-Z0-9 ._\-:/()#,@\[\]+=&;{}!$*]{0,255}$")
 
