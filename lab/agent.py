@@ -152,11 +152,10 @@ def udp_df(host: str, port: int, size: int, timeout: float) -> dict[str, Any]:
             # E.g. EPERM: the host's own security group let nothing out.
             result["status"] = _status(error)
             return result
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            _, _, errors = select.select([], [], [sock], deadline - time.monotonic())
-            if not errors:
-                continue
+        # poll, not select: an error queue shows as POLLERR, which select's sets omit.
+        poller = select.poll()
+        poller.register(sock, select.POLLERR)
+        if poller.poll(int(timeout * 1000)):
             _, ancillary, _, _ = sock.recvmsg(1, 512, socket.MSG_ERRQUEUE)
             for level, kind, data in ancillary:
                 if level != socket.IPPROTO_IP or kind != IP_RECVERR:
@@ -171,7 +170,6 @@ def udp_df(host: str, port: int, size: int, timeout: float) -> dict[str, Any]:
                         "errno": errno_,
                         "from": offender,
                     }
-            break
         result["path_mtu"] = sock.getsockopt(socket.IPPROTO_IP, IP_MTU)
         try:
             sock.send(b"\0" * size)
