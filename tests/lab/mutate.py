@@ -90,14 +90,20 @@ def no_workload_egress(site: str) -> Callable[[Plan], None]:
     return change
 
 
+def _admits_frag_needed(rule: PlannedResource) -> bool:
+    # ICMP rules carry the type in fromPort and the code in toPort; -1 is any.
+    return (
+        rule.type == TYPE_INGRESS
+        and reveal(rule.inputs.get("ipProtocol")) == "icmp"
+        and reveal(rule.inputs.get("fromPort")) in (3, -1)
+        and reveal(rule.inputs.get("toPort")) in (4, -1)
+    )
+
+
 def no_frag_needed_rule(site: str) -> Callable[[Plan], None]:
-    """The workload group without its ICMP rules (fragmentation needed from the gateway)."""
+    """The workload group without the ICMP rule(s) admitting fragmentation needed."""
 
     def change(plan: Plan) -> None:
-        _drop_rules(
-            plan,
-            site,
-            lambda r: r.type == TYPE_INGRESS and reveal(r.inputs.get("ipProtocol")) == "icmp",
-        )
+        _drop_rules(plan, site, _admits_frag_needed)
 
     return change
