@@ -459,7 +459,9 @@ def test_workloads_can_admit_the_peer_site_by_its_real_addresses(dev_plan: Plan,
         if r.inputs["securityGroupId"] == group.outputs["id"]
     ]
     peer_cidr = {"alpha": "10.2.0.0/16", "beta": "10.1.0.0/16"}[site]
-    assert [(r["cidrIpv4"], r["ipProtocol"]) for r in rules] == [(peer_cidr, "-1")]
+    # ICMP rules (errors from the gateways, e.g. fragmentation needed) are tested apart.
+    admitted = [(r["cidrIpv4"], r["ipProtocol"]) for r in rules if r["ipProtocol"] != "icmp"]
+    assert admitted == [(peer_cidr, "-1")]
 
 
 def test_components_are_typed_and_own_their_children(dev_plan: Plan) -> None:
