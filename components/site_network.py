@@ -101,6 +101,20 @@ class SiteNetwork(pulumi.ComponentResource):
             tags=self._tags("to-peer-site"),
             opts=child,
         )
+        # TEMP (the lead replaces this in components/gateway.py): path-MTU discovery needs
+        # the gateway's ICMP "fragmentation needed" admitted explicitly (EC2 user guide,
+        # "Path MTU Discovery").
+        aws.vpc.SecurityGroupIngressRule(
+            f"{self._site}-frag-needed-from-gateway",
+            security_group_id=group.id,
+            description="ICMP fragmentation needed from the gateway",
+            ip_protocol="icmp",
+            from_port=3,
+            to_port=4,
+            cidr_ipv4=f"{self._inputs.layout.gateway_private_ip}/32",
+            tags=self._tags("frag-needed-from-gateway"),
+            opts=child,
+        )
         return group.id
 
     def _tags(self, role: str) -> dict[str, str]:
