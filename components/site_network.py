@@ -24,6 +24,8 @@ class SiteNetworkArgs:
     """The other site's CIDR, which the workloads' security group admits."""
     tags: dict[str, str]
     """Tags for every resource."""
+    peer_tunnel_address: str = ""
+    """PROPOSAL: the peer gateway's tunnel address, the source of its ICMP errors."""
 
 
 class SiteNetwork(pulumi.ComponentResource):
@@ -115,6 +117,29 @@ class SiteNetwork(pulumi.ComponentResource):
             tags=self._tags("frag-needed-from-gateway"),
             opts=child,
         )
+        # PROPOSAL (the lead decides): AWS admits no ICMP error as "related" to a tracked
+        # flow, so a workload sees the ICMP errors the gateways send about its traffic
+        # only where a rule admits them: the guide's trace (time exceeded from its own
+        # gateway and from the peer's tunnel address) and a firewall REJECT (port
+        # unreachable, sent by the peer gateway from its tunnel address).
+        gateway = f"{self._inputs.layout.gateway_private_ip}/32"
+        peer_tunnel = f"{self._inputs.peer_tunnel_address}/32"
+        for role, icmp_type, source in (
+            ("time-exceeded-from-gateway", 11, gateway),
+            ("time-exceeded-from-peer-tunnel", 11, peer_tunnel),
+            ("unreachable-from-peer-tunnel", 3, peer_tunnel),
+        ):
+            aws.vpc.SecurityGroupIngressRule(
+                f"{self._site}-{role}",
+                security_group_id=group.id,
+                description=f"ICMP {role.replace('-', ' ')}",
+                ip_protocol="icmp",
+                from_port=icmp_type,
+                to_port=-1,
+                cidr_ipv4=source,
+                tags=self._tags(role),
+                opts=child,
+            )
         return group.id
 
     def _tags(self, role: str) -> dict[str, str]:

@@ -122,6 +122,7 @@ class SiteToSite(pulumi.ComponentResource):
                 layout=facts.layout,
                 availability_zone=zone,
                 peer_cidr=str(facts.peer.cidr),
+                peer_tunnel_address=str(facts.peer_tunnel_address),
                 tags=tags,
             ),
             opts=pulumi.ResourceOptions(parent=self, providers=[provider]),
