@@ -242,17 +242,23 @@ class WireGuardGateway(pulumi.ComponentResource):
         # from this gateway's ICMP "fragmentation needed"; security groups admit it only
         # with an explicit rule ("Path MTU Discovery", EC2 user guide:
         # https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/network_mtu.html#path_mtu_discovery).
-        aws.vpc.SecurityGroupIngressRule(
-            f"{self._site}-frag-needed-from-gateway",
-            security_group_id=self._inputs.workload_security_group_id,
-            description="path MTU discovery: fragmentation needed from the gateway",
-            ip_protocol="icmp",
-            from_port=3,  # destination unreachable
-            to_port=4,  # fragmentation needed and DF set
-            cidr_ipv4=interface.private_ip.apply(lambda ip: f"{ip}/32"),
-            tags=self._tags("frag-needed-from-gateway"),
-            opts=self._child,
-        )
+        source = interface.private_ip.apply(lambda ip: f"{ip}/32")
+        for role, icmp_type, icmp_code, what in (
+            ("frag-needed-from-gateway", 3, 4, "path MTU discovery: fragmentation needed"),
+            # A trace through the tunnel: the gateway's own hop.
+            ("time-exceeded-from-gateway", 11, -1, "time exceeded"),
+        ):
+            aws.vpc.SecurityGroupIngressRule(
+                f"{self._site}-{role}",
+                security_group_id=self._inputs.workload_security_group_id,
+                description=f"{what} from the gateway",
+                ip_protocol="icmp",
+                from_port=icmp_type,
+                to_port=icmp_code,
+                cidr_ipv4=source,
+                tags=self._tags(role),
+                opts=self._child,
+            )
 
     def _parameter_arn(self, name: str) -> pulumi.Output[str]:
         args = self._inputs

@@ -27,6 +27,9 @@ class SiteNetworkArgs:
     """The other site's CIDR, which the workloads' security group admits."""
     tags: dict[str, str]
     """Tags for every resource."""
+    peer_tunnel_address: str = ""
+    """The peer gateway's tunnel address: the source of the ICMP errors it sends about
+    this site's traffic (time exceeded, a firewall's port unreachable)."""
 
 
 class SiteNetwork(pulumi.ComponentResource):
@@ -43,7 +46,8 @@ class SiteNetwork(pulumi.ComponentResource):
     """The internet gateway, the public default route and its association: what the
     gateway needs at boot and must outlive it on destroy (empty for an existing VPC)."""
     workload_security_group_id: pulumi.Output[str]
-    """Attach to hosts the other site must reach: admits the peer CIDR (no NAT hides it)."""
+    """Attach to hosts that talk with the other site: admits the peer CIDR (no NAT hides
+    it) and lets connections out to it."""
 
     def __init__(
         self, name: str, args: SiteNetworkArgs, opts: pulumi.ResourceOptions | None = None
@@ -92,6 +96,39 @@ class SiteNetwork(pulumi.ComponentResource):
             tags=self._tags("from-peer-site"),
             opts=child,
         )
+        # The provider deletes AWS's default allow-all egress from a group it creates
+        # (aws.ec2.SecurityGroup docs, "NOTE on Egress rules"): without this rule a host
+        # with only this group could answer the other site but never start a connection.
+        aws.vpc.SecurityGroupEgressRule(
+            f"{self._site}-to-peer-site",
+            security_group_id=group.id,
+            description="everything to the other site, through the tunnel",
+            ip_protocol="-1",
+            cidr_ipv4=self._inputs.peer_cidr,
+            tags=self._tags("to-peer-site"),
+            opts=child,
+        )
+        # AWS admits no ICMP error as "related" to a tracked flow (only fragmentation
+        # needed is documented, and it needs a rule: see the gateway's), so a workload
+        # sees the errors the peer gateway sends about its traffic only where a rule
+        # admits them: a trace's time exceeded and a UDP REJECT's port unreachable, both
+        # from the peer's tunnel address. The own gateway's are in the gateway component.
+        peer_tunnel = f"{self._inputs.peer_tunnel_address}/32"
+        for role, icmp_type, source in (
+            ("time-exceeded-from-peer-tunnel", 11, peer_tunnel),
+            ("unreachable-from-peer-tunnel", 3, peer_tunnel),
+        ):
+            aws.vpc.SecurityGroupIngressRule(
+                f"{self._site}-{role}",
+                security_group_id=group.id,
+                description=f"ICMP {role.replace('-', ' ')}",
+                ip_protocol="icmp",
+                from_port=icmp_type,
+                to_port=-1,
+                cidr_ipv4=source,
+                tags=self._tags(role),
+                opts=child,
+            )
         return group.id
 
     def _tags(self, role: str) -> dict[str, str]:

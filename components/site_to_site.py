@@ -208,6 +208,7 @@ class SiteToSite(pulumi.ComponentResource):
                 availability_zone=zone,
                 zone_pinned=facts.site.availability_zone is not None,
                 peer_cidr=str(facts.peer.cidr),
+                peer_tunnel_address=str(facts.peer_tunnel_address),
                 tags=tags,
             ),
             opts=pulumi.ResourceOptions(parent=self, providers=[provider]),

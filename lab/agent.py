@@ -15,6 +15,7 @@ import fcntl
 import hashlib
 import json
 import random
+import select
 import socket
 import socketserver
 import struct
@@ -127,6 +128,58 @@ def udp_probe(host: str, port: int, timeout: float) -> dict[str, Any]:
     return {"status": "done", "server": json.loads(reply)}
 
 
+# linux/in.h and linux/errqueue.h: the socket module does not name these.
+IP_MTU_DISCOVER = 10
+IP_PMTUDISC_DO = 2  # set DF, never fragment locally
+IP_RECVERR = 11
+IP_MTU = 14
+SO_EE_ORIGIN_ICMP = 2
+_EXTENDED_ERR = struct.Struct("=IBBBBII")  # struct sock_extended_err
+
+
+def udp_df(host: str, port: int, size: int, timeout: float) -> dict[str, Any]:
+    """One UDP datagram of `size` bytes with DF set; reports the ICMP error that came
+    back for it (IP_RECVERR puts it on the socket's error queue), and the path MTU the
+    kernel learnt, which only an admitted "fragmentation needed" can have lowered."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+        sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+        sock.connect((host, port))
+        result: dict[str, Any] = {"sent_bytes": 0, "icmp": None}
+        try:
+            result["sent_bytes"] = sock.send(b"\0" * size)
+        except OSError as error:
+            # E.g. EPERM: the host's own security group let nothing out.
+            result["status"] = _status(error)
+            return result
+        # poll, not select: an error queue shows as POLLERR, which select's sets omit.
+        poller = select.poll()
+        poller.register(sock, select.POLLERR)
+        if poller.poll(int(timeout * 1000)):
+            _, ancillary, _, _ = sock.recvmsg(1, 512, socket.MSG_ERRQUEUE)
+            for level, kind, data in ancillary:
+                if level != socket.IPPROTO_IP or kind != IP_RECVERR:
+                    continue
+                errno_, origin, type_, code, _, info, _ = _EXTENDED_ERR.unpack_from(data)
+                offender = socket.inet_ntoa(data[_EXTENDED_ERR.size + 4 : _EXTENDED_ERR.size + 8])
+                if origin == SO_EE_ORIGIN_ICMP:
+                    result["icmp"] = {
+                        "type": type_,
+                        "code": code,
+                        "mtu": info,
+                        "errno": errno_,
+                        "from": offender,
+                    }
+        result["path_mtu"] = sock.getsockopt(socket.IPPROTO_IP, IP_MTU)
+        try:
+            sock.send(b"\0" * size)
+            result["resend"] = "sent"
+        except OSError as error:
+            result["resend"] = "EMSGSIZE" if error.errno == errno.EMSGSIZE else _status(error)
+        result["status"] = "frag-needed" if result["icmp"] else "no-error"
+    return result
+
+
 # Legacy ethtool ioctls (linux/ethtool.h); the lab machine has no ethtool binary.
 SIOCETHTOOL = 0x8946
 ETHTOOL_STSO = 0x1F
@@ -162,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     udp_cmd.add_argument("host")
     udp_cmd.add_argument("port", type=int)
     udp_cmd.add_argument("--timeout", type=float, default=2.0)
+    df_cmd = commands.add_parser("udp-df")
+    df_cmd.add_argument("host")
+    df_cmd.add_argument("port", type=int)
+    df_cmd.add_argument("--bytes", type=int, default=2000)
+    df_cmd.add_argument("--timeout", type=float, default=2.0)
     offload_cmd = commands.add_parser("offloads-off")
     offload_cmd.add_argument("devices", nargs="+")
     args = parser.parse_args(argv)
@@ -169,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         offloads_off(args.devices)
     elif args.command == "serve":
         serve(args.tcp, args.udp)
+    elif args.command == "udp-df":
+        print(json.dumps(udp_df(args.host, args.port, args.bytes, args.timeout)))
     elif args.command == "send":
         print(json.dumps(send(args.host, args.port, args.bytes, args.rate, args.timeout)))
     else:

@@ -5,8 +5,9 @@
   gateway's 1:1 Elastic IP translation on its uplink. It does not decrement TTL, like
   AWS's router, which never shows up in a traceroute.
 - Gateway: an instance in the public subnet (MTU 9001) whose security group is applied
-  statefully on its interface, in its own nftables table so that `iptables-save` in the
-  namespace shows only what the instance itself configured. It boots from its user data:
+  on its interface as AWS enforces it (ingress and egress, stateful, nothing "related"),
+  in its own nftables table so that `iptables-save` in the namespace shows only what the
+  instance itself configured. It boots from its user data:
   the files it writes and its runcmd, whose apply unit runs the gateway's own apply
   script, which reads its desired state and keys from SSM (moto, lab/aws.py) and starts
   wg-quick. systemd is the one stand-in: a `systemctl` that starts and stops wg-quick.
@@ -37,8 +38,8 @@ from lab.topology import (
     PROBE_INTERFACE,
     STRANGER,
     STRANGER_ROUTER,
-    IngressRule,
     RouteTable,
+    SecurityGroupRule,
     Site,
     Topology,
 )
@@ -81,10 +82,11 @@ def build(topology: Topology, state: State, progress: Progress = _quiet) -> list
     progress("VPC routers, internet gateways, security groups, the internet")
     for site in topology.sites:
         _vpc_router_rules(site)
-        _security_group(site.gateway.namespace, site.gateway.ingress, probe=True)
+        gateway = site.gateway
+        _security_group(gateway.namespace, gateway.ingress, gateway.egress, probe=True)
         for host in site.hosts:
-            if host.ingress is not None:
-                _security_group(host.namespace, host.ingress, probe=False)
+            if host.ingress is not None and host.egress is not None:
+                _security_group(host.namespace, host.ingress, host.egress, probe=False)
         notes += [f"{site.name}: {note}" for note in site.notes]
     _internet_carries_packets(topology)
     netns.iptables_restore(
@@ -288,8 +290,9 @@ def _vpc_router_rules(site: Site) -> None:
 _PROTOCOLS = {"6": "tcp", "17": "udp", "1": "icmp"}
 
 
-def _nft_match(rule: IngressRule) -> str:
-    match = f"ip saddr {rule.cidr}"
+def _nft_match(rule: SecurityGroupRule) -> str:
+    peer = "saddr" if rule.direction == "ingress" else "daddr"
+    match = f"ip {peer} {rule.cidr}"
     protocol = _PROTOCOLS.get(rule.protocol, rule.protocol)
     if protocol in ("-1", "all"):
         return match
@@ -298,21 +301,53 @@ def _nft_match(rule: IngressRule) -> str:
         if rule.from_port is not None and rule.from_port >= 0:
             high = rule.to_port if rule.to_port is not None else rule.from_port
             span = str(rule.from_port) if high == rule.from_port else f"{rule.from_port}-{high}"
+            # Either direction names the destination port (the service's).
             ports = f" {protocol} dport {span}"
         return f"{match} meta l4proto {protocol}{ports}"
     if protocol == "icmp":
-        return f"{match} meta l4proto icmp"
+        # For ICMP, AWS reads from_port as the ICMP type and to_port as its code; -1 is
+        # any (EC2 API IpPermission: "A value of -1 indicates all ICMP/ICMPv6 types",
+        # "all codes").
+        match += " meta l4proto icmp"
+        if rule.from_port is not None and rule.from_port >= 0:
+            match += f" icmp type {rule.from_port}"
+            if rule.to_port is not None and rule.to_port >= 0:
+                match += f" icmp code {rule.to_port}"
+        return match
     raise LabError(f"security group rule {rule.name}: protocol {rule.protocol!r} not modelled")
 
 
 SG_TABLE = "aws_security_group"
 
 
-def _security_group(namespace: str, ingress: tuple[IngressRule, ...], *, probe: bool) -> None:
-    """The group's ingress rules, stateful, on the instance's interface; egress is open."""
-    accepts = "\n".join(
-        f'    {_nft_match(rule)} counter accept comment "{rule.name}"' for rule in ingress
-    )
+def _rule_chain(name: str, rules: tuple[SecurityGroupRule, ...], refused: str) -> str:
+    # `return` rather than `accept`: a forwarded packet that enters and leaves through
+    # the interface must pass both directions' rules, and accept would end the hook.
+    lines = [f"  chain {name} {{"]
+    # Stateful as AWS is: replies of a tracked flow pass whatever the rules say
+    # (EC2 user guide, "Security group connection tracking"). Only `established`:
+    # AWS has no "related" admission, an ICMP error about a flow needs a rule of its
+    # own, e.g. PMTUD's "Destination Unreachable - fragmentation required" (EC2 user
+    # guide, "Path MTU Discovery" and "Security group rules for different use cases").
+    lines.append("    ct state established return")
+    lines += [f'    {_nft_match(rule)} counter return comment "{rule.name}"' for rule in rules]
+    lines += [f'    counter drop comment "{refused}"', "  }"]
+    return "\n".join(lines) + "\n"
+
+
+def _security_group(
+    namespace: str,
+    ingress: tuple[SecurityGroupRule, ...],
+    egress: tuple[SecurityGroupRule, ...],
+    *,
+    probe: bool,
+) -> None:
+    """The group's rules, stateful, on the instance's interface, in both directions.
+
+    AWS applies a group to every packet that crosses the interface, forwarded ones
+    included: ingress to what arrives (input and forward), egress to what leaves (output
+    and forward). The tunnel interface is inside the instance, not an ENI: no group there.
+    """
     stranger = ""
     if probe:
         # Counters only: how many packets from the internet host reached the interface,
@@ -329,18 +364,20 @@ def _security_group(namespace: str, ingress: tuple[IngressRule, ...], *, probe: 
         )
     ruleset = (
         f"table inet {SG_TABLE} {{\n"
-        "  chain rules {\n"
-        "    ct state established,related accept\n"
-        f"{accepts}\n"
-        '    counter drop comment "not admitted"\n'
-        "  }\n"
+        f"{_rule_chain('ingress', ingress, 'not admitted')}"
+        f"{_rule_chain('egress', egress, 'not allowed out')}"
         "  chain input {\n"
         "    type filter hook input priority -10; policy accept;\n"
-        f'    iifname "{LINK_HOST}" jump rules\n'
+        f'    iifname "{LINK_HOST}" jump ingress\n'
         "  }\n"
         "  chain forward {\n"
         "    type filter hook forward priority -10; policy accept;\n"
-        f'    iifname "{LINK_HOST}" jump rules\n'
+        f'    iifname "{LINK_HOST}" jump ingress\n'
+        f'    oifname "{LINK_HOST}" jump egress\n'
+        "  }\n"
+        "  chain output {\n"
+        "    type filter hook output priority -10; policy accept;\n"
+        f'    oifname "{LINK_HOST}" jump egress\n'
         "  }\n"
         f"{stranger}"
         "}\n"

@@ -41,8 +41,12 @@ def layout(topology: Topology, implementation: str) -> list[str]:
         for table in dict.fromkeys((site.public_table, site.private_table)):
             routes = ", ".join(route.describe() for route in table.routes)
             lines.append(f"    route table {table.name}: {routes}")
-        rules = "; ".join(rule.describe() for rule in gw.ingress)
-        lines.append(f"    gateway security group ingress: {rules}")
+        rules = "; ".join(rule.describe() for rule in gw.ingress + gw.egress)
+        lines.append(f"    gateway security group: {rules}")
+        for host in site.hosts:
+            if host.ingress is not None and host.egress is not None:
+                rules = "; ".join(rule.describe() for rule in host.ingress + host.egress)
+                lines.append(f"    {host.name} security group: {rules or 'no rules'}")
     lines.append(f"  {LINK_NOTE}")
     return lines
 

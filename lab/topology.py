@@ -51,14 +51,21 @@ TYPE_INTERFACE = "aws:ec2/networkInterface:NetworkInterface"
 TYPE_EIP = "aws:ec2/eip:Eip"
 TYPE_EIP_ASSOCIATION = "aws:ec2/eipAssociation:EipAssociation"
 TYPE_INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+TYPE_EGRESS = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
 TYPE_PARAMETER = "aws:ssm/parameter:Parameter"
 
 
 @dataclass(frozen=True)
-class IngressRule:
-    """One security-group ingress rule as declared (`-1` means every protocol)."""
+class SecurityGroupRule:
+    """One security-group rule as declared (`-1` means every protocol).
+
+    `cidr` is the source of an ingress rule and the destination of an egress rule. For
+    ICMP, AWS puts the ICMP type in from_port and the code in to_port, -1 meaning any
+    (SecurityGroupIngressRule / SecurityGroupEgressRule in the AWS provider's docs).
+    """
 
     name: str
+    direction: Literal["ingress", "egress"]
     protocol: str
     from_port: int | None
     to_port: int | None
@@ -70,8 +77,12 @@ class IngressRule:
             ports = f"/{self.from_port}"
             if self.to_port not in (None, self.from_port):
                 ports += f"-{self.to_port}"
+        elif self.protocol == "icmp" and self.from_port not in (None, -1):
+            ports = f" type {self.from_port}"
+            if self.to_port not in (None, -1):
+                ports += f" code {self.to_port}"
         proto = "all" if self.protocol == "-1" else self.protocol
-        return f"{proto}{ports} from {self.cidr}"
+        return f"{proto}{ports} {'from' if self.direction == 'ingress' else 'to'} {self.cidr}"
 
 
 @dataclass(frozen=True)
@@ -103,7 +114,8 @@ class Host:
     address: IPv4Interface
     router: IPv4Address
     # The workloads' security group, if the plan declares one; None leaves the host open.
-    ingress: tuple[IngressRule, ...] | None
+    ingress: tuple[SecurityGroupRule, ...] | None
+    egress: tuple[SecurityGroupRule, ...] | None
 
 
 @dataclass(frozen=True)
@@ -114,7 +126,8 @@ class Gateway:
     private_address: IPv4Interface
     elastic_ip: IPv4Address
     source_dest_check: bool
-    ingress: tuple[IngressRule, ...]
+    ingress: tuple[SecurityGroupRule, ...]
+    egress: tuple[SecurityGroupRule, ...]
     user_data: str = field(repr=False)  # the cloud-config text (EC2 gets it gzipped)
     # What `pulumi up` puts in SSM for this gateway: name -> (type, value); never printed.
     parameters: dict[str, tuple[str, str]] = field(repr=False, default_factory=dict)
@@ -200,19 +213,34 @@ def _documentation_address(value: Any, what: str) -> IPv4Address:
     return address
 
 
-def _ingress_rules(plan: Plan, group_ids: list[str]) -> tuple[IngressRule, ...]:
+def _ingress_rules(plan: Plan, group_ids: list[str]) -> tuple[SecurityGroupRule, ...]:
+    return _rules(plan, "ingress", group_ids)
+
+
+def _egress_rules(plan: Plan, group_ids: list[str]) -> tuple[SecurityGroupRule, ...]:
+    # A group the provider creates has no egress rule at all: "By default, AWS creates an
+    # ALLOW ALL egress rule when creating a new Security Group inside of a VPC. When
+    # creating a new Security Group inside a VPC, [the provider] will remove this default
+    # rule" (aws.ec2.SecurityGroup / aws_security_group docs, "NOTE on Egress rules").
+    return _rules(plan, "egress", group_ids)
+
+
+def _rules(
+    plan: Plan, direction: Literal["ingress", "egress"], group_ids: list[str]
+) -> tuple[SecurityGroupRule, ...]:
     rules = []
-    for rule in plan.by_type(TYPE_INGRESS):
+    for rule in plan.by_type(TYPE_INGRESS if direction == "ingress" else TYPE_EGRESS):
         if _value(rule, "securityGroupId") not in group_ids:
             continue
         cidr = _value(rule, "cidrIpv4")
         if not isinstance(cidr, str):
             # Rules by prefix list or referenced group have no lab equivalent yet.
-            raise LabError(f"plan: ingress rule {rule.name} has no cidrIpv4 the lab can apply")
+            raise LabError(f"plan: {direction} rule {rule.name} has no cidrIpv4 the lab can apply")
         from_port, to_port = _value(rule, "fromPort"), _value(rule, "toPort")
         rules.append(
-            IngressRule(
+            SecurityGroupRule(
                 name=rule.name,
+                direction=direction,
                 protocol=str(_value(rule, "ipProtocol")).lower(),
                 from_port=int(from_port) if from_port is not None else None,
                 to_port=int(to_port) if to_port is not None else None,
@@ -408,6 +436,7 @@ def derive(plan: Plan) -> Topology:
             # AWS turns the check on unless told otherwise.
             source_dest_check=check is not False,
             ingress=_ingress_rules(plan, group_ids),
+            egress=_egress_rules(plan, group_ids),
             user_data=user_data,
             parameters=_parameters(plan, facts),
         )
@@ -419,6 +448,7 @@ def derive(plan: Plan) -> Topology:
             address=IPv4Interface(f"{first_host(private)}/{private.prefixlen}"),
             router=_vpc_router(private).ip,
             ingress=_ingress_rules(plan, [workload_group]) if workload_group else None,
+            egress=_egress_rules(plan, [workload_group]) if workload_group else None,
         )
         edge_net = edges[index]
         edge_hosts = list(edge_net.hosts())

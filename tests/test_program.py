@@ -111,6 +111,19 @@ def test_gateway_accepts_forwarded_traffic_from_its_own_site(dev_plan: Plan, sit
     assert [r["ipProtocol"] for r in from_site] == ["-1"]
 
 
+@pytest.mark.parametrize("site", SITES)
+def test_workloads_may_start_connections_to_the_peer_site(dev_plan: Plan, site: str) -> None:
+    # The provider removes AWS's default allow-all egress; only declared rules let out.
+    group = dev_plan.exports["sites"][site]["workloadSecurityGroupId"]
+    egress = [
+        r.inputs
+        for r in dev_plan.by_type("aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule")
+        if r.inputs["securityGroupId"] == group
+    ]
+    peer_cidr = {"alpha": "10.2.0.0/16", "beta": "10.1.0.0/16"}[site]
+    assert [(r["ipProtocol"], r["cidrIpv4"]) for r in egress] == [("-1", peer_cidr)]
+
+
 # AWS accepts only these characters in security group and rule descriptions.
 SG_DESCRIPTION = re.compile(r"^[a-zA-Z0-9 ._\-:/()#,@\[\]+=&;{}!$*]{0,255}$")
 
@@ -540,15 +553,26 @@ def test_workloads_can_admit_the_peer_site_by_its_real_addresses(dev_plan: Plan,
         if r.inputs["securityGroupId"] == group.outputs["id"]
     ]
     peer_cidr = {"alpha": "10.2.0.0/16", "beta": "10.1.0.0/16"}[site]
+    # ICMP rules (errors from the gateways, e.g. fragmentation needed) are tested apart.
+    admitted = [(r["cidrIpv4"], r["ipProtocol"]) for r in rules if r["ipProtocol"] != "icmp"]
+    assert admitted == [(peer_cidr, "-1")]
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_workloads_admit_fragmentation_needed_from_their_gateway(dev_plan: Plan, site: str) -> None:
+    # Path MTU discovery for DF packets over the tunnel MTU: AWS admits the ICMP only with
+    # an explicit rule (type 3 code 4) from the gateway that sends it.
+    group = dev_plan.one("aws:ec2/securityGroup:SecurityGroup", f"{site}-from-peer-site")
     gateway_ip = interface(dev_plan, site).inputs["privateIps"][0]
-    assert {(r["cidrIpv4"], r["ipProtocol"], r.get("fromPort")) for r in rules} == {
-        (peer_cidr, "-1", None),
-        # Path MTU discovery: "fragmentation needed" (type 3 code 4) from its own gateway.
-        (f"{gateway_ip}/32", "icmp", 3),
-    }
-    assert len(rules) == 2
-    frag = next(r for r in rules if r["ipProtocol"] == "icmp")
-    assert frag["toPort"] == 4
+    frag = [
+        r.inputs
+        for r in dev_plan.by_type(INGRESS)
+        if r.inputs["securityGroupId"] == group.outputs["id"]
+        and r.inputs["ipProtocol"] == "icmp"
+        and r.inputs.get("fromPort") == 3
+        and r.inputs.get("toPort") == 4
+    ]
+    assert [r["cidrIpv4"] for r in frag] == [f"{gateway_ip}/32"]
 
 
 def test_components_are_typed_and_own_their_children(dev_plan: Plan) -> None:

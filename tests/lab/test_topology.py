@@ -51,6 +51,12 @@ def test_security_group_rules(dev_plan):
     assert (tunnel.from_port, str(tunnel.cidr)) == (51000, "203.0.113.20/32")
 
 
+def test_egress_rules_as_declared(dev_plan):
+    alpha = derive(dev_plan).sites[0]
+    assert [r.describe() for r in alpha.gateway.egress] == ["all to 0.0.0.0/0"]
+    assert [r.describe() for r in alpha.hosts[0].egress or ()] == ["all to 10.2.0.0/16"]
+
+
 def test_names_are_prefixed_and_key_is_not_shown(dev_plan):
     topology = derive(dev_plan)
     assert all(ns.startswith(PREFIX) for ns in topology.namespaces)
