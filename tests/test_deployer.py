@@ -184,6 +184,26 @@ def test_apply_any_final_status_but_success_fails_with_the_gateways_output(ssm, 
     assert "succeeded" not in result.out
 
 
+def test_apply_deadline_defaults_to_900_s_and_bounds_delivery_and_execution(ssm):
+    stub = ssm.stub()
+    stub.add_response(
+        "send_command",
+        {"Command": {"CommandId": CMD1}},
+        {
+            "InstanceIds": [ALPHA],
+            "DocumentName": "AWS-RunShellScript",
+            "TimeoutSeconds": 900,
+            "Comment": "wg-site-to-site apply on alpha",
+            "Parameters": {"commands": APPLY, "executionTimeout": ["900"]},
+        },
+    )
+    expect_status(stub, ALPHA, "Success")
+    env = apply_env()
+    del env["WG_S2S_DEADLINE_SECONDS"]
+
+    assert ssm.run("apply", env).code == 0
+
+
 def test_apply_retries_send_while_the_instance_is_not_registered_with_ssm(ssm):
     stub = ssm.stub()
     for _ in range(2):
@@ -252,6 +272,11 @@ def gateways_env() -> dict[str, str]:
 
 
 CHECK = [WAIT_FOR_BOOT, CHECK_PATH]
+
+
+def one_gateway_env() -> dict[str, str]:
+    gateway = {"site": "alpha", "region": "eu-west-1", "instanceId": ALPHA, "interface": "wg0"}
+    return {"WG_S2S_GATEWAYS": json.dumps([gateway])}
 
 
 def test_verify_success_prints_one_line_per_site_from_the_check_lines(ssm):
@@ -323,6 +348,21 @@ def test_verify_failure_names_the_site_and_check_and_prints_the_journal_tail(ssm
     ]
 
 
+def test_verify_fails_a_failed_check_line_even_when_the_script_exits_0(ssm):
+    stub = ssm.stub()
+    expect_send(stub, ALPHA, CHECK)
+    expect_status(stub, ALPHA, "Success", stdout="check ping FAILED 10.255.255.1 0/3\n")
+    expect_send(stub, ALPHA, [journal_command("wg0")], command_id=CMD2)
+    expect_status(stub, ALPHA, "Success", command_id=CMD2, stdout="-- No entries --\n")
+
+    result = ssm.run("verify", one_gateway_env())
+
+    assert result.code == 1
+    assert result.err_lines[0] == (
+        f"wg-site-to-site: verify on alpha ({ALPHA}) failed: check ping FAILED (10.255.255.1 0/3)"
+    )
+
+
 def test_verify_journal_command_reads_the_project_units_and_the_interface():
     assert journal_command("wg7") == (
         "journalctl -u 'wg-site-to-site-*' -u 'wg-quick@wg7' -n 20 --no-pager"
@@ -337,13 +377,8 @@ def test_verify_fails_when_the_check_prints_no_check_lines(ssm):
     )
     expect_send(stub, ALPHA, [journal_command("wg0")], command_id=CMD2)
     expect_status(stub, ALPHA, "Success", command_id=CMD2, stdout="-- No entries --\n")
-    env = {
-        "WG_S2S_GATEWAYS": json.dumps(
-            [{"site": "alpha", "region": "eu-west-1", "instanceId": ALPHA, "interface": "wg0"}]
-        )
-    }
 
-    result = ssm.run("verify", env)
+    result = ssm.run("verify", one_gateway_env())
 
     assert result.code == 1
     assert result.err_lines[0] == (
@@ -370,6 +405,14 @@ def test_verify_fails_when_the_check_prints_no_check_lines(ssm):
 def test_apply_bad_input_is_one_line_and_exit_2(ssm, env, expected):
     result = ssm.run("apply", env)
     assert (result.code, result.err_lines, result.out) == (2, [expected], "")
+
+
+def test_verify_with_no_gateways_is_bad_input(ssm):
+    result = ssm.run("verify", {"WG_S2S_GATEWAYS": "[]"})
+    assert (result.code, result.err_lines) == (
+        2,
+        ["wg-site-to-site: WG_S2S_GATEWAYS lists no gateways"],
+    )
 
 
 def test_verify_bad_gateway_list_names_the_entry_and_value(ssm):
