@@ -136,6 +136,10 @@ def apply(ctx: Context) -> int:
             sleep=ctx.sleep,
             comment=f"{PREFIX} apply on {site}",
         )
+    except (ClientError, BotoCoreError) as error:
+        # Credentials, permissions, a terminated instance: AWS's own words, in one line.
+        ctx.complain(f"{PREFIX}: apply on {where} failed calling AWS: {error}")
+        return 1
     except DeadlinePassed as passed:
         ctx.complain(
             f"{PREFIX}: apply on {where} did not finish within the deadline of {deadline} s "
@@ -218,6 +222,9 @@ def _verify_one(ctx: Context, gateway: Gateway, deadline: int, deadline_at: floa
             sleep=ctx.sleep,
             comment=f"{PREFIX} verify on {gateway.site}",
         )
+    except (ClientError, BotoCoreError) as error:
+        ctx.complain(f"{PREFIX}: verify on {where} failed calling AWS: {error}")
+        return False
     except DeadlinePassed as passed:
         ctx.complain(
             f"{PREFIX}: verify on {where} did not finish within the deadline of {deadline} s "
@@ -292,10 +299,6 @@ def run(
     except UsageError as error:
         ctx.complain(str(error))
         return 2
-    except (ClientError, BotoCoreError) as error:
-        # Credentials, permissions, an unknown instance: AWS's own words in one line.
-        ctx.complain(f"{PREFIX}: {action} failed calling AWS: {error}")
-        return 1
 
 
 def main() -> int:

@@ -249,6 +249,21 @@ def test_apply_deadline_fails_with_one_line_and_cancels_the_command(ssm):
     ]
 
 
+def test_apply_aws_error_is_one_line_naming_the_site(ssm):
+    ssm.stub().add_client_error(
+        "send_command", "AccessDeniedException", "not authorized to perform: ssm:SendCommand"
+    )
+
+    result = ssm.run("apply", apply_env())
+
+    assert result.code == 1
+    assert len(result.err_lines) == 1
+    assert result.err_lines[0].startswith(
+        f"wg-site-to-site: apply on alpha ({ALPHA}) failed calling AWS: "
+    )
+    assert "ssm:SendCommand" in result.err
+
+
 def test_apply_deadline_while_the_instance_never_registers_names_that(ssm):
     stub = ssm.stub()
     for _ in range(3):
