@@ -135,10 +135,13 @@ def reveal(value: Any) -> Any:
     return value
 
 
-def plan_private_key(stack: str, resource_name: str) -> str:
-    """The made-up private key the mocks give a RandomBytes key: stable per stack and name."""
-    digest = hashlib.sha256(f"{PROJECT}-plan-key:{stack}:{resource_name}".encode()).digest()
-    return base64.b64encode(digest).decode()
+def plan_private_key(stack: str, resource_name: str, generation: str = "1") -> str:
+    """The made-up private key the mocks give a RandomBytes key: stable per stack, name and
+    key generation (its keepers), so raising the generation makes a new key, as on AWS."""
+    seed = f"{PROJECT}-plan-key:{stack}:{resource_name}"
+    if generation != "1":
+        seed += f":generation-{generation}"
+    return base64.b64encode(hashlib.sha256(seed.encode()).digest()).decode()
 
 
 def _short_hash(*parts: str, length: int = 17) -> str:
@@ -217,7 +220,8 @@ class _Recorder:
         outputs = dict(plain)
         outputs["arn"] = f"arn:aws:{service}:{region}:{ACCOUNT}:{prefix}/{id_}"
         if type_ == "random:index/randomBytes:RandomBytes":
-            key = self.planted_keys.get(name) or plan_private_key(self.stack, name)
+            generation = str((plain.get("keepers") or {}).get("generation", "1"))
+            key = self.planted_keys.get(name) or plan_private_key(self.stack, name, generation)
             outputs["base64"] = key
             outputs["hex"] = base64.b64decode(key).hex()
         elif type_ == "aws:ec2/eip:Eip":

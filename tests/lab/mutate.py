@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections.abc import Callable
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from plan.engine import Plan, PlannedResource, Secret, reveal
 
 TYPE_INSTANCE = "aws:ec2/instance:Instance"
+TYPE_PARAMETER = "aws:ssm/parameter:Parameter"
 TYPE_INTERFACE = "aws:ec2/networkInterface:NetworkInterface"
 TYPE_ROUTE = "aws:ec2/route:Route"
 TYPE_INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
@@ -54,57 +56,15 @@ def tunnel_open_to_all(site: str) -> Callable[[Plan], None]:
 
 
 def no_mtu_line(site: str) -> Callable[[Plan], None]:
-    def change(plan: Plan) -> None:
-        instance = plan.one(TYPE_INSTANCE, f"{site}-gateway")
-        user_data = reveal(instance.inputs["userData"])
-        edited, count = re.subn(r"^[ \t]*MTU = \d+\n", "", user_data, flags=re.MULTILINE)
-        assert count == 1, "the user data should pin the MTU exactly once"
-        _set(instance, "userData", edited)
-
-    return change
-
-
-def _workload_group(plan: Plan, site: str) -> str:
-    group = plan.exports["sites"][site]["workloadSecurityGroupId"]
-    assert isinstance(group, str), f"site {site} exports no workload security group"
-    return group
-
-
-def _drop_rules(plan: Plan, site: str, wanted: Callable[[PlannedResource], bool]) -> None:
-    group = _workload_group(plan, site)
-    kept = [
-        r
-        for r in plan.resources
-        if not (reveal(r.inputs.get("securityGroupId")) == group and wanted(r))
-    ]
-    # A control that removes nothing would pass for the wrong reason.
-    assert len(kept) < len(plan.resources), f"no such rule on site {site}'s workload group"
-    plan.resources = kept
-
-
-def no_workload_egress(site: str) -> Callable[[Plan], None]:
-    """The workload group as it was before it had egress: the provider's empty one."""
+    """The desired state without its pinned MTU: wg-quick derives 8921 from EC2's 9001."""
 
     def change(plan: Plan) -> None:
-        _drop_rules(plan, site, lambda r: r.type == TYPE_EGRESS)
-
-    return change
-
-
-def _admits_frag_needed(rule: PlannedResource) -> bool:
-    # ICMP rules carry the type in fromPort and the code in toPort; -1 is any.
-    return (
-        rule.type == TYPE_INGRESS
-        and reveal(rule.inputs.get("ipProtocol")) == "icmp"
-        and reveal(rule.inputs.get("fromPort")) in (3, -1)
-        and reveal(rule.inputs.get("toPort")) in (4, -1)
-    )
-
-
-def no_frag_needed_rule(site: str) -> Callable[[Plan], None]:
-    """The workload group without the ICMP rule(s) admitting fragmentation needed."""
-
-    def change(plan: Plan) -> None:
-        _drop_rules(plan, site, _admits_frag_needed)
+        parameter = plan.one(TYPE_PARAMETER, f"{site}-desired-state")
+        state = json.loads(parameter.inputs["insecureValue"])
+        state["config"], count = re.subn(
+            r"^[ \t]*MTU = \d+\n", "", state["config"], flags=re.MULTILINE
+        )
+        assert count == 1, "the desired state should pin the MTU exactly once"
+        _set(parameter, "insecureValue", json.dumps(state))
 
     return change

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 
 import pytest
 
@@ -76,6 +77,7 @@ def test_mutations_reach_the_topology(dev_plan):
     assert alpha.gateway.source_dest_check
     assert not any(r.kind == "gateway" for r in alpha.private_table.routes)
     assert any(str(r.cidr) == "0.0.0.0/0" for r in alpha.gateway.ingress)
-    assert "MTU = " not in beta.gateway.user_data
+    state = beta.gateway.parameters[beta.facts.desired_state_parameter_name][1]
+    assert "MTU = " not in json.loads(state)["config"]
     # The original plan is untouched.
     assert derive(dev_plan).sites[0].gateway.source_dest_check is False
