@@ -11,6 +11,8 @@ tunnel = SiteToSite(
     SiteToSiteArgs(config=config, project=pulumi.get_project(), stack=pulumi.get_stack()),
 )
 
-# Per site: publicIp, tunnelAddress, publicKey, vpcId, region, cidr and the rendered
-# wg-quick config (which holds no private key).
+# Per site: publicIp, tunnelAddress, publicKey, vpcId, region, cidr, the rendered
+# wg-quick config (which holds no secret) and the names of its alarms.
 pulumi.export("sites", tunnel.sites)
+# The picture an operator opens first: both sites' tunnel health side by side.
+pulumi.export("dashboardUrl", tunnel.dashboard_url)

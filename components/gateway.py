@@ -10,6 +10,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_command as command
 
+from components.tunnel_health import gateway_metrics_policy
 from core.facts import CANONICAL_OWNER, GatewayFacts
 from core.render import (
     PeerEndpoint,
@@ -372,6 +373,13 @@ class WireGuardGateway(pulumi.ComponentResource):
             ),
             opts=self._child,
         )
+        # The health probe's metrics, into the project's namespace only.
+        aws.iam.RolePolicy(
+            f"{name}-put-tunnel-metrics",
+            role=role.id,
+            policy=gateway_metrics_policy(),
+            opts=self._child,
+        )
         profile = aws.iam.InstanceProfile(
             f"{name}-gateway", role=role.name, tags=self._tags("gateway"), opts=self._child
         )
@@ -451,6 +459,10 @@ class WireGuardGateway(pulumi.ComponentResource):
                 http_tokens="required",
                 http_put_response_hop_limit=1,
             ),
+            # Set, not assumed: EC2 recovers the instance in place (same id, interface,
+            # addresses) on a host failure, where the type supports it (T4g does:
+            # https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/ec2-instance-recover.html).
+            maintenance_options=aws.ec2.InstanceMaintenanceOptionsArgs(auto_recovery="default"),
             root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
                 encrypted=True, volume_type="gp3", volume_size=8
             ),

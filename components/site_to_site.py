@@ -12,6 +12,7 @@ import pulumi_random as random
 
 from components.gateway import DEPLOYER, WireGuardGateway, WireGuardGatewayArgs
 from components.site_network import SiteNetwork, SiteNetworkArgs
+from components.tunnel_health import HealthSite, TunnelHealth, TunnelHealthArgs
 from components.wireguard_identity import WireGuardIdentity, WireGuardIdentityArgs
 from core.config import StackConfig, TunnelConfig
 from core.facts import GatewayFacts, gateway_facts
@@ -43,8 +44,10 @@ class SiteToSite(pulumi.ComponentResource):
     """
 
     sites: dict[str, pulumi.Output[dict[str, Any]]]
-    """Per site: publicIp, tunnelAddress, publicKey, vpcId, region, cidr, wgConfig and
-    workloadSecurityGroupId."""
+    """Per site: publicIp, tunnelAddress, publicKey, vpcId, region, cidr, wgConfig,
+    workloadSecurityGroupId and alarms (rule -> alarm name)."""
+    dashboard_url: pulumi.Output[str]
+    """The stack's CloudWatch dashboard: both sites' tunnel health side by side."""
 
     def __init__(
         self, name: str, args: SiteToSiteArgs, opts: pulumi.ResourceOptions | None = None
@@ -116,7 +119,27 @@ class SiteToSite(pulumi.ComponentResource):
             )
         if args.config.verify:
             self._verify(both, gateways, args.config.deadline_seconds)
-        self.register_outputs({"sites": self.sites})
+        self.health = TunnelHealth(
+            "tunnel-health",
+            TunnelHealthArgs(
+                stack=args.stack,
+                sites=[
+                    HealthSite(
+                        facts=facts, provider=providers[facts.name], instance_id=g.instance_id
+                    )
+                    for facts, g in zip(both, gateways, strict=True)
+                ],
+                alerts=args.config.alerts,
+                tags=tags,
+            ),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        for facts in both:
+            self.sites[facts.name] = pulumi.Output.all(
+                self.sites[facts.name], self.health.alarm_names[facts.name]
+            ).apply(lambda pair: {**pair[0], "alarms": pair[1]})
+        self.dashboard_url = self.health.dashboard_url
+        self.register_outputs({"sites": self.sites, "dashboardUrl": self.dashboard_url})
 
     def _preshared_key(self, tunnel: TunnelConfig) -> pulumi.Output[str] | None:
         """One pre-shared key for the pair, renewed with the key generation."""

@@ -13,7 +13,6 @@ from typing import Annotated
 from pydantic import AfterValidator, Field, model_validator
 
 from core.config import PROJECT, _matches, _Model
-from core.health import keepalive_problems
 
 # Good enough to catch a typo or a pasted name; SNS itself confirms the address.
 EMAIL = re.compile(r"^[^@\s,;<>]+@[^@\s,;<>]+\.[A-Za-z]{2,}$")
@@ -57,6 +56,8 @@ def alerts_problems(
     persistent_keepalive: int | None,
 ) -> list[str]:
     """Cross checks of `alerts` against the rest of the stack config, one line each."""
+    from core.health import keepalive_problems  # core.health imports config, which imports us
+
     problems = keepalive_problems(alerts is not None, persistent_keepalive)
     if alerts is not None and alerts.topic_arn is not None:
         region = topic_region(alerts.topic_arn)

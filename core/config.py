@@ -24,7 +24,16 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 PROJECT = "wg-site-to-site"
-CONFIG_KEYS = ("tunnel", "sites", "firewall", "tags", "deployer", "verify", "deadlineSeconds")
+CONFIG_KEYS = (
+    "tunnel",
+    "sites",
+    "firewall",
+    "tags",
+    "deployer",
+    "verify",
+    "deadlineSeconds",
+    "alerts",
+)
 
 # wg-quick's own rule for interface names (it refuses anything else), which is also
 # within Linux's IFNAMSIZ of 15 characters.
@@ -245,6 +254,9 @@ class StackConfig(_Model):
     firewall: list[FirewallRule] = []
     # Extra tags for every resource (ephemeral test stacks add owner and expiry).
     tags: dict[TagKey, TagValue] = {}
+    # Where the tunnel alarms notify (e-mail addresses and/or an existing SNS topic);
+    # without it they notify the stack's own topic, which nobody reads until subscribed.
+    alerts: AlertsConfig | None = None
     # After both gateways applied their desired state, `pulumi up` checks on each that
     # the tunnel carries traffic (pulumi-command, SSM Run Command); false skips that.
     verify: bool = True
@@ -264,6 +276,12 @@ class StackConfig(_Model):
         ]
         | None
     ) = None
+
+
+# Late: core.alerts builds on this module's helpers.
+from core.alerts import AlertsConfig, alerts_problems  # noqa: E402
+
+StackConfig.model_rebuild()
 
 
 def _key(loc: tuple[int | str, ...]) -> str:
@@ -325,6 +343,9 @@ def _cross_checks(config: StackConfig) -> list[str]:
                 f"{_key(('tunnel', 'cidr'))}: {config.tunnel.cidr} overlaps site "
                 f"{site.name!r} ({site.cidr})"
             )
+    problems += alerts_problems(
+        config.alerts, [site.region for site in sites], config.tunnel.persistent_keepalive
+    )
     return problems
 
 

@@ -219,7 +219,9 @@ def render_bootstrap(facts: GatewayFacts) -> Bootstrap:
         AWS_CALL_PATH: (render_aws_call(facts), "0755"),
         APPLY_PATH: (render_apply(facts), "0700"),
         CHECK_PATH: (render_check(facts), "0700"),
+        PROBE_PATH: (render_probe(facts), "0700"),
         APPLY_UNIT_PATH: (render_apply_unit(facts), "0644"),
+        **{path: (text, "0644") for path, text in render_probe_units(facts).items()},
     }
     user_data = _render(
         "user-data.yaml.j2",
@@ -230,6 +232,7 @@ def render_bootstrap(facts: GatewayFacts) -> Bootstrap:
         interface=facts.interface,
         files=[(path, content, mode) for path, (content, mode) in files.items()],
         apply_unit=PurePosixPath(APPLY_UNIT_PATH).name,
+        probe_timer=PurePosixPath(PROBE_TIMER_PATH).name,
     )
     # Parsing the document back proves it says what we meant before it reaches an instance.
     written = {path: entry["content"] for path, entry in written_files(user_data).items()}

@@ -861,12 +861,6 @@ STACK_RULES: Final = (
         "deployer, through SSM) may decrypt.",
         key_decrypted_only_by_own_gateway,
     ),
-)
-
-
-# Joins STACK_RULES once the program declares TunnelHealth for its gateways (issue 9);
-# until then every shipped gateway would fail it.
-HEALTH_STACK_RULES: Final = (
     StackRule(
         "gateway-has-tunnel-alarm",
         "Every gateway has a TunnelUp alarm with at least one alarm action.",

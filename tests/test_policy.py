@@ -148,6 +148,14 @@ FAKE_KEY = "mC" + "A" * 41 + "="
 
 CASES = [
     (
+        "gateway-has-tunnel-alarm",
+        set_input(
+            "aws:cloudwatch/metricAlarm:MetricAlarm", "alpha-tunnel-down", "alarmActions", []
+        ),
+        "alpha-tunnel-down",
+        "TunnelUp alarm of gateway alpha-gateway has no alarm action",
+    ),
+    (
         "wireguard-port-not-public",
         set_input(
             "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
