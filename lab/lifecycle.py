@@ -44,6 +44,9 @@ def up(
         created_netns_etc=not NETNS_ETC.exists(),
         created_wireguard_run=not WIREGUARD_RUN.exists(),
     )
+    record_created_host_dirs(
+        [str(d) for d in (NETNS_ETC, WIREGUARD_RUN) if not d.exists()]
+    )
     state.save()
     try:
         notes = build(topology, state, progress)

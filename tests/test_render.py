@@ -6,6 +6,7 @@ import ipaddress
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -170,6 +171,7 @@ def _run_hooks(netns: str, commands: list[str]) -> None:
         )
 
 
+@pytest.mark.lab  # it makes a network namespace, so it needs root like the lab
 def test_hooks_add_each_rule_once_and_remove_exactly_it(dev_plan: Plan, netns: str) -> None:
     text = wg_config(dev_plan, "alpha")
     up, down = _hook_commands(text, "PostUp", "wgA"), _hook_commands(text, "PreDown", "wgA")
@@ -195,3 +197,18 @@ def test_hooks_add_each_rule_once_and_remove_exactly_it(dev_plan: Plan, netns: s
     assert _rules(netns) == before
     _run_hooks(netns, down)  # a down for rules that are gone must not fail
     assert _rules(netns) == before
+
+
+def test_tests_that_make_a_namespace_are_marked_lab() -> None:
+    """`pytest -m 'not lab'` promises no network namespaces (and no root)."""
+    collected = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "not lab", "tests"],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert collected.returncode == 0, collected.stdout[-2000:]
+    assert "test_hooks_add_each_rule_once_and_remove_exactly_it" not in collected.stdout
+    assert "tests/lab/" not in collected.stdout
