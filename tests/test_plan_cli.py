@@ -139,7 +139,9 @@ def test_json_is_deterministic_and_complete(tmp_path, capsys):
     assert len(urns) == len(plan_stack("dev").resources)
     for resource in document["resources"]:
         assert sorted(resource) == [
+            "computed",
             "custom",
+            "id",
             "inputs",
             "name",
             "options",
@@ -153,6 +155,10 @@ def test_json_is_deterministic_and_complete(tmp_path, capsys):
     parameter = by_name["aws:ssm/parameter:Parameter", "alpha-wireguard-key"]
     assert parameter["inputs"]["value"] == "[secret]"
     assert parameter["region"] == "us-east-1"
+    # Computed outputs are public too, but a secret output stays redacted.
+    assert parameter["computed"]["arn"].startswith("arn:aws:ssm:us-east-1:")
+    key = by_name["random:index/randomBytes:RandomBytes", "alpha-wireguard-key"]
+    assert key["computed"]["base64"] == key["computed"]["hex"] == "[secret]"
     instance = by_name["aws:ec2/instance:Instance", "beta-gateway"]
     assert instance["region"] == "eu-west-1"
     assert "ListenPort = 51000" in instance["inputs"]["userData"]

@@ -83,7 +83,7 @@ def worktrees(repo: Path) -> list[str]:
     ]
 
 
-def test_firewall_port_change_replaces_both_gateways_and_nothing_else(repo, tmp_path):
+def test_firewall_port_change_replaces_both_gateways_and_what_uses_them(repo, tmp_path):
     change_stack(repo, "dev", "port: 22\n", "port: 2222\n")
     out = tmp_path / "diff.json"
 
@@ -92,15 +92,34 @@ def test_firewall_port_change_replaces_both_gateways_and_nothing_else(repo, tmp_
     assert ran.returncode == 0, ran.stderr
     diff = json.loads(out.read_text())
     changed = {(c["op"], c["type"], c["name"]) for c in diff["changes"]}
+    # A new instance has a new id and interface: the association (all ForceNew) is
+    # re-made, and the routes to the interface are updated in place (ReplaceRoute).
     assert changed == {
         ("replace", "aws:ec2/instance:Instance", "alpha-gateway"),
         ("replace", "aws:ec2/instance:Instance", "beta-gateway"),
+        ("replace", "aws:ec2/eipAssociation:EipAssociation", "alpha-address"),
+        ("replace", "aws:ec2/eipAssociation:EipAssociation", "beta-address"),
+        *(
+            ("update", "aws:ec2/route:Route", f"{a}-to-{b}-{i}")
+            for a, b in (("alpha", "beta"), ("beta", "alpha"))
+            for i in (0, 1)
+        ),
     }
-    for change in diff["changes"]:
-        assert [p["key"] for p in change["properties"]] == ["userData"]
+    by_name = {c["name"]: c for c in diff["changes"]}
+    for site in ("alpha", "beta"):
+        gateway = by_name[f"{site}-gateway"]
+        assert [(p["key"], p["replaces"]) for p in gateway["properties"]] == [("userData", True)]
+        association = by_name[f"{site}-address"]
+        assert [(p["key"], p["new"], p["replaces"]) for p in association["properties"]] == [
+            ("instanceId", "(unknown after replace)", True)
+        ]
+    route = by_name["alpha-to-beta-0"]
+    assert [(p["key"], p["new"], p["replaces"]) for p in route["properties"]] == [
+        ("networkInterfaceId", "(unknown after replace)", False)
+    ]
     assert diff["summary"]["create"] == diff["summary"]["delete"] == 0
-    assert diff["summary"]["update"] == 0
-    assert diff["summary"]["replace"] == 2
+    assert diff["summary"]["update"] == 4
+    assert diff["summary"]["replace"] == 4
     # On the terminal: the replace marker and the changed lines of the rendered config.
     assert "+- aws:ec2/instance:Instance alpha-gateway (us-east-1)" in ran.stdout
     assert "+- aws:ec2/instance:Instance beta-gateway (eu-west-1)" in ran.stdout
@@ -111,7 +130,7 @@ def test_firewall_port_change_replaces_both_gateways_and_nothing_else(repo, tmp_
     assert all("--dport 2222 " in line for line in added)
     unchanged = diff["summary"]["same"]
     assert ran.stdout.splitlines()[-1] == (
-        f"Resources: 0 to create, 0 to update, 2 to replace, 0 to delete, {unchanged} unchanged"
+        f"Resources: 0 to create, 4 to update, 4 to replace, 0 to delete, {unchanged} unchanged"
     )
     assert worktrees(repo) == [f"worktree {repo}"]
 
@@ -204,3 +223,81 @@ def test_diff_never_shows_private_keys(repo, tmp_path, capsys, monkeypatch):
     derived = {s: plan_private_key("dev", f"{s}-wireguard-key") for s in ("alpha", "beta")}
     outputs = {"stdout": captured.out, "stderr": captured.err, "json": out.read_text()}
     assert leaks(outputs, key_forms(PLANTED) + key_forms(derived)) == []
+
+
+def test_site_cidr_change_replaces_the_network_and_gateway_and_changes_what_uses_them(repo):
+    change_stack(repo, "dev", "cidr: 10.2.0.0/16\n", "cidr: 10.3.0.0/16\n")
+
+    ran = plan_diff(repo, "dev", "--diff", "HEAD~1")
+
+    assert ran.returncode == 0, ran.stderr
+    lines = ran.stdout.splitlines()
+    ops = {
+        tuple(line[3:].split(" ")[:2]): line[:2]
+        for line in lines
+        if line[:2] in ("+ ", "- ", "~ ", "+-")
+    }
+    replaced = [
+        ("aws:ec2/vpc:Vpc", "beta-vpc"),
+        ("aws:ec2/subnet:Subnet", "beta-public"),
+        ("aws:ec2/subnet:Subnet", "beta-private"),
+        ("aws:ec2/routeTable:RouteTable", "beta-public"),
+        ("aws:ec2/routeTable:RouteTable", "beta-private"),
+        ("aws:ec2/routeTableAssociation:RouteTableAssociation", "beta-public"),
+        ("aws:ec2/securityGroup:SecurityGroup", "beta-gateway"),
+        ("aws:ec2/instance:Instance", "beta-gateway"),
+        ("aws:ec2/instance:Instance", "alpha-gateway"),
+        ("aws:ec2/eipAssociation:EipAssociation", "beta-address"),
+        ("aws:ec2/route:Route", "beta-to-alpha-0"),
+        ("aws:ec2/route:Route", "alpha-to-beta-0"),
+    ]
+    for resource in replaced:
+        assert ops.get(resource) == "+-", resource
+    # The internet gateway moves to the new VPC in place (detach, attach).
+    assert ops[("aws:ec2/internetGateway:InternetGateway", "beta-igw")] == "~ "
+    # The property that forces it is marked; what a replacement makes unknown says so.
+    assert '      ~ cidrBlock: "10.2.0.0/16" => "10.3.0.0/16" [forces replacement]' in lines
+    assert any(
+        line.startswith('      ~ vpcId: "vpc-')
+        and line.endswith('=> "(unknown after replace)" [forces replacement]')
+        for line in lines
+    )
+    assert any(
+        line.startswith('      ~ networkInterfaceId: "eni-')
+        and line.endswith('=> "(unknown after replace)"')
+        for line in lines
+    )
+
+
+def test_option_changes_show_in_the_diff(repo):
+    gateway = repo / "components" / "gateway.py"
+    text = gateway.read_text()
+    assert text.count("delete_before_replace=True") == 1
+    gateway.write_text(text.replace("delete_before_replace=True", "delete_before_replace=False"))
+    git(repo, "commit", "-q", "-am", "create before delete")
+
+    ran = plan_diff(repo, "dev", "--diff", "HEAD~1")
+
+    assert ran.returncode == 0, ran.stderr
+    lines = ran.stdout.splitlines()
+    assert "~  aws:ec2/instance:Instance alpha-gateway (us-east-1)" in lines
+    assert "      ~ options.deleteBeforeReplace: true => false" in lines
+
+
+def test_every_declared_resource_type_has_a_replacement_entry():
+    from plan.engine import plan_stack
+    from plan.replacement import TABLE
+
+    declared = {
+        r.type
+        for stack in sorted(
+            p.stem.removeprefix("Pulumi.") for p in (REPO / "stacks").glob("*.yaml")
+        )
+        for r in plan_stack(stack).resources
+        if r.custom
+    }
+    assert declared
+    missing = sorted(declared - TABLE.keys())
+    assert missing == [], f"plan/replacement.py lacks {missing}"
+    for type_, entry in TABLE.items():
+        assert entry.source, type_
