@@ -228,6 +228,12 @@ def compare(old: Document | None, new: Document) -> list[ResourceChange]:
     both = sorted(before.keys() & after.keys())
     properties = {urn: _property_changes(before[urn], after[urn]) for urn in both}
     options = {urn: _option_changes(before[urn], after[urn]) for urn in both}
+    for urn in both:
+        was, now = before[urn].get("provider"), after[urn].get("provider")
+        if was and now and was != now:
+            # Another provider (another region, say) manages a new resource: Pulumi
+            # replaces a resource whose provider reference changes.
+            properties[urn] += (PropertyChange("provider", "change", was, now, True),)
     replaced: set[str] = {urn for urn in both if any(p.replaces for p in properties[urn])}
     done: set[str] = set()
     while replaced - done:
@@ -237,7 +243,11 @@ def compare(old: Document | None, new: Document) -> list[ResourceChange]:
             for urn in both:
                 resource = after[urn]
                 if resource.get("provider") == source and urn not in replaced:
+                    # A new provider (another region) makes everything it manages anew.
                     replaced.add(urn)
+                    properties[urn] += (
+                        PropertyChange("provider", "change", source, UNKNOWN_AFTER_REPLACE, True),
+                    )
                     continue
                 if not markers or urn == source:
                     continue

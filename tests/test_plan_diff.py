@@ -301,3 +301,25 @@ def test_every_declared_resource_type_has_a_replacement_entry():
     assert missing == [], f"plan/replacement.py lacks {missing}"
     for type_, entry in TABLE.items():
         assert entry.source, type_
+
+
+def test_region_change_replaces_the_provider_and_everything_it_manages():
+    from plan import diff
+    from plan.document import public_document
+    from plan.engine import read_stack_file, run_program
+
+    config = read_stack_file("dev")
+    before = public_document(run_program("dev", config))
+    config["sites"][1]["region"] = "eu-central-1"
+    after = public_document(run_program("dev", config))
+
+    changes = {(c.type, c.name): c for c in diff.compare(before, after)}
+
+    # The provider's name holds the region, so it is a new one.
+    assert changes[("pulumi:providers:aws", "beta-eu-central-1")].op == "create"
+    assert changes[("pulumi:providers:aws", "beta-eu-west-1")].op == "delete"
+    vpc = changes[("aws:ec2/vpc:Vpc", "beta-vpc")]
+    assert vpc.op == "replace"
+    assert [(p.key, p.replaces) for p in vpc.properties] == [("provider", True)]
+    assert changes[("aws:ec2/eipAssociation:EipAssociation", "beta-address")].op == "replace"
+    assert changes[("aws:ec2/vpc:Vpc", "alpha-vpc")].op == "same"
