@@ -8,8 +8,9 @@ problem, naming the config key and the offending value.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -33,6 +34,24 @@ CONFIG_KEYS = (
     "verify",
     "deadlineSeconds",
     "alerts",
+    "allowUnknownRegions",
+)
+# Namespaces a stack file may use besides the project's own: the providers this program
+# uses and Pulumi's. Any other (`wg-site2site:firewall`) is a typo whose keys would
+# otherwise be dropped without a word.
+OTHER_NAMESPACES = ("aws", "random", "command", "pulumi")
+
+# Addresses that cannot be a site or the tunnel: nothing routes them between VPCs.
+UNROUTABLE = tuple(
+    (ipaddress.IPv4Network(net), what)
+    for net, what in (
+        ("0.0.0.0/8", "'this network' (RFC 1122)"),
+        ("127.0.0.0/8", "loopback"),
+        ("169.254.0.0/16", "link-local (and the instance metadata service)"),
+        ("224.0.0.0/4", "multicast"),
+        ("255.255.255.255/32", "broadcast"),
+        ("240.0.0.0/4", "reserved (RFC 1112)"),
+    )
 )
 
 # wg-quick's own rule for interface names (it refuses anything else), which is also
@@ -47,6 +66,32 @@ PORT_RANGE = re.compile(r"^(\d{1,5})-(\d{1,5})$")
 # ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-arm64-server-20251113).
 IMAGE_SERIAL = re.compile(r"^20\d{6}(\.\d{1,2})?$")
 AVAILABILITY_ZONE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[1-9][a-z]$")
+
+
+class FieldProblem(ValueError):
+    """A check over several fields that blames one of them: the message then names that
+    field's full key (`sites[0].vpcId`), not the whole entry."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(message)
+        self.field_name = field_name
+        self.message = message
+
+
+def known_regions() -> frozenset[str]:
+    """Every region botocore's endpoint data lists for EC2, in every partition.
+
+    botocore is the maintained source the AWS SDKs use; a region newer than the installed
+    botocore needs `wg-site-to-site:allowUnknownRegions: true` (README).
+    """
+    import botocore.session
+
+    session = botocore.session.get_session()
+    return frozenset(
+        region
+        for partition in session.get_available_partitions()
+        for region in session.get_available_regions("ec2", partition_name=partition)
+    )
 
 
 class ConfigError(Exception):
@@ -75,7 +120,14 @@ def _network(value: Any) -> ipaddress.IPv4Network:
         raise ValueError(f"has host bits set (did you mean {loose}?)") from None
 
 
-Cidr = Annotated[ipaddress.IPv4Network, BeforeValidator(_network)]
+def _routable(net: ipaddress.IPv4Network) -> ipaddress.IPv4Network:
+    for reserved, what in UNROUTABLE:
+        if net.overlaps(reserved):
+            raise ValueError(f"overlaps {reserved}, {what}, which cannot be routed between sites")
+    return net
+
+
+Cidr = Annotated[ipaddress.IPv4Network, BeforeValidator(_network), AfterValidator(_routable)]
 
 
 def _tunnel_prefix(net: ipaddress.IPv4Network) -> ipaddress.IPv4Network:
@@ -107,7 +159,9 @@ class _Model(BaseModel):
         frozen=True,
         alias_generator=to_camel,
         populate_by_name=True,
-        strict=False,
+        # Integers are integers and booleans booleans: `port: true` is not port 1, and
+        # `persistentKeepalive: 25.0` is a typo, not 25.
+        strict=True,
     )
 
 
@@ -162,10 +216,19 @@ class SiteConfig(_Model):
 
     @model_validator(mode="after")
     def _existing_vpc_is_complete(self) -> SiteConfig:
-        given = [self.vpc_id is not None, self.subnet_id is not None, bool(self.route_table_ids)]
-        if any(given) and not all(given):
-            raise ValueError(
-                "an existing VPC needs all of vpcId, subnetId and routeTableIds (non-empty)"
+        fields = {
+            "vpcId": self.vpc_id,
+            "subnetId": self.subnet_id,
+            "routeTableIds": self.route_table_ids or None,
+        }
+        given = {k: v for k, v in fields.items() if v is not None}
+        missing = [k for k, v in fields.items() if v is None]
+        if given and missing:
+            blamed, value = next(iter(given.items()))
+            raise FieldProblem(
+                blamed,
+                f"{_shown(value)} needs {' and '.join(missing)} too: an existing VPC needs "
+                "all of vpcId, subnetId and routeTableIds (non-empty)",
             )
         if self.availability_zone and not self.availability_zone.startswith(self.region):
             raise ValueError(
@@ -223,7 +286,10 @@ class FirewallRule(_Model):
     @model_validator(mode="after")
     def _no_port_on_icmp(self) -> FirewallRule:
         if self.protocol == "icmp" and self.port is not None:
-            raise ValueError("icmp has no ports; remove port from this rule")
+            raise FieldProblem(
+                "port",
+                f"{_shown(self.port)} is set, but icmp has no ports; remove port from this rule",
+            )
         return self
 
 
@@ -276,6 +342,8 @@ class StackConfig(_Model):
         ]
         | None
     ) = None
+    # For a region AWS opened after the installed botocore was released.
+    allow_unknown_regions: bool = False
 
 
 # Late: core.alerts builds on this module's helpers.
@@ -293,8 +361,8 @@ def _key(loc: tuple[int | str, ...]) -> str:
 
 
 def _shown(value: Any) -> str:
-    if isinstance(value, dict):
-        return "{...}"
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str)
     return repr(value) if isinstance(value, str) else str(value)
 
 
@@ -307,7 +375,10 @@ def _format_pydantic(error: ValidationError) -> list[str]:
             if not (isinstance(p, str) and (p.startswith("function-") or p == "[key]"))
         )
         message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
+        problem = item.get("ctx", {}).get("error")
+        if isinstance(problem, FieldProblem):
+            lines.append(f"{_key((*loc, problem.field_name))}: {problem.message}")
+        elif item["type"] == "extra_forbidden":
             lines.append(f"{_key(loc)}: unknown key (value {_shown(item['input'])})")
         elif item["type"] == "missing":
             lines.append(f"{_key(loc)}: required key is missing")
@@ -322,6 +393,14 @@ def _format_pydantic(error: ValidationError) -> list[str]:
 def _cross_checks(config: StackConfig) -> list[str]:
     problems = []
     sites = config.sites
+    regions = frozenset() if config.allow_unknown_regions else known_regions()
+    for i, site in enumerate(sites):
+        if regions and site.region not in regions:
+            problems.append(
+                f"{_key(('sites', i, 'region'))}: {site.region!r} is not an AWS region "
+                f"(botocore knows {len(regions)}); for a region newer than botocore set "
+                f"{PROJECT}:allowUnknownRegions: true"
+            )
     if len(sites) != 2:
         problems.append(f"{_key(('sites',))}: exactly two sites are needed, got {len(sites)}")
     for i, site in enumerate(sites):
@@ -364,13 +443,35 @@ def load_stack_config(raw: Mapping[str, Any]) -> StackConfig:
     return config
 
 
+def foreign_namespace_problems(keys: Iterable[str]) -> list[str]:
+    """One line per config key outside this project's, a provider's or Pulumi's namespace."""
+    problems = []
+    allowed = (PROJECT, *OTHER_NAMESPACES)
+    for key in sorted(keys):
+        namespace, colon, _ = str(key).partition(":")
+        if not colon:
+            problems.append(
+                f"{key}: config key without a namespace; this project's keys are {PROJECT}:<key>"
+            )
+        elif namespace not in allowed:
+            problems.append(
+                f"{key}: unknown namespace {namespace!r}; its keys would be ignored "
+                f"(expected {PROJECT}: or one of {', '.join(n + ':' for n in OTHER_NAMESPACES)})"
+            )
+    return problems
+
+
 def project_config_from_stack_file(document: Mapping[str, Any]) -> dict[str, Any]:
     """Picks `wg-site-to-site:*` keys out of a parsed Pulumi.<stack>.yaml.
 
-    Keys of other namespaces (aws:region, ...) belong to other packages and are left alone.
+    Keys of the providers' and Pulumi's namespaces (aws:region, ...) are left alone; a key
+    in any other namespace is an error, since it can only be a typo of this project's.
     """
     config = document.get("config") or {}
     if not isinstance(config, Mapping):
         raise ConfigError(["config: must be a mapping of keys to values"])
+    problems = foreign_namespace_problems(config.keys())
+    if problems:
+        raise ConfigError(problems)
     prefix = f"{PROJECT}:"
     return {key[len(prefix) :]: value for key, value in config.items() if key.startswith(prefix)}

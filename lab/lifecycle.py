@@ -8,7 +8,7 @@ from lab import NETNS_ETC, WIREGUARD_RUN, LabError
 from lab.build import Progress, build
 from lab.checks import wait_for_reply
 from lab.preflight import preflight
-from lab.state import State
+from lab.state import State, record_created_host_dirs
 from lab.teardown import teardown
 from lab.topology import Topology, derive
 from plan.engine import Plan
@@ -44,6 +44,7 @@ def up(
         created_netns_etc=not NETNS_ETC.exists(),
         created_wireguard_run=not WIREGUARD_RUN.exists(),
     )
+    record_created_host_dirs([str(d) for d in (NETNS_ETC, WIREGUARD_RUN) if not d.exists()])
     state.save()
     try:
         notes = build(topology, state, progress)

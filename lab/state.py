@@ -8,6 +8,11 @@ from dataclasses import asdict, dataclass, field
 
 from lab import STATE_DIR, STATE_FILE
 
+# Host directories the lab created, kept apart from STATE_FILE: a crash that loses the
+# state file must not turn "we made /etc/netns" into "nobody knows", since without a
+# record teardown leaves host directories alone.
+HOST_DIRS_FILE = STATE_DIR / "created-host-dirs.json"
+
 
 @dataclass
 class State:
@@ -49,3 +54,20 @@ def load() -> State | None:
     state.created_netns_etc = raw.get("created_netns_etc") is True
     state.created_wireguard_run = raw.get("created_wireguard_run") is True
     return state
+
+
+def record_created_host_dirs(directories: list[str]) -> None:
+    """Notes which shared host directories (/etc/netns, ...) this lab run is about to make."""
+    STATE_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    partial = HOST_DIRS_FILE.with_suffix(".partial")
+    partial.write_text(json.dumps(sorted(directories)) + "\n")
+    os.replace(partial, HOST_DIRS_FILE)
+
+
+def created_host_dirs() -> set[str]:
+    """The host directories a lab run recorded as its own; empty without a record."""
+    try:
+        raw = json.loads(HOST_DIRS_FILE.read_text())
+    except (OSError, ValueError):
+        return set()
+    return {str(d) for d in raw} if isinstance(raw, list) else set()

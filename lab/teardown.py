@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from lab import NETNS_ETC, PREFIX, STATE_DIR, WIREGUARD_RUN, netns
-from lab.state import State, load
+from lab.state import State, created_host_dirs, load
 from lab.topology import PROBE_INTERFACE
 
 KILL_GRACE = 3.0
@@ -115,14 +115,20 @@ def teardown() -> list[str]:
         if etc.is_dir() and etc.name.startswith(PREFIX):
             shutil.rmtree(etc)
             removed.append(str(etc))
-    # Directories the lab created on the host go too, once empty. Without the state file
-    # (a crash) nobody knows who made them; an empty one means nothing to anyone (both are
-    # made again on demand), so they go as well rather than pile up.
+    # Host directories go only if this lab recorded making them, and only once empty.
+    # Without a record nobody knows who made them (another tool, an earlier lab on a
+    # machine that also runs other namespaces), so they stay: the lab touches only what
+    # it made.
+    recorded = created_host_dirs()
     for created, directory in (
         (state.created_netns_etc, NETNS_ETC),
         (state.created_wireguard_run, WIREGUARD_RUN),
     ):
-        if (created or loaded is None) and directory.is_dir() and not any(directory.iterdir()):
+        if (
+            (created or str(directory) in recorded)
+            and directory.is_dir()
+            and not any(directory.iterdir())
+        ):
             directory.rmdir()
     if STATE_DIR.is_dir():
         shutil.rmtree(STATE_DIR)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -19,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from plan.document import Document
-from plan.show import scalar
+from plan.document import REDACTED, UNKNOWN, Document
+from plan.replacement import force_new_paths
+from plan.show import json_document, scalar
 
 Op = Literal["create", "update", "replace", "delete", "same"]
 # How long REF's plan may take; it is normally a second or two.
@@ -40,6 +42,7 @@ class PropertyChange:
     op: Literal["add", "remove", "change"]
     old: Any = None
     new: Any = None
+    replaces: bool = False  # the change forces a replacement of the resource
 
 
 @dataclass(frozen=True)
@@ -145,12 +148,16 @@ def _covers(path: str, key: str) -> bool:
     return path in ("*", key) or key.startswith((f"{path}.", f"{path}["))
 
 
-def _replace_paths(resource: Document) -> list[str]:
-    """Paths whose change replaces the resource, as far as the plan can know.
+UNKNOWN_AFTER_REPLACE = "(unknown after replace)"
+# Options whose changes the diff shows (as `options.<name>`).
+_OPTIONS = ("deleteBeforeReplace", "dependsOn", "ignoreChanges", "replaceOnChanges")
 
-    The provider knows more (a VPC's cidrBlock, say), but its schema is not here.
-    """
-    paths = list(resource["options"].get("replaceOnChanges", []))
+
+def _replace_paths(resource: Document) -> list[str]:
+    """Paths whose change replaces the resource: the provider's ForceNew attributes
+    (plan.replacement), `replaceOnChanges`, and user data when it replaces on change."""
+    paths = list(force_new_paths(resource["type"]))
+    paths += resource["options"].get("replaceOnChanges", [])
     if resource["inputs"].get("userDataReplaceOnChange") is True:
         paths += ["userData", "userDataBase64"]
     if resource["type"] == "command:local:Command":
@@ -162,23 +169,107 @@ def _replace_paths(resource: Document) -> list[str]:
 def _property_changes(old: Document, new: Document) -> tuple[PropertyChange, ...]:
     before, after = flatten(old["inputs"]), flatten(new["inputs"])
     ignored = new["options"].get("ignoreChanges", [])
+    replace = _replace_paths(new)
     changes = []
     for key in sorted(before.keys() | after.keys()):
         if any(_covers(path, key) for path in ignored):
             continue
+        replaces = any(_covers(path, key) for path in replace)
         if key not in before:
-            changes.append(PropertyChange(key, "add", new=after[key]))
+            changes.append(PropertyChange(key, "add", new=after[key], replaces=replaces))
         elif key not in after:
-            changes.append(PropertyChange(key, "remove", old=before[key]))
+            changes.append(PropertyChange(key, "remove", old=before[key], replaces=replaces))
         elif before[key] != after[key]:
-            changes.append(PropertyChange(key, "change", old=before[key], new=after[key]))
+            changes.append(
+                PropertyChange(key, "change", before[key], after[key], replaces=replaces)
+            )
     return tuple(changes)
 
 
+def _option_changes(old: Document, new: Document) -> tuple[PropertyChange, ...]:
+    changes = []
+    for name in _OPTIONS:
+        was, now = old.get("options", {}).get(name), new.get("options", {}).get(name)
+        if isinstance(was, list) and isinstance(now, list) and sorted(was) == sorted(now):
+            continue
+        if was != now and not (not was and not now):
+            changes.append(PropertyChange(f"options.{name}", "change", was, now))
+    return tuple(changes)
+
+
+def _markers(resource: Document) -> set[str]:
+    """The values a replacement of `resource` makes unknown: its id and computed outputs.
+
+    Mock ids derive from names, so they are the same before and after; on AWS a new
+    resource gets a new id, and `pulumi preview` shows every use of it as unknown.
+    """
+    found = {resource.get("id")}
+    found |= {v for v in flatten(resource.get("computed", {})).values()}
+    return {v for v in found if isinstance(v, str) and v not in (REDACTED, UNKNOWN) and v}
+
+
+def _uses(value: Any, markers: set[str]) -> bool:
+    if not isinstance(value, str):
+        return False
+    for marker in markers:
+        # A whole value, or a marker inside text (an ARN in a policy, an address in
+        # "203.0.113.10/32"), bounded so 203.0.113.20 is not found in 203.0.113.200.
+        if value == marker or re.search(rf"(?<![\w.-]){re.escape(marker)}(?![\w.-])", value):
+            return True
+    return False
+
+
 def compare(old: Document | None, new: Document) -> list[ResourceChange]:
-    """Every resource of either plan, matched by URN, in type-then-name order."""
+    """Every resource of either plan, matched by URN, in type-then-name order.
+
+    A replaced resource's id and outputs are unknown to every resource that uses them,
+    which then changes too (and is replaced if the use is a ForceNew input), until
+    nothing more changes.
+    """
     before = {r["urn"]: r for r in (old or {}).get("resources", [])}
     after = {r["urn"]: r for r in new["resources"]}
+    both = sorted(before.keys() & after.keys())
+    properties = {urn: _property_changes(before[urn], after[urn]) for urn in both}
+    options = {urn: _option_changes(before[urn], after[urn]) for urn in both}
+    for urn in both:
+        was, now = before[urn].get("provider"), after[urn].get("provider")
+        if was and now and was != now:
+            # Another provider (another region, say) manages a new resource: Pulumi
+            # replaces a resource whose provider reference changes.
+            properties[urn] += (PropertyChange("provider", "change", was, now, True),)
+    replaced: set[str] = {urn for urn in both if any(p.replaces for p in properties[urn])}
+    done: set[str] = set()
+    while replaced - done:
+        for source in sorted(replaced - done):
+            done.add(source)
+            markers = _markers(after[source])
+            for urn in both:
+                resource = after[urn]
+                if resource.get("provider") == source and urn not in replaced:
+                    # A new provider (another region) makes everything it manages anew.
+                    replaced.add(urn)
+                    properties[urn] += (
+                        PropertyChange("provider", "change", source, UNKNOWN_AFTER_REPLACE, True),
+                    )
+                    continue
+                if not markers or urn == source:
+                    continue
+                changed = {p.key for p in properties[urn]}
+                replace = _replace_paths(resource)
+                extra = []
+                for key, value in flatten(resource["inputs"]).items():
+                    if key in changed or not _uses(value, markers):
+                        continue
+                    forces = any(_covers(path, key) for path in replace)
+                    extra.append(
+                        PropertyChange(key, "change", value, UNKNOWN_AFTER_REPLACE, forces)
+                    )
+                    if forces:
+                        replaced.add(urn)
+                if extra:
+                    properties[urn] = tuple(
+                        sorted(properties[urn] + tuple(extra), key=lambda p: p.key)
+                    )
     changes = []
     for urn in before.keys() | after.keys():
         resource = after.get(urn) or before[urn]
@@ -188,14 +279,13 @@ def compare(old: Document | None, new: Document) -> list[ResourceChange]:
         elif urn not in after:
             changes.append(ResourceChange("delete", *heading))
         else:
-            properties = _property_changes(before[urn], after[urn])
-            replace = _replace_paths(after[urn])
+            found = properties[urn] + options[urn]
             op: Op = "same"
-            if any(_covers(path, p.key) for p in properties for path in replace):
+            if urn in replaced:
                 op = "replace"
-            elif properties:
+            elif found:
                 op = "update"
-            changes.append(ResourceChange(op, *heading, properties=properties))
+            changes.append(ResourceChange(op, *heading, properties=found))
     return sorted(changes, key=lambda c: (c.type, c.name, c.urn))
 
 
@@ -208,6 +298,26 @@ def summary(changes: list[ResourceChange]) -> dict[str, int]:
 
 
 def _property_lines(change: PropertyChange, ref: str) -> Iterator[str]:
+    lines = list(_plain_property_lines(change, ref))
+    if change.replaces and lines:
+        # As `pulumi preview --diff` marks the property that forces the replacement.
+        lines[0] = f"{lines[0]} [forces replacement]"
+    yield from lines
+
+
+def _as_block(value: Any) -> Any:
+    """A JSON document (an IAM policy) as indented text, so its diff is per field."""
+    document = json_document(value)
+    if document is None:
+        return value
+    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def _plain_property_lines(change: PropertyChange, ref: str) -> Iterator[str]:
+    if change.op == "change" and change.new != UNKNOWN_AFTER_REPLACE:
+        change = PropertyChange(
+            change.key, change.op, _as_block(change.old), _as_block(change.new), change.replaces
+        )
     if change.op == "add":
         yield f"+ {change.key}: {scalar(change.new)}"
     elif change.op == "remove":
@@ -265,7 +375,14 @@ def as_document(stack: str, ref: str, commit: str, changes: list[ResourceChange]
                 "name": c.name,
                 "region": c.region,
                 "properties": [
-                    {"key": p.key, "op": p.op, "old": p.old, "new": p.new} for p in c.properties
+                    {
+                        "key": p.key,
+                        "op": p.op,
+                        "old": p.old,
+                        "new": p.new,
+                        "replaces": p.replaces,
+                    }
+                    for p in c.properties
                 ],
             }
             for c in changes

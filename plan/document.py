@@ -82,6 +82,13 @@ def _resource(plan: Plan, resource: PlannedResource, secrets: frozenset[str]) ->
         "custom": resource.custom,
         "inputs": public_value(resource.inputs, secrets),
         "options": public_value(resource.options, secrets),
+        # What the provider computes (id, arn, addresses): what a replacement makes
+        # unknown to the resources that use it. Not printed in the tree.
+        "id": public_value(resource.outputs.get("id"), secrets),
+        "computed": public_value(
+            {k: v for k, v in resource.outputs.items() if k != "id" and k not in resource.inputs},
+            secrets,
+        ),
     }
 
 

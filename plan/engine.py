@@ -314,6 +314,16 @@ def _outputs_marked(
     return {"id": id_, **{k: Secret(v) if k in secret else v for k, v in state.items()}}
 
 
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """`line L, column C: not valid YAML: <problem> (<context>)`, as PyYAML reports it."""
+    if isinstance(error, yaml.MarkedYAMLError):
+        mark = error.problem_mark or error.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        context = f" ({error.context})" if error.context else ""
+        return f"{where}not valid YAML: {error.problem or 'unreadable'}{context}"
+    return f"not valid YAML: {' '.join(str(error).split())}"
+
+
 def read_stack_file(stack: str, stacks_dir: Path = STACKS) -> dict[str, Any]:
     """The project's config keys from stacks/Pulumi.<stack>.yaml."""
     path = stacks_dir / f"Pulumi.{stack}.yaml"
@@ -327,7 +337,7 @@ def read_stack_file(stack: str, stacks_dir: Path = STACKS) -> dict[str, Any]:
     try:
         document = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
-        raise PlanError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        raise PlanError(f"{path}: {yaml_problem(error)}") from None
     if not isinstance(document, dict):
         raise PlanError(f"{path}: not a YAML mapping")
     try:

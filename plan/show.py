@@ -49,11 +49,54 @@ def value_lines(key: str, value: Any, indent: str = "") -> list[str]:
         for item in value:
             lines += value_lines("-", item, indent + _INDENT)
         return lines
+    document = json_document(value)
+    if document is not None:
+        # IAM policies, dashboards: indented, keys sorted, so a reviewer reads (and a
+        # diff shows) one statement field per line instead of one escaped line.
+        value = json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
     if isinstance(value, str) and "\n" in value:
         # A literal block, as in YAML: the text exactly, one line per line.
         body = value.removesuffix("\n").split("\n")
         return [f"{indent}{label} |", *(f"{indent}{_INDENT}{line}".rstrip() for line in body)]
     return [f"{indent}{label} {scalar(value)}"]
+
+
+def json_document(value: Any) -> Any:
+    """The JSON object or array a string holds, or None for any other string or value."""
+    if not isinstance(value, str) or value.lstrip()[:1] not in ("{", "["):
+        return None
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict | list) and parsed else None
+
+
+# Resource options shown under a resource when set (the engine records them all).
+_SHOWN_OPTIONS = (
+    "additionalSecretOutputs",
+    "deleteBeforeReplace",
+    "dependsOn",
+    "ignoreChanges",
+    "replaceOnChanges",
+)
+
+
+def _short_urn(urn: str) -> str:
+    """`urn:pulumi:dev::proj::parent$aws:ec2/vpc:Vpc::beta-vpc` -> `aws:ec2/vpc:Vpc beta-vpc`."""
+    qualified, _, name = urn.rpartition("::")
+    return f"{qualified.rsplit('$', 1)[-1]} {name}"
+
+
+def options_shown(resource: Document) -> dict[str, Any]:
+    """The resource options that are set, as they appear in the tree."""
+    shown: dict[str, Any] = {}
+    for name in _SHOWN_OPTIONS:
+        value = resource.get("options", {}).get(name)
+        if not value:
+            continue
+        shown[name] = [_short_urn(u) for u in value] if name == "dependsOn" else value
+    return shown
 
 
 def _heading(resource: Document) -> str:
@@ -86,6 +129,12 @@ def tree_lines(document: Document, *, inputs: bool = True) -> list[str]:
                         f"{below}{bar}{line}".rstrip()
                         for line in value_lines(key, resource["inputs"][key])
                     )
+                options = options_shown(resource)
+                if options:
+                    # In brackets, so an input that happens to be named "options" differs.
+                    lines.extend(
+                        f"{below}{bar}{line}".rstrip() for line in value_lines("[options]", options)
+                    )
             walk(resource["urn"], below)
 
     walk(None, "")
@@ -94,7 +143,7 @@ def tree_lines(document: Document, *, inputs: bool = True) -> list[str]:
 
 def render(document: Document) -> str:
     resources = document["resources"]
-    custom = sum(1 for r in resources if r["custom"])
+    counts = footer_counts(resources)
     lines = [f"Plan of stack {document['stack']} (offline: mock engine, no AWS)", ""]
     lines += tree_lines(document)
     if document["exports"]:
@@ -105,7 +154,24 @@ def render(document: Document) -> str:
         lines += ["", "Notes:", *(f"{_INDENT}{note}" for note in document["notes"])]
     lines += [
         "",
-        f"{len(resources)} resources: {custom} cloud resources and providers, "
-        f"{len(resources) - custom} components",
+        f"{len(resources)} resources: {counts['cloud']} cloud resources, "
+        f"{counts['other']} other provider resources, {counts['providers']} providers, "
+        f"{counts['components']} components",
     ]
     return "\n".join(lines) + "\n"
+
+
+def footer_counts(resources: list[Document]) -> dict[str, int]:
+    """Cloud (AWS) resources, other providers' resources (random, command), providers, and
+    components: a RandomBytes is state in Pulumi, not something running in an account."""
+    counts = {"cloud": 0, "other": 0, "providers": 0, "components": 0}
+    for resource in resources:
+        if not resource["custom"]:
+            counts["components"] += 1
+        elif resource["type"].startswith("pulumi:providers:"):
+            counts["providers"] += 1
+        elif resource["type"].startswith("aws:"):
+            counts["cloud"] += 1
+        else:
+            counts["other"] += 1
+    return counts

@@ -211,13 +211,29 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
-def _whole_internet(cidr: Any) -> bool:
+# Ranges the internet does not route to a VPC (RFC 1918, shared address space, IPv6
+# unique local). Not `is_private`: Python counts the documentation ranges as private,
+# and here they stand for internet addresses.
+_INTERNAL = tuple(
+    ipaddress.ip_network(n)
+    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+)
+
+
+def _more_than_one_public_address(cidr: Any) -> bool:
+    """A source reaching beyond one internet address: 0.0.0.0/1 is as open as /0 for an
+    attacker. Internal ranges (the site's own CIDR) are not routed from the internet."""
     if not isinstance(cidr, str):
         return False
     try:
-        return ipaddress.ip_network(cidr, strict=False).prefixlen == 0
+        network = ipaddress.ip_network(cidr, strict=False)
     except ValueError:
         return False
+    internal = any(
+        network.version == r.version and network.subnet_of(r)  # type: ignore[arg-type]
+        for r in _INTERNAL
+    )
+    return network.num_addresses > 1 and not internal
 
 
 def _udp_from_internet(protocol: Any, cidrs: list[Any], what: str) -> list[str]:
@@ -226,18 +242,20 @@ def _udp_from_internet(protocol: Any, cidrs: list[Any], what: str) -> list[str]:
     label = "all protocols" if protocol.lower() in ("-1", "all") else "udp"
     return [
         f"{what} admits {label} from {cidr}: the WireGuard port must admit only the peer's "
-        "address, and nothing else here needs UDP from the internet"
+        "address (a single /32 or /128), and nothing else here needs UDP from the internet"
         for cidr in cidrs
-        if _whole_internet(cidr)
+        if _more_than_one_public_address(cidr)
     ]
 
 
 def tunnel_port_not_public(type_: str, props: Props) -> list[str]:
-    """(a) No UDP (so no WireGuard port) is open to 0.0.0.0/0 or ::/0.
+    """(a) UDP (so the WireGuard port) is open only to single internet addresses.
 
-    A resource rule cannot see which port the gateways listen on, so it forbids every
-    UDP and all-protocol ingress from the whole internet; this project has no other
-    UDP service that would need it.
+    A resource rule cannot see which port the gateways listen on, so every UDP and
+    all-protocol ingress from a public range wider than one address (/32, /128) is a
+    violation, not only /0; this project has no other UDP service that would need one.
+    Private ranges (a site's own CIDR, admitted for forwarding) cannot arrive from the
+    internet and are allowed.
     """
     if type_ == INGRESS_RULE:
         cidrs = [props.get("cidrIpv4"), props.get("cidrIpv6")]
@@ -808,7 +826,7 @@ def gateway_has_tunnel_alarm(resources: Sequence[Resource]) -> list[tuple[Resour
 RESOURCE_RULES: Final = (
     ResourceRule(
         "wireguard-port-not-public",
-        "The WireGuard port (any UDP) is never open to 0.0.0.0/0 or ::/0.",
+        "The WireGuard port (any UDP) admits only single internet addresses (/32, /128).",
         tunnel_port_not_public,
     ),
     ResourceRule(
@@ -870,7 +888,11 @@ STACK_RULES: Final = (
 
 
 def evaluate(resources: Sequence[Resource]) -> list[Violation]:
-    """Every rule over every resource, in rule order, then resource order."""
+    """Every rule over every resource, sorted by policy, type, name and message.
+
+    The engine registers resources in whatever order its threads finish, so sorting
+    here keeps reports (and CI summaries) identical from run to run.
+    """
     violations = [
         Violation(rule.name, r.type, r.name, r.urn, message)
         for rule in RESOURCE_RULES
@@ -882,4 +904,4 @@ def evaluate(resources: Sequence[Resource]) -> list[Violation]:
         for rule in STACK_RULES
         for r, message in rule.check(resources)
     ]
-    return violations
+    return sorted(violations, key=lambda v: (v.policy, v.type, v.name, v.urn, v.message))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -13,7 +14,7 @@ from pulumi.runtime import config as runtime_config
 
 from components.stack_config import read_stack_config
 from core.config import ConfigError, load_stack_config
-from plan.engine import PlanError, run_program
+from plan.engine import STACKS, PlanError, read_stack_file, run_program
 from tests.conftest import stack_config
 
 Change = Callable[[dict[str, Any]], None]
@@ -44,6 +45,74 @@ def _drop_site(config: dict[str, Any]) -> None:
 
 # (what is wrong, the change, every fragment the single error line must contain)
 BAD_INPUTS: list[tuple[str, Change, list[str]]] = [
+    (
+        "boolean port",
+        _set("tunnel.port", True),
+        ["wg-site-to-site:tunnel.port", "valid integer", "(got True)"],
+    ),
+    (
+        "boolean keepalive (YAML `yes`)",
+        _set("tunnel.persistentKeepalive", True),
+        ["wg-site-to-site:tunnel.persistentKeepalive", "valid integer", "(got True)"],
+    ),
+    (
+        "whole float MTU",
+        _set("tunnel.mtu", 1420.0),
+        ["wg-site-to-site:tunnel.mtu", "valid integer", "(got 1420.0)"],
+    ),
+    (
+        "boolean firewall port",
+        _set("firewall.0.port", True),
+        ["wg-site-to-site:firewall[0].port", "True", "port number"],
+    ),
+    (
+        "string for a boolean",
+        _set("allowUnknownRegions", "yes"),
+        ["wg-site-to-site:allowUnknownRegions", "valid boolean", "(got 'yes')"],
+    ),
+    (
+        "multicast site",
+        _set("sites.0.cidr", "224.1.0.0/20"),
+        ["wg-site-to-site:sites[0].cidr: '224.1.0.0/20' overlaps 224.0.0.0/4, multicast"],
+    ),
+    (
+        "loopback site",
+        _set("sites.0.cidr", "127.0.0.0/20"),
+        ["wg-site-to-site:sites[0].cidr: '127.0.0.0/20' overlaps 127.0.0.0/8, loopback"],
+    ),
+    (
+        "link-local site",
+        _set("sites.1.cidr", "169.254.0.0/20"),
+        ["wg-site-to-site:sites[1].cidr: '169.254.0.0/20' overlaps 169.254.0.0/16, link-local"],
+    ),
+    (
+        "'this network' site",
+        _set("sites.1.cidr", "0.0.0.0/16"),
+        ["wg-site-to-site:sites[1].cidr: '0.0.0.0/16' overlaps 0.0.0.0/8"],
+    ),
+    (
+        "multicast tunnel",
+        _set("tunnel.cidr", "224.0.0.0/30"),
+        ["wg-site-to-site:tunnel.cidr: '224.0.0.0/30' overlaps 224.0.0.0/4, multicast"],
+    ),
+    (
+        "broadcast tunnel",
+        _set("tunnel.cidr", "255.255.255.254/31"),
+        ["wg-site-to-site:tunnel.cidr: '255.255.255.254/31' overlaps", "broadcast"],
+    ),
+    (
+        "region AWS does not have",
+        _set("sites.0.region", "us-east-9"),
+        [
+            "wg-site-to-site:sites[0].region: 'us-east-9' is not an AWS region",
+            "wg-site-to-site:allowUnknownRegions: true",
+        ],
+    ),
+    (
+        "unknown key holding a mapping",
+        _set("tunnel.extra", {"a": 1}),
+        ['wg-site-to-site:tunnel.extra: unknown key (value {"a": 1})'],
+    ),
     (
         "overlapping site CIDRs",
         _set("sites.1.cidr", "10.1.128.0/17"),
@@ -152,7 +221,7 @@ BAD_INPUTS: list[tuple[str, Change, list[str]]] = [
     (
         "firewall port on icmp",
         _set("firewall.0.protocol", "icmp"),
-        ["wg-site-to-site:firewall[0]", "icmp has no ports"],
+        ["wg-site-to-site:firewall[0].port: 22 is set, but icmp has no ports"],
     ),
     (
         "firewall reversed range",
@@ -182,7 +251,11 @@ BAD_INPUTS: list[tuple[str, Change, list[str]]] = [
     (
         "existing VPC without route tables",
         _set("sites.0.vpcId", "vpc-0123456789abcdef0"),
-        ["wg-site-to-site:sites[0]", "vpcId, subnetId and routeTableIds"],
+        [
+            "wg-site-to-site:sites[0].vpcId: 'vpc-0123456789abcdef0' needs subnetId and "
+            "routeTableIds too",
+            "vpcId, subnetId and routeTableIds",
+        ],
     ),
     (
         "missing tunnel",
@@ -241,6 +314,62 @@ def test_every_problem_is_reported_at_once() -> None:
         "tunnel.mtu",
         "sites[1].region",
     }
+
+
+def test_no_message_hides_the_value_behind_an_ellipsis() -> None:
+    for _, change, _ in BAD_INPUTS:
+        for line in _problems(change):
+            assert "{...}" not in line, line
+
+
+def test_a_brand_new_region_passes_with_the_documented_escape() -> None:
+    config = stack_config("dev")
+    config["sites"][0]["region"] = "us-east-9"
+    config["allowUnknownRegions"] = True
+    assert load_stack_config(config).sites[0].region == "us-east-9"
+
+
+def _write_stack(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "Pulumi.typo.yaml").write_text(text)
+    return tmp_path
+
+
+def test_stack_file_key_in_a_foreign_namespace_is_an_error(tmp_path: Path) -> None:
+    text = (STACKS / "Pulumi.dev.yaml").read_text()
+    assert text.count("wg-site-to-site:firewall:") == 1
+    text = text.replace("wg-site-to-site:firewall:", "wg-site2site:firewall:")
+    with pytest.raises(PlanError) as caught:
+        read_stack_file("typo", _write_stack(tmp_path, text))
+    [line] = str(caught.value).splitlines()
+    assert "Pulumi.typo.yaml: wg-site2site:firewall: unknown namespace 'wg-site2site'" in line
+
+
+def test_stack_file_keys_of_providers_and_pulumi_are_allowed(tmp_path: Path) -> None:
+    text = (STACKS / "Pulumi.dev.yaml").read_text()
+    text = text.replace("config:\n", "config:\n  aws:region: us-east-1\n  pulumi:tags: {a: b}\n", 1)
+    assert "firewall" in read_stack_file("typo", _write_stack(tmp_path, text))
+
+
+def test_program_rejects_a_foreign_namespace_from_the_engine() -> None:
+    runtime_config.set_all_config({"wg-site2site:firewall": "[]", "aws:region": "us-east-1"}, [])
+    try:
+        with pytest.raises(pulumi.RunError) as caught:
+            read_stack_config()
+    finally:
+        runtime_config.set_all_config({}, [])
+    assert "wg-site2site:firewall: unknown namespace 'wg-site2site'" in str(caught.value)
+    assert "aws:region" not in str(caught.value)
+
+
+def test_yaml_errors_keep_line_column_and_problem(tmp_path: Path) -> None:
+    text = "config:\n  wg-site-to-site:sites: [alpha, beta\n  wg-site-to-site:tunnel: {}\n"
+    with pytest.raises(PlanError) as caught:
+        read_stack_file("typo", _write_stack(tmp_path, text))
+    [line] = str(caught.value).splitlines()
+    assert line.endswith(
+        "Pulumi.typo.yaml: line 3, column 25: not valid YAML: expected ',' or ']', "
+        "but got ':' (while parsing a flow sequence)"
+    ), line
 
 
 def test_shipped_stacks_are_valid() -> None:

@@ -84,6 +84,48 @@ def test_tree_shows_resources_nested_with_inputs_and_user_data(capsys):
     assert lines[-1].startswith(f"{len(plan_stack('dev').resources)} resources:")
 
 
+def test_iam_policies_print_as_indented_blocks(capsys):
+    assert cli.main(["dev"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+
+    policy = next(i for i, line in enumerate(lines) if line.endswith(" policy: |"))
+    block = [line.strip(" │") for line in lines[policy + 1 : policy + 13]]
+    assert block[0] == "{"
+    assert '"Action": "ssm:GetParameter",' in block
+    assert '"Sid": "ReadOwnWireGuardKey"' in block
+    assert any(line.endswith(" assumeRolePolicy: |") for line in lines)
+    assert not any('\\"' in line for line in lines)  # no escaped JSON anywhere
+
+
+def test_resource_options_show_in_the_tree(capsys):
+    assert cli.main(["dev"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+
+    start = lines.index("    │   ├── aws:ec2/instance:Instance alpha-gateway (us-east-1)")
+    end = next(i for i in range(start + 1, len(lines)) if "├── " in lines[i] or "└── " in lines[i])
+    shown = [line.strip(" │") for line in lines[start:end]]
+    options = shown.index("[options]:")
+    assert "deleteBeforeReplace: true" in shown[options:]
+    assert shown[shown.index("ignoreChanges:") + 1] == '- "ami"'
+    assert '- "aws:iam/rolePolicy:RolePolicy alpha-read-own-key"' in shown[options:]
+
+
+def test_footer_counts_cloud_other_providers_and_components_apart(capsys):
+    assert cli.main(["dev"]) == 0
+    footer = capsys.readouterr().out.splitlines()[-1]
+
+    resources = plan_stack("dev").resources
+    cloud = sum(1 for r in resources if r.custom and r.type.startswith("aws:"))
+    random_bytes = sum(1 for r in resources if r.type == "random:index/randomBytes:RandomBytes")
+    providers = sum(1 for r in resources if r.type.startswith("pulumi:providers:"))
+    components = sum(1 for r in resources if not r.custom)
+    assert random_bytes == 2
+    assert footer == (
+        f"{len(resources)} resources: {cloud} cloud resources, {random_bytes} other provider "
+        f"resources, {providers} providers, {components} components"
+    )
+
+
 def test_children_sorted_by_type_then_name():
     def resource(type_: str, name: str, parent: str | None) -> dict[str, Any]:
         return {
@@ -145,7 +187,9 @@ def test_json_is_deterministic_and_complete(tmp_path, capsys):
     assert len(urns) == len(plan_stack("dev").resources)
     for resource in document["resources"]:
         assert sorted(resource) == [
+            "computed",
             "custom",
+            "id",
             "inputs",
             "name",
             "options",
@@ -159,6 +203,10 @@ def test_json_is_deterministic_and_complete(tmp_path, capsys):
     parameter = by_name["aws:ssm/parameter:Parameter", "alpha-wireguard-key"]
     assert parameter["inputs"]["value"] == "[secret]"
     assert parameter["region"] == "us-east-1"
+    # Computed outputs are public too, but a secret output stays redacted.
+    assert parameter["computed"]["arn"].startswith("arn:aws:ssm:us-east-1:")
+    key = by_name["random:index/randomBytes:RandomBytes", "alpha-wireguard-key"]
+    assert key["computed"]["base64"] == key["computed"]["hex"] == "[secret]"
     instance = by_name["aws:ec2/instance:Instance", "beta-gateway"]
     assert instance["region"] == "eu-west-1"
     state = by_name["aws:ssm/parameter:Parameter", "beta-desired-state"]

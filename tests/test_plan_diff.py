@@ -200,3 +200,103 @@ def test_diff_never_shows_private_keys(repo, tmp_path, capsys, monkeypatch):
     derived = {s: plan_private_key("dev", f"{s}-wireguard-key") for s in ("alpha", "beta")}
     outputs = {"stdout": captured.out, "stderr": captured.err, "json": out.read_text()}
     assert leaks(outputs, key_forms(PLANTED) + key_forms(derived)) == []
+
+
+def test_site_cidr_change_replaces_the_network_and_gateway_and_changes_what_uses_them(repo):
+    change_stack(repo, "dev", "cidr: 10.2.0.0/16\n", "cidr: 10.3.0.0/16\n")
+
+    ran = plan_diff(repo, "dev", "--diff", "HEAD~1")
+
+    assert ran.returncode == 0, ran.stderr
+    lines = ran.stdout.splitlines()
+    ops = {
+        tuple(line[3:].split(" ")[:2]): line[:2]
+        for line in lines
+        if line[:2] in ("+ ", "- ", "~ ", "+-")
+    }
+    replaced = [
+        ("aws:ec2/vpc:Vpc", "beta-vpc"),
+        ("aws:ec2/subnet:Subnet", "beta-public"),
+        ("aws:ec2/subnet:Subnet", "beta-private"),
+        ("aws:ec2/routeTable:RouteTable", "beta-public"),
+        ("aws:ec2/routeTable:RouteTable", "beta-private"),
+        ("aws:ec2/routeTableAssociation:RouteTableAssociation", "beta-public"),
+        ("aws:ec2/securityGroup:SecurityGroup", "beta-gateway"),
+        ("aws:ec2/instance:Instance", "beta-gateway"),
+        ("aws:ec2/instance:Instance", "alpha-gateway"),
+        ("aws:ec2/eipAssociation:EipAssociation", "beta-address"),
+        ("aws:ec2/route:Route", "beta-to-alpha-0"),
+        ("aws:ec2/route:Route", "alpha-to-beta-0"),
+    ]
+    for resource in replaced:
+        assert ops.get(resource) == "+-", resource
+    # The internet gateway moves to the new VPC in place (detach, attach).
+    assert ops[("aws:ec2/internetGateway:InternetGateway", "beta-igw")] == "~ "
+    # The property that forces it is marked; what a replacement makes unknown says so.
+    assert '      ~ cidrBlock: "10.2.0.0/16" => "10.3.0.0/16" [forces replacement]' in lines
+    assert any(
+        line.startswith('      ~ vpcId: "vpc-')
+        and line.endswith('=> "(unknown after replace)" [forces replacement]')
+        for line in lines
+    )
+    assert any(
+        line.startswith('      ~ networkInterfaceId: "eni-')
+        and line.endswith('=> "(unknown after replace)"')
+        for line in lines
+    )
+
+
+def test_option_changes_show_in_the_diff(repo):
+    gateway = repo / "components" / "gateway.py"
+    text = gateway.read_text()
+    assert text.count("delete_before_replace=True") == 1
+    gateway.write_text(text.replace("delete_before_replace=True", "delete_before_replace=False"))
+    git(repo, "commit", "-q", "-am", "create before delete")
+
+    ran = plan_diff(repo, "dev", "--diff", "HEAD~1")
+
+    assert ran.returncode == 0, ran.stderr
+    lines = ran.stdout.splitlines()
+    assert "~  aws:ec2/instance:Instance alpha-gateway (us-east-1)" in lines
+    assert "      ~ options.deleteBeforeReplace: true => false" in lines
+
+
+def test_every_declared_resource_type_has_a_replacement_entry():
+    from plan.engine import plan_stack
+    from plan.replacement import TABLE
+
+    declared = {
+        r.type
+        for stack in sorted(
+            p.stem.removeprefix("Pulumi.") for p in (REPO / "stacks").glob("*.yaml")
+        )
+        for r in plan_stack(stack).resources
+        if r.custom
+    }
+    assert declared
+    missing = sorted(declared - TABLE.keys())
+    assert missing == [], f"plan/replacement.py lacks {missing}"
+    for type_, entry in TABLE.items():
+        assert entry.source, type_
+
+
+def test_region_change_replaces_the_provider_and_everything_it_manages():
+    from plan import diff
+    from plan.document import public_document
+    from plan.engine import read_stack_file, run_program
+
+    config = read_stack_file("dev")
+    before = public_document(run_program("dev", config))
+    config["sites"][1]["region"] = "eu-central-1"
+    after = public_document(run_program("dev", config))
+
+    changes = {(c.type, c.name): c for c in diff.compare(before, after)}
+
+    # The provider's name holds the region, so it is a new one.
+    assert changes[("pulumi:providers:aws", "beta-eu-central-1")].op == "create"
+    assert changes[("pulumi:providers:aws", "beta-eu-west-1")].op == "delete"
+    vpc = changes[("aws:ec2/vpc:Vpc", "beta-vpc")]
+    assert vpc.op == "replace"
+    assert [(p.key, p.replaces) for p in vpc.properties] == [("provider", True)]
+    assert changes[("aws:ec2/eipAssociation:EipAssociation", "beta-address")].op == "replace"
+    assert changes[("aws:ec2/vpc:Vpc", "alpha-vpc")].op == "same"

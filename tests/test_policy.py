@@ -170,6 +170,39 @@ CASES = [
         "wireguard-port-not-public",
         set_input(
             "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+            "alpha-tunnel-from-peer",
+            "cidrIpv4",
+            "0.0.0.0/1",
+        ),
+        "alpha-tunnel-from-peer",
+        "admits udp from 0.0.0.0/1: the WireGuard port must admit only the peer's address",
+    ),
+    (
+        "wireguard-port-not-public",
+        set_input(
+            "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+            "beta-tunnel-from-peer",
+            "cidrIpv4",
+            "203.0.113.0/24",
+        ),
+        "beta-tunnel-from-peer",
+        "admits udp from 203.0.113.0/24",
+    ),
+    (
+        "wireguard-port-not-public",
+        set_input(
+            "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+            "alpha-tunnel-from-peer",
+            "cidrIpv6",
+            "2001:db8::/64",
+        ),
+        "alpha-tunnel-from-peer",
+        "admits udp from 2001:db8::/64",
+    ),
+    (
+        "wireguard-port-not-public",
+        set_input(
+            "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
             "beta-from-site",
             "cidrIpv4",
             "0.0.0.0/0",
@@ -450,6 +483,24 @@ def test_offline_runner_fails_a_violating_plan_json(dev, tmp_path, capsys):
     )
     count = len(rules.RESOURCE_RULES) + len(rules.STACK_RULES)
     assert lines[2].startswith(f"stack dev: 2 violations of 2 of {count} mandatory policies")
+
+
+def test_violations_are_sorted_whatever_order_the_resources_come_in(dev, tmp_path, capsys):
+    document = copy.deepcopy(dev)
+    set_input(INSTANCE, "beta-gateway", "sourceDestCheck", True)(document)
+    set_input(INSTANCE, "alpha-gateway", "sourceDestCheck", True)(document)
+    set_input("aws:ssm/parameter:Parameter", "beta-wireguard-key", "type", "String")(document)
+    set_input("aws:ssm/parameter:Parameter", "alpha-wireguard-key", "type", "String")(document)
+    outputs = []
+    for order in (1, -1):
+        document["resources"] = document["resources"][::order]
+        assert offline.main(["dev", "--plan-json", write(tmp_path, document)]) == 1
+        outputs.append(capsys.readouterr().out)
+
+    assert outputs[0] == outputs[1]
+    lines = outputs[0].splitlines()[:-1]
+    assert len(lines) == 4
+    assert lines == sorted(lines)
 
 
 def test_offline_runner_accepts_its_own_plan_json(dev, tmp_path):

@@ -6,6 +6,7 @@ import ipaddress
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -222,3 +223,18 @@ def test_hooks_load_the_chains_once_and_remove_exactly_them(
     assert _rules(netns) == before
     _run_hooks(netns, down)  # a down for rules that are gone must not fail
     assert _rules(netns) == before
+
+
+def test_tests_that_make_a_namespace_are_marked_lab() -> None:
+    """`pytest -m 'not lab'` promises no network namespaces (and no root)."""
+    collected = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "not lab", "tests"],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert collected.returncode == 0, collected.stdout[-2000:]
+    assert "test_hooks_add_each_rule_once_and_remove_exactly_it" not in collected.stdout
+    assert "tests/lab/" not in collected.stdout

@@ -44,8 +44,36 @@ def dev_plan(root):
     return plan_stack("dev")
 
 
-def test_down_restores_the_host_and_is_idempotent(dev_plan):
+@pytest.fixture(params=["host dirs present", "host dirs absent"])
+def host_dirs(request, root):
+    """/etc/netns and /var/run/wireguard made to exist, or not, before the lab; restored after.
+
+    A machine that has run a lab (or other namespace tools) has them; a fresh one has not.
+    Teardown must leave either state as it found it.
+    """
+    present = request.param == "host dirs present"
+    changed = []
+    for directory in (NETNS_ETC, WIREGUARD_RUN):
+        if present and not directory.exists():
+            directory.mkdir(mode=0o755, parents=True)
+            changed.append(directory)
+        elif not present and directory.exists():
+            if any(directory.iterdir()):
+                pytest.fail(f"{directory} is not empty, so its absence cannot be tested here")
+            directory.rmdir()
+            changed.append(directory)
+    yield present
+    for directory in changed:
+        if present and directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()
+        elif not present:
+            directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+
+
+def test_down_restores_the_host_and_is_idempotent(dev_plan, host_dirs):
     before = snapshot()
+    expected = "[]" if host_dirs else "absent"
+    assert (before["etc_netns"], before["wireguard_run"]) == (expected, expected)
     sockets_before = set(WIREGUARD_RUN.glob("*.sock")) if WIREGUARD_RUN.is_dir() else set()
     lab = up(dev_plan)
     assert lab.first_reply is not None
@@ -60,7 +88,7 @@ def test_down_restores_the_host_and_is_idempotent(dev_plan):
     assert snapshot() == before
 
 
-def test_down_cleans_up_after_a_crash(dev_plan):
+def test_down_cleans_up_after_a_crash(dev_plan, host_dirs):
     before = snapshot()
     lab = up(dev_plan)
     # A crash: the state file is gone and wireguard-go died without cleaning up.
