@@ -26,7 +26,7 @@ def topic_region(arn: str) -> str:
     return match[1]
 
 
-def _unique(addresses: tuple[str, ...]) -> tuple[str, ...]:
+def _unique(addresses: list[str]) -> list[str]:
     seen = {address.lower() for address in addresses}
     if len(seen) != len(addresses):
         raise ValueError("lists an address twice")
@@ -37,10 +37,10 @@ class AlertsConfig(_Model):
     """`wg-site-to-site:alerts`: e-mail addresses to subscribe and/or an existing topic."""
 
     emails: Annotated[
-        tuple[Annotated[str, _matches(EMAIL, "an e-mail address")], ...],
+        list[Annotated[str, _matches(EMAIL, "an e-mail address")]],
         AfterValidator(_unique),
         Field(max_length=20),
-    ] = ()
+    ] = []  # noqa: RUF012 - pydantic copies defaults per instance
     topic_arn: Annotated[str, _matches(SNS_TOPIC_ARN, "an SNS topic ARN")] | None = None
 
     @model_validator(mode="after")

@@ -205,7 +205,14 @@ def _markers(resource: Document) -> set[str]:
     """
     found = {resource.get("id")}
     found |= {v for v in flatten(resource.get("computed", {})).values()}
-    return {v for v in found if isinstance(v, str) and v not in (REDACTED, UNKNOWN) and v}
+    # An output that only repeats one of its inputs (an instance's primary interface id,
+    # given as primaryNetworkInterface) belongs to that input's owner and stays.
+    echoed = set(flatten(resource.get("inputs", {})).values())
+    return {
+        v
+        for v in found
+        if isinstance(v, str) and v not in (REDACTED, UNKNOWN) and v and v not in echoed
+    }
 
 
 def _uses(value: Any, markers: set[str]) -> bool:

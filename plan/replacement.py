@@ -105,6 +105,8 @@ TABLE: dict[str, ForceNew] = {
             "subnetId",
             "privateIp",
             "networkInterfaces",
+            # Device 0 cannot change on a running instance.
+            "primaryNetworkInterface",
             "associatePublicIpAddress",
             "keyName",
             "placementGroup",

@@ -88,13 +88,18 @@ def test_iam_policies_print_as_indented_blocks(capsys):
     assert cli.main(["dev"]) == 0
     lines = capsys.readouterr().out.splitlines()
 
-    policy = next(i for i, line in enumerate(lines) if line.endswith(" policy: |"))
-    block = [line.strip(" │") for line in lines[policy + 1 : policy + 13]]
+    start = lines.index(
+        "    │   ├── aws:iam/rolePolicy:RolePolicy alpha-read-own-parameters (us-east-1)"
+    )
+    policy = next(i for i in range(start, len(lines)) if lines[i].endswith(" policy: |"))
+    block = [line.strip(" │") for line in lines[policy + 1 : policy + 40]]
     assert block[0] == "{"
     assert '"Action": "ssm:GetParameter",' in block
-    assert '"Sid": "ReadOwnWireGuardKey"' in block
+    assert '"Sid": "ReadOwnParameters"' in block
     assert any(line.endswith(" assumeRolePolicy: |") for line in lines)
-    assert not any('\\"' in line for line in lines)  # no escaped JSON anywhere
+    # No escaped JSON anywhere (shell scripts quote JSON themselves: not a document).
+    scripts = ("wg-site-to-site-aws", "eval ")
+    assert not any('\\"' in line and not any(s in line for s in scripts) for line in lines)
 
 
 def test_resource_options_show_in_the_tree(capsys):
@@ -106,8 +111,9 @@ def test_resource_options_show_in_the_tree(capsys):
     shown = [line.strip(" │") for line in lines[start:end]]
     options = shown.index("[options]:")
     assert "deleteBeforeReplace: true" in shown[options:]
-    assert shown[shown.index("ignoreChanges:") + 1] == '- "ami"'
-    assert '- "aws:iam/rolePolicy:RolePolicy alpha-read-own-key"' in shown[options:]
+    # Nothing is ignored: a new image must replace the gateway (pulumi/pulumi#2657).
+    assert "ignoreChanges:" not in shown[options:] or "ignoreChanges: []" in shown[options:]
+    assert '- "aws:iam/rolePolicy:RolePolicy alpha-read-own-parameters"' in shown[options:]
 
 
 def test_footer_counts_cloud_other_providers_and_components_apart(capsys):
@@ -116,10 +122,13 @@ def test_footer_counts_cloud_other_providers_and_components_apart(capsys):
 
     resources = plan_stack("dev").resources
     cloud = sum(1 for r in resources if r.custom and r.type.startswith("aws:"))
-    random_bytes = sum(1 for r in resources if r.type == "random:index/randomBytes:RandomBytes")
     providers = sum(1 for r in resources if r.type.startswith("pulumi:providers:"))
+    # RandomBytes (two keys, the pre-shared key) and pulumi-command's Commands.
+    random_bytes = sum(
+        1 for r in resources if r.custom and not r.type.startswith(("aws:", "pulumi:providers:"))
+    )
     components = sum(1 for r in resources if not r.custom)
-    assert random_bytes == 2
+    assert random_bytes == 3 + 3
     assert footer == (
         f"{len(resources)} resources: {cloud} cloud resources, {random_bytes} other provider "
         f"resources, {providers} providers, {components} components"

@@ -111,17 +111,26 @@ def test_firewall_change_updates_parameters_and_reapplies_without_replacing_gate
     assert worktrees(repo) == [f"worktree {repo}"]
 
 
-def test_architecture_change_changes_only_the_instance_and_its_image(repo):
+def test_architecture_change_replaces_the_instance_with_the_matching_image(repo):
     change_stack(repo, "dev", "interface: wgB\n", "interface: wgB\n      instanceType: t3.micro\n")
 
     ran = plan_diff(repo, "dev", "--diff", "HEAD~1")
 
     assert ran.returncode == 0, ran.stderr
-    marked = [line for line in ran.stdout.splitlines() if line[:2] in ("+ ", "- ", "~ ", "+-")]
-    assert [line[3:] for line in marked] == ["aws:ec2/instance:Instance beta-gateway (eu-west-1)"]
-    assert '      ~ instanceType: "t4g.nano" => "t3.micro"' in ran.stdout.splitlines()
+    lines = ran.stdout.splitlines()
+    marked = [line for line in lines if line[:2] in ("+ ", "- ", "~ ", "+-")]
+    assert "+- aws:ec2/instance:Instance beta-gateway (eu-west-1)" in marked
     # The x86 build replaces the arm64 one: nothing keeps the old image (no ignoreChanges).
-    assert any(line.strip().startswith("~ ami:") for line in ran.stdout.splitlines())
+    assert any(
+        line.strip().startswith("~ ami:") and "[forces replacement]" in line for line in lines
+    )
+    assert '      ~ instanceType: "t4g.nano" => "t3.micro"' in lines
+    # Only the instance and what names its id (its alarms, its apply, the verification)
+    # change; the interface, its address, routes and Elastic IP stay.
+    for line in marked:
+        assert "beta-" in line or "verify-tunnel" in line, line
+        assert "networkInterface" not in line and "eip" not in line.lower(), line
+        assert "aws:ec2/route:Route" not in line, line
 
 
 def test_unchanged_stack_reports_no_changes(repo):
@@ -222,14 +231,18 @@ def test_site_cidr_change_replaces_the_network_and_gateway_and_changes_what_uses
         ("aws:ec2/routeTable:RouteTable", "beta-private"),
         ("aws:ec2/routeTableAssociation:RouteTableAssociation", "beta-public"),
         ("aws:ec2/securityGroup:SecurityGroup", "beta-gateway"),
+        ("aws:ec2/networkInterface:NetworkInterface", "beta-gateway"),
         ("aws:ec2/instance:Instance", "beta-gateway"),
-        ("aws:ec2/instance:Instance", "alpha-gateway"),
         ("aws:ec2/eipAssociation:EipAssociation", "beta-address"),
         ("aws:ec2/route:Route", "beta-to-alpha-0"),
         ("aws:ec2/route:Route", "alpha-to-beta-0"),
     ]
     for resource in replaced:
         assert ops.get(resource) == "+-", resource
+    # The other site learns the new CIDR in place: its desired state, applied again.
+    assert ("aws:ec2/instance:Instance", "alpha-gateway") not in ops
+    assert ops[("aws:ssm/parameter:Parameter", "alpha-desired-state")] == "~ "
+    assert ops[("command:local:Command", "alpha-apply")] == "+-"
     # The internet gateway moves to the new VPC in place (detach, attach).
     assert ops[("aws:ec2/internetGateway:InternetGateway", "beta-igw")] == "~ "
     # The property that forces it is marked; what a replacement makes unknown says so.

@@ -475,11 +475,12 @@ def test_offline_runner_fails_a_violating_plan_json(dev, tmp_path, capsys):
     assert offline.main(["dev", "--plan-json", write(tmp_path, document)]) == 1
 
     lines = capsys.readouterr().out.splitlines()
+    # Sorted: stable across runs whatever order the engine reports resources in.
     assert lines[0].startswith(
-        "key-parameter-secure-string: aws:ssm/parameter:Parameter beta-wireguard-key: parameter"
+        "gateway-interface-forwards: aws:ec2/networkInterface:NetworkInterface alpha-gateway:"
     )
     assert lines[1].startswith(
-        "gateway-interface-forwards: aws:ec2/networkInterface:NetworkInterface alpha-gateway:"
+        "key-parameter-secure-string: aws:ssm/parameter:Parameter beta-wireguard-key: parameter"
     )
     count = len(rules.RESOURCE_RULES) + len(rules.STACK_RULES)
     assert lines[2].startswith(f"stack dev: 2 violations of 2 of {count} mandatory policies")
@@ -487,8 +488,8 @@ def test_offline_runner_fails_a_violating_plan_json(dev, tmp_path, capsys):
 
 def test_violations_are_sorted_whatever_order_the_resources_come_in(dev, tmp_path, capsys):
     document = copy.deepcopy(dev)
-    set_input(INSTANCE, "beta-gateway", "sourceDestCheck", True)(document)
-    set_input(INSTANCE, "alpha-gateway", "sourceDestCheck", True)(document)
+    set_input(INTERFACE, "beta-gateway", "sourceDestCheck", True)(document)
+    set_input(INTERFACE, "alpha-gateway", "sourceDestCheck", True)(document)
     set_input("aws:ssm/parameter:Parameter", "beta-wireguard-key", "type", "String")(document)
     set_input("aws:ssm/parameter:Parameter", "alpha-wireguard-key", "type", "String")(document)
     outputs = []

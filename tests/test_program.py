@@ -399,7 +399,8 @@ def test_user_data_only_bootstraps_the_apply(dev_plan: Plan, site: str) -> None:
     document = parse_user_data(user_data(dev_plan, site))
     commands = [" ".join(c) if isinstance(c, list) else c for c in document["runcmd"]]
     assert commands[0] == "sysctl --system"
-    assert commands[-1] == "systemctl enable --now --no-block wg-site-to-site-apply.service"
+    assert "systemctl enable --now --no-block wg-site-to-site-apply.service" in commands
+    assert commands[-1] == "systemctl enable --now --no-block wg-site-to-site-probe.timer"
     assert "wireguard-tools" in document["packages"]
     files = written_files(user_data(dev_plan, site))
     assert files["/usr/local/sbin/wg-site-to-site-apply"]["permissions"] == "0700"
@@ -497,7 +498,12 @@ def test_each_site_is_built_in_its_own_region(dev_plan: Plan) -> None:
     for resource in dev_plan.resources:
         if resource.type.startswith("aws:"):
             site = resource.name.split("-")[0]
-            assert dev_plan.region_of(resource) == expected[site], resource.urn
+            if site in expected:
+                assert dev_plan.region_of(resource) == expected[site], resource.urn
+            else:
+                # Stack-wide (the health topics, the dashboard): a site's region, by name.
+                assert dev_plan.region_of(resource) in expected.values(), resource.urn
+                assert resource.provider, resource.urn
 
 
 # Resources AWS cannot tag.
@@ -506,6 +512,8 @@ UNTAGGABLE = {
     "aws:ec2/routeTableAssociation:RouteTableAssociation",
     "aws:ec2/eipAssociation:EipAssociation",
     "aws:iam/rolePolicy:RolePolicy",
+    "aws:cloudwatch/dashboard:Dashboard",
+    "aws:sns/topicSubscription:TopicSubscription",
 }
 
 
@@ -582,6 +590,7 @@ def test_components_are_typed_and_own_their_children(dev_plan: Plan) -> None:
         "wg-site-to-site:network:SiteNetwork",
         "wg-site-to-site:gateway:WireGuardIdentity",
         "wg-site-to-site:gateway:WireGuardGateway",
+        "wg-site-to-site:health:TunnelHealth",
     }
     top = dev_plan.one("wg-site-to-site:index:SiteToSite", "site-to-site")
     component_urns = {r.urn for r in dev_plan.resources if not r.custom}

@@ -68,3 +68,49 @@ def no_mtu_line(site: str) -> Callable[[Plan], None]:
         _set(parameter, "insecureValue", json.dumps(state))
 
     return change
+
+
+def _workload_group(plan: Plan, site: str) -> str:
+    group = plan.exports["sites"][site]["workloadSecurityGroupId"]
+    assert isinstance(group, str), f"site {site} exports no workload security group"
+    return group
+
+
+def _drop_rules(plan: Plan, site: str, wanted: Callable[[PlannedResource], bool]) -> None:
+    group = _workload_group(plan, site)
+    kept = [
+        r
+        for r in plan.resources
+        if not (reveal(r.inputs.get("securityGroupId")) == group and wanted(r))
+    ]
+    # A control that removes nothing would pass for the wrong reason.
+    assert len(kept) < len(plan.resources), f"no such rule on site {site}'s workload group"
+    plan.resources = kept
+
+
+def no_workload_egress(site: str) -> Callable[[Plan], None]:
+    """The workload group as it was before it had egress: the provider's empty one."""
+
+    def change(plan: Plan) -> None:
+        _drop_rules(plan, site, lambda r: r.type == TYPE_EGRESS)
+
+    return change
+
+
+def _admits_frag_needed(rule: PlannedResource) -> bool:
+    # ICMP rules carry the type in fromPort and the code in toPort; -1 is any.
+    return (
+        rule.type == TYPE_INGRESS
+        and reveal(rule.inputs.get("ipProtocol")) == "icmp"
+        and reveal(rule.inputs.get("fromPort")) in (3, -1)
+        and reveal(rule.inputs.get("toPort")) in (4, -1)
+    )
+
+
+def no_frag_needed_rule(site: str) -> Callable[[Plan], None]:
+    """The workload group without the ICMP rule(s) admitting fragmentation needed."""
+
+    def change(plan: Plan) -> None:
+        _drop_rules(plan, site, _admits_frag_needed)
+
+    return change
