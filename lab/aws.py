@@ -87,6 +87,49 @@ def put_parameters(parameters: list[dict[str, str]]) -> None:
     )
 
 
+def metric_samples(
+    region: str, namespace: str, metric: str, dimensions: dict[str, str], since: float
+) -> list[tuple[float, float]]:
+    """(unix time, value) of every datapoint a gateway published since `since`."""
+    query = {
+        "region": region,
+        "namespace": namespace,
+        "metric": metric,
+        "dimensions": dimensions,
+        "since": since,
+    }
+    result = netns.ns_run(
+        NAMESPACE,
+        [sys.executable, "-m", "lab.aws", "samples"],
+        input_text=json.dumps(query),
+        env={"PYTHONPATH": str(REPO)},
+    )
+    return [(float(t), float(v)) for t, v in json.loads(result.stdout)]
+
+
+def _samples_from_stdin() -> None:
+    import datetime
+
+    import boto3
+
+    query = json.load(sys.stdin)
+    client: Any = boto3.client(  # type: ignore[call-overload]
+        "cloudwatch", region_name=query["region"], endpoint_url=ENDPOINT, **_lower(CREDENTIALS)
+    )
+    # One-second periods: each of the probe's datapoints on its own.
+    reply = client.get_metric_statistics(
+        Namespace=query["namespace"],
+        MetricName=query["metric"],
+        Dimensions=[{"Name": k, "Value": v} for k, v in query["dimensions"].items()],
+        StartTime=datetime.datetime.fromtimestamp(query["since"], datetime.UTC),
+        EndTime=datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=5),
+        Period=1,
+        Statistics=["Minimum"],
+    )
+    points = sorted((p["Timestamp"].timestamp(), p["Minimum"]) for p in reply["Datapoints"])
+    json.dump(points, sys.stdout)
+
+
 def _put_from_stdin() -> None:
     import boto3
 
@@ -104,6 +147,7 @@ def _lower(credentials: dict[str, str]) -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] != ["put"]:
-        sys.exit("usage: python -m lab.aws put < parameters.json")
-    _put_from_stdin()
+    commands = {"put": _put_from_stdin, "samples": _samples_from_stdin}
+    if len(sys.argv) != 2 or sys.argv[1] not in commands:
+        sys.exit("usage: python -m lab.aws put|samples < request.json")
+    commands[sys.argv[1]]()

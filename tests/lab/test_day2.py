@@ -8,6 +8,7 @@ original back. Figures are printed (run with -s) and recorded as test properties
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Iterator
@@ -104,7 +105,7 @@ def test_firewall_rules_are_added_changed_and_removed_without_loss(
     }
     for step, edit in steps.items():
         plan = changed(edit)
-        (topology, results), sent, lost = under_ping(lab, lambda plan=plan: push(lab, plan))
+        (topology, results), sent, lost = under_ping(lab, functools.partial(push, lab, plan))
         ok(results)
         assert all("applied in place" in r.output for r in results)
         report(record_property, f"firewall {step}", sent, lost)
