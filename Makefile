@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Debian packages the tests and the lab use: WireGuard (kernel or wireguard-go),
 # the network tools the lab drives, and cloud-init for schema checks.
-APT_PACKAGES := wireguard-tools wireguard-go iproute2 iptables nftables iputils-ping \
+APT_PACKAGES := wireguard-tools wireguard-go iproute2 iptables nftables iputils-ping curl \
 	mtr-tiny iperf3 procps psmisc cloud-init
 
 .PHONY: help deps test lint typecheck unit lab lab-down lab-bench plan pin policy \
