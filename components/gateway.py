@@ -298,32 +298,38 @@ class WireGuardGateway(pulumi.ComponentResource):
             opts=self._child,
         )
         self.kms_key_arn = key.arn
-        secret = pulumi.ResourceOptions(parent=self, additional_secret_outputs=["value"])
-        parameters = [
-            aws.ssm.Parameter(
+        secrets = [
+            (
                 f"{name}-wireguard-key",
-                name=facts.key_parameter_name,
-                type="SecureString",
-                key_id=key.arn,
-                value=args.private_key,
-                description=f"WireGuard private key of the {facts.name} gateway",
-                tags=self._tags("wireguard-key"),
-                opts=secret,
-            )
+                facts.key_parameter_name,
+                args.private_key,
+                f"WireGuard private key of the {facts.name} gateway",
+                "wireguard-key",
+            ),
         ]
         if args.preshared_key is not None:
-            parameters.append(
-                aws.ssm.Parameter(
+            secrets.append(
+                (
                     f"{name}-preshared-key",
-                    name=facts.psk_parameter_name,
-                    type="SecureString",
-                    key_id=key.arn,
-                    value=args.preshared_key,
-                    description=f"WireGuard pre-shared key of {facts.name} and {facts.peer.name}",
-                    tags=self._tags("preshared-key"),
-                    opts=secret,
+                    facts.psk_parameter_name,
+                    args.preshared_key,
+                    f"WireGuard pre-shared key of {facts.name} and {facts.peer.name}",
+                    "preshared-key",
                 )
             )
+        parameters = [
+            aws.ssm.Parameter(
+                resource_name,
+                name=parameter_name,
+                type="SecureString",
+                key_id=key.arn,
+                value=value,
+                description=description,
+                tags=self._tags(role),
+                opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["value"]),
+            )
+            for resource_name, parameter_name, value, description, role in secrets
+        ]
         desired = pulumi.Output.all(args.peer_public_key, args.peer_public_ip).apply(
             lambda peer: render_desired_state(
                 facts, PeerEndpoint(public_key=peer[0], public_ip=peer[1])

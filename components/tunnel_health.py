@@ -152,13 +152,7 @@ class TunnelHealth(pulumi.ComponentResource):
             namespace=rule.namespace,
             metric_name=rule.metric,
             dimensions={health.DIMENSION_STACK: stack, health.DIMENSION_SITE: facts.name},
-            statistic=rule.statistic,
-            comparison_operator=rule.comparison,
-            threshold=rule.threshold,
-            period=rule.period_seconds,
-            evaluation_periods=rule.evaluation_periods,
-            datapoints_to_alarm=rule.datapoints_to_alarm,
-            treat_missing_data=rule.treat_missing_data,
+            **_evaluation(rule),
             alarm_actions=actions,
             ok_actions=actions,
             tags={**self._args.tags, GATEWAY_TAG: site.instance_id},
@@ -176,13 +170,7 @@ class TunnelHealth(pulumi.ComponentResource):
             namespace=rule.namespace,
             metric_name=rule.metric,
             dimensions={"InstanceId": site.instance_id},
-            statistic=rule.statistic,
-            comparison_operator=rule.comparison,
-            threshold=rule.threshold,
-            period=rule.period_seconds,
-            evaluation_periods=rule.evaluation_periods,
-            datapoints_to_alarm=rule.datapoints_to_alarm,
-            treat_missing_data=rule.treat_missing_data,
+            **_evaluation(rule),
             # Recovery keeps the instance id, ENI, private address and Elastic IP, and the
             # boot-time apply brings the tunnel back.
             alarm_actions=[health.recover_action(facts.site.region), *actions],
@@ -201,6 +189,19 @@ class TunnelHealth(pulumi.ComponentResource):
             # A dashboard lives in one region but each widget names its own.
             opts=self._opts(first.provider),
         )
+
+
+def _evaluation(rule: health.AlarmRule) -> dict[str, Any]:
+    """How CloudWatch evaluates the alarm: the rule's settings, as the lab evaluates them."""
+    return {
+        "statistic": rule.statistic,
+        "comparison_operator": rule.comparison,
+        "threshold": rule.threshold,
+        "period": rule.period_seconds,
+        "evaluation_periods": rule.evaluation_periods,
+        "datapoints_to_alarm": rule.datapoints_to_alarm,
+        "treat_missing_data": rule.treat_missing_data,
+    }
 
 
 def _safe(text: str) -> str:
