@@ -160,7 +160,10 @@ def render_firewall(facts: GatewayFacts) -> str:
 def render_desired_state(facts: GatewayFacts, peer: PeerEndpoint) -> DesiredState:
     wg_config = render_wg_config(facts, peer)
     firewall = render_firewall(facts)
-    document = json.dumps({"config": wg_config, "firewall": firewall}, sort_keys=True)
+    document = json.dumps(
+        {"config": wg_config, "firewall": firewall, "presharedKey": facts.preshared_key},
+        sort_keys=True,
+    )
     return DesiredState(wg_config=wg_config, firewall=firewall, document=document)
 
 
@@ -186,7 +189,9 @@ def render_apply(facts: GatewayFacts) -> str:
         psk_path=facts.psk_path,
         state_parameter=facts.desired_state_parameter_name,
         key_parameter=facts.key_parameter_name,
-        psk_parameter=facts.psk_parameter_name if facts.preshared_key else None,
+        # Always named: whether to use it is part of the desired state, so turning the
+        # pre-shared key on or off is a day-2 change, not a new instance.
+        psk_parameter=facts.psk_parameter_name,
         jumps=facts.jumps,
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -169,3 +170,35 @@ def test_the_shipped_stack_plans_without_a_pinned_image_and_says_which_it_used()
     for site, ami in amis.items():
         (note,) = [n for n in plan.notes if n.startswith(f"site {site}:")]
         assert "image not pinned" in note and ami in note
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"firewall": [{"description": "no dns", "protocol": "udp", "port": 53, "action": "drop"}]},
+        {"tunnel": {"persistentKeepalive": 10}},
+        {"tunnel": {"mtu": 1380}},
+        {"tunnel": {"keyGeneration": 2}},
+        {"tunnel": {"presharedKey": False}},
+    ],
+    ids=["firewall", "keepalive", "mtu", "key-generation", "preshared-key"],
+)
+def test_day2_changes_leave_every_instance_as_it_was(change: dict[str, Any]) -> None:
+    # A changed instance input would replace the gateway (user data) or stop it: day 2
+    # goes through the desired state and the apply command instead.
+    before = run_program("dev", stack_config("dev"))
+    config = stack_config("dev")
+    for key, value in change.items():
+        if isinstance(value, dict):
+            config[key].update(value)
+        else:
+            config[key] = value
+    after = run_program("dev", config)
+    for site in SITES:
+        name = f"{site}-gateway"
+        assert after.one(INSTANCE, name).inputs == before.one(INSTANCE, name).inputs
+    # ...and the apply runs again: its triggers changed.
+    for site in SITES:
+        name = f"{site}-apply"
+        old = before.one("command:local:Command", name).inputs["triggers"]
+        assert after.one("command:local:Command", name).inputs["triggers"] != old

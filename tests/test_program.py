@@ -48,7 +48,7 @@ def user_data(plan: Plan, site: str) -> str:
     return decode_user_data(gateway(plan, site).inputs["userDataBase64"])
 
 
-def desired_state(plan: Plan, site: str) -> dict[str, str]:
+def desired_state(plan: Plan, site: str) -> dict[str, Any]:
     """What the gateway's apply converges to: its desired-state parameter."""
     parameter = plan.one(PARAMETER, f"{site}-desired-state")
     return dict(json.loads(parameter.inputs["insecureValue"]))

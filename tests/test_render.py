@@ -94,6 +94,7 @@ def test_user_data_and_desired_state_are_the_core_renderings(dev_plan: Plan) -> 
     assert desired_state(dev_plan, "alpha") == {
         "config": state.wg_config,
         "firewall": state.firewall,
+        "presharedKey": True,
     }
 
 
