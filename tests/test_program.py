@@ -55,7 +55,7 @@ def desired_state(plan: Plan, site: str) -> dict[str, Any]:
 
 
 def wg_config(plan: Plan, site: str) -> str:
-    return desired_state(plan, site)["config"]
+    return str(desired_state(plan, site)["config"])
 
 
 def ingress_rules(plan: Plan, site: str) -> list[dict[str, Any]]:
