@@ -73,15 +73,18 @@ class ContinuousPing:
         self.interval = interval
 
     def stop(self) -> tuple[int, int]:
-        """(sent, lost). Waits a second first, so replies in flight are not counted lost."""
+        """(sent, lost). A ping counts as lost when a later one was answered and it was
+        not: the last few, still in flight when ping is stopped, are not losses (on a
+        loaded machine a reply can take longer than the pause before the stop)."""
         time.sleep(1.0)
         self.process.send_signal(signal.SIGINT)
         output, _ = self.process.communicate(timeout=10)
-        found = re.search(r"(\d+) packets transmitted, (\d+) received", output)
-        if not found:
-            return 0, 0
-        sent, received = int(found[1]), int(found[2])
-        return sent, sent - received
+        answered = {int(seq) for seq in re.findall(r"icmp_seq=(\d+) ttl=", output)}
+        if not answered:
+            sent = re.search(r"(\d+) packets transmitted", output)
+            return (int(sent[1]), int(sent[1])) if sent else (0, 0)
+        last = max(answered)
+        return last, last - len(answered)
 
     def lost_seconds(self, lost: int) -> float:
         return lost * self.interval
