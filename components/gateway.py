@@ -291,9 +291,7 @@ class WireGuardGateway(pulumi.ComponentResource):
             description=f"wg-site-to-site: WireGuard keys of the {facts.name} gateway",
             enable_key_rotation=True,
             deletion_window_in_days=7,
-            policy=pulumi.Output.json_dumps(
-                _key_policy(facts, role.arn, secret_arns, args.deployer_arn, args)
-            ),
+            policy=pulumi.Output.json_dumps(_key_policy(args, role.arn, secret_arns)),
             tags=self._tags("wireguard-key"),
             opts=self._child,
         )
@@ -501,11 +499,9 @@ class WireGuardGateway(pulumi.ComponentResource):
 
 
 def _key_policy(
-    facts: GatewayFacts,
+    args: WireGuardGatewayArgs,
     role_arn: pulumi.Output[str],
     parameter_arns: list[pulumi.Output[str]],
-    deployer_arn: pulumi.Input[str],
-    args: WireGuardGatewayArgs,
 ) -> dict[str, Any]:
     """Who may use this gateway's key: the gateway, for its own parameter, through SSM.
 
@@ -513,7 +509,7 @@ def _key_policy(
     (https://docs.aws.amazon.com/kms/latest/developerguide/services-parameter-store.html),
     so the gateway's grant reaches exactly its own parameters.
     """
-    via_ssm = f"ssm.{facts.site.region}.amazonaws.com"
+    via_ssm = f"ssm.{args.facts.site.region}.amazonaws.com"
     account_root = pulumi.Output.format("arn:{0}:iam::{1}:root", args.partition, args.account_id)
     return {
         "Version": "2012-10-17",
@@ -528,7 +524,7 @@ def _key_policy(
             {
                 "Sid": "DeployerWritesThroughSsm",
                 "Effect": "Allow",
-                "Principal": {"AWS": deployer_arn},
+                "Principal": {"AWS": args.deployer_arn},
                 "Action": DEPLOYER_KEY_ACTIONS,
                 "Resource": "*",
                 "Condition": {"StringEquals": {"kms:ViaService": via_ssm}},

@@ -160,9 +160,6 @@ def _replace_paths(resource: Document) -> list[str]:
     paths += resource["options"].get("replaceOnChanges", [])
     if resource["inputs"].get("userDataReplaceOnChange") is True:
         paths += ["userData", "userDataBase64"]
-    if resource["type"] == "command:local:Command":
-        # pulumi-command: a change to `triggers` replaces the command (create runs again).
-        paths += ["triggers"]
     return paths
 
 

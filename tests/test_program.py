@@ -18,7 +18,15 @@ from core.config import load_stack_config
 from core.facts import gateway_facts
 from core.keys import public_key
 from core.render import decode_user_data, parse_user_data, written_files
-from plan.engine import Plan, PlannedResource, Secret, plan_private_key, reveal, run_program
+from plan.engine import (
+    Plan,
+    PlannedResource,
+    Secret,
+    _short_hash,
+    plan_private_key,
+    reveal,
+    run_program,
+)
 from tests.conftest import stack_config
 
 INSTANCE = "aws:ec2/instance:Instance"
@@ -223,8 +231,6 @@ def test_a_pinned_image_is_the_image_a_replaced_gateway_boots() -> None:
     old, new = gateway(before, "alpha").inputs["ami"], gateway(after, "alpha").inputs["ami"]
     assert old != new
     # Exactly that build: the mock answers an image id derived from the name asked for.
-    from plan.engine import _short_hash
-
     name = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-arm64-server-20251201"
     assert new == f"ami-{_short_hash('us-east-1', name)}"
     assert gateway(after, "beta").inputs["ami"] == gateway(before, "beta").inputs["ami"]
@@ -236,8 +242,6 @@ def test_switching_architecture_picks_the_matching_build_of_the_pinned_image() -
     arm = gateway(run_program("dev", config), "alpha").inputs["ami"]
     config["sites"][0]["instanceType"] = "t3.nano"
     x86 = gateway(run_program("dev", config), "alpha").inputs["ami"]
-    from plan.engine import _short_hash
-
     name = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-20251113"
     assert arm != x86 == f"ami-{_short_hash('us-east-1', name)}"
 

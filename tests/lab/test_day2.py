@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 
 from core.facts import APPLY_PATH
-from lab import aws, netns
-from lab.build import in_etc, put_parameters, sbin_dir
+from core.keys import public_key
+from lab import LabError, aws, netns
+from lab.build import gateway_run, in_etc, put_parameters, sbin_dir
 from lab.checks import ping
 from lab.day2 import Applied, ContinuousPing, apply, check, push
 from lab.lifecycle import Lab
@@ -156,8 +157,6 @@ def test_key_rotation_replaces_both_keys_in_place(
     for site, new in zip(lab.topology.sites, topology.sites, strict=True):
         now = wg(site, "public-key").strip()
         assert now != before[site.name]
-        from core.keys import public_key
-
         assert now == public_key(new.gateway.private_key)
         key_file = in_etc(site.gateway.namespace, site.facts.key_path).read_bytes()
         # The old key is gone from the gateway: its file holds the new one.
@@ -244,11 +243,7 @@ def test_apply_waits_for_the_lock(lab: Lab, baseline: None) -> None:
     lock = Path(f"/run/{Path(APPLY_PATH).name}-{alpha.interface}.lock")
     with lock.open("w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        from lab import LabError
-
         with pytest.raises(LabError, match="did not finish within"):
-            from lab.build import gateway_run
-
             gateway_run(alpha, lab.state, [APPLY_PATH], timeout=4)
     # Released: it runs.
     assert apply(lab, alpha).returncode == 0
