@@ -150,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     return 0
 
+
 if __name__ == "__main__":
     from plan.cli import close_event_loops
 
