@@ -55,21 +55,43 @@ _EC2_ASSUME_ROLE = json.dumps(
     }
 )
 
-# What the account may do with a gateway's key: everything but use it. Without Decrypt
-# here, no IAM policy in the account can grant decrypting a gateway key; only the key
-# policy's own statements can. (AWS's "key administrators" statement, minus the
-# deletion-protection-free shortcuts: https://docs.aws.amazon.com/kms/latest/developerguide/key-policy-default.html)
+# What the account may do with a gateway's key: administer it, never use it. The
+# actions are listed one by one, for a symmetric key of SSM (AWS's "key administrators"
+# statement uses wildcards, and `kms:Create*` includes kms:CreateGrant, with which any
+# IAM principal allowed it could grant itself Decrypt:
+# https://docs.aws.amazon.com/kms/latest/developerguide/key-policy-default.html#key-policy-default-allow-administrators,
+# action names from https://docs.aws.amazon.com/service-authorization/latest/reference/list_kms.html).
+# Not here: CreateGrant, every cryptographic action (Decrypt, Encrypt, ReEncrypt*,
+# GenerateDataKey*), and actions of keys this is not (imported material, asymmetric,
+# multi-Region). SSM Parameter Store needs no grant (it calls Encrypt and Decrypt as the
+# caller: https://docs.aws.amazon.com/kms/latest/developerguide/services-parameter-store.html).
+#
+# Who can decrypt a gateway's key, then: its gateway's role, through SSM, for its own
+# parameters (the encryption context); the deployer, through SSM (it holds the keys in
+# Pulumi state anyway); nobody else, since this statement delegates no cryptographic
+# action to IAM and there are no grants. What remains for an administrator the account's
+# IAM policies allow kms:PutKeyPolicy: rewrite this policy to give itself Decrypt. That
+# is a management event CloudTrail records (PutKeyPolicy); `pulumi preview --refresh`
+# shows the changed policy as drift, and `pulumi up --refresh` puts this one back.
 KEY_ADMINISTRATION_ACTIONS = [
-    "kms:Create*",
-    "kms:Describe*",
-    "kms:Enable*",
-    "kms:List*",
-    "kms:Put*",
-    "kms:Update*",
-    "kms:Revoke*",
-    "kms:Disable*",
-    "kms:Get*",
-    "kms:Delete*",
+    "kms:CreateAlias",
+    "kms:DescribeKey",
+    "kms:EnableKey",
+    "kms:EnableKeyRotation",
+    "kms:ListGrants",
+    "kms:ListKeyPolicies",
+    "kms:ListKeyRotations",
+    "kms:ListResourceTags",
+    "kms:PutKeyPolicy",
+    "kms:UpdateAlias",
+    "kms:UpdateKeyDescription",
+    "kms:RevokeGrant",
+    "kms:DisableKey",
+    "kms:DisableKeyRotation",
+    "kms:GetKeyPolicy",
+    "kms:GetKeyRotationStatus",
+    "kms:DeleteAlias",
+    "kms:RotateKeyOnDemand",
     "kms:TagResource",
     "kms:UntagResource",
     "kms:ScheduleKeyDeletion",

@@ -184,12 +184,31 @@ class SiteToSite(pulumi.ComponentResource):
         )
 
     def _account(self, provider: aws.Provider, deployer: str | None) -> _Account:
-        """The account, and who deploys: the configured ARN, else the caller's own role."""
+        """The account, and who deploys: the configured ARN, else the caller's own role.
+
+        Unset, the key policies name whoever runs the program, so a preview by the
+        read-only role and an `up` by the deploy role (or a person) rewrite both keys'
+        policies every time; the committed stacks set it (README, "Who can read the
+        private keys").
+        """
         invoke = pulumi.InvokeOutputOptions(provider=provider, parent=self)
         caller = aws.get_caller_identity_output(opts=invoke)
         deployer_arn: pulumi.Output[str]
         if deployer is not None:
-            deployer_arn = pulumi.Output.from_input(deployer)
+            configured = deployer
+
+            def in_this_account(account_id: str) -> str:
+                # A placeholder (the committed stacks') or another account's role would
+                # only fail at `up`, in KMS, after the network exists: refuse it here.
+                if configured.split(":")[4] != account_id:
+                    raise pulumi.RunError(
+                        f"wg-site-to-site:deployer: {configured} is not in account "
+                        f"{account_id}, where this stack deploys: set it to the role that "
+                        "runs `pulumi up` (pulumi config set wg-site-to-site:deployer ARN)"
+                    )
+                return configured
+
+            deployer_arn = caller.account_id.apply(in_this_account)
         else:
             # An assumed role's session ARN cannot be a key-policy principal; its role can.
             session = aws.iam.get_session_context_output(arn=caller.arn, opts=invoke)

@@ -162,7 +162,8 @@ _ID_PREFIX = {
     "aws:ec2/eipAssociation:EipAssociation": "eipassoc",
     "aws:ec2/networkInterface:NetworkInterface": "eni",
 }
-# Invokes answered with a made-up Canonical image and the plan's own account.
+# Invokes answered with a made-up Canonical image and the plan's own account; the caller
+# is this role unless a test names another (`caller_role`: a preview role, a person).
 _MOCK_CALLER_ROLE = "wg-site-to-site-deployer"
 
 
@@ -180,8 +181,15 @@ class _NoteTaker(logging.Handler):
 class _Recorder:
     """Mock answers for resources and invokes, and the record of what was declared."""
 
-    def __init__(self, stack: str, site_names: list[str], planted_keys: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        stack: str,
+        site_names: list[str],
+        planted_keys: Mapping[str, str],
+        caller_role: str = _MOCK_CALLER_ROLE,
+    ) -> None:
         self.stack = stack
+        self.caller_role = caller_role
         self.site_names = site_names
         self.planted_keys = dict(planted_keys)
         self.resources: list[PlannedResource] = []
@@ -247,6 +255,9 @@ class _Recorder:
         elif type_ == "aws:iam/role:Role":
             outputs["arn"] = f"arn:aws:iam::{ACCOUNT}:role/{name}"
             outputs["name"] = f"{name}-{_short_hash(name, length=7)}"
+        elif type_ == "aws:sns/topic:Topic":
+            # As SNS forms it: arn:aws:sns:<region>:<account>:<topic name>.
+            outputs["arn"] = f"arn:aws:sns:{region}:{ACCOUNT}:{plain.get('name', name)}"
         elif type_ == "aws:iam/instanceProfile:InstanceProfile":
             outputs["name"] = f"{name}-{_short_hash(name, length=7)}"
         return id_, outputs
@@ -263,16 +274,16 @@ class _Recorder:
         if token == "aws:index/getCallerIdentity:getCallerIdentity":
             return {
                 "accountId": ACCOUNT,
-                "arn": f"arn:aws:sts::{ACCOUNT}:assumed-role/{_MOCK_CALLER_ROLE}/plan",
+                "arn": f"arn:aws:sts::{ACCOUNT}:assumed-role/{self.caller_role}/plan",
                 "userId": "AROAPLANPLANPLAN:plan",
                 "id": ACCOUNT,
             }
         if token == "aws:iam/getSessionContext:getSessionContext":
             return {
                 "arn": args["arn"],
-                "issuerArn": f"arn:aws:iam::{ACCOUNT}:role/{_MOCK_CALLER_ROLE}",
+                "issuerArn": f"arn:aws:iam::{ACCOUNT}:role/{self.caller_role}",
                 "issuerId": "AROAPLANPLANPLAN",
-                "issuerName": _MOCK_CALLER_ROLE,
+                "issuerName": self.caller_role,
                 "sessionName": "plan",
                 "id": args["arn"],
             }
@@ -354,11 +365,13 @@ def run_program(
     planted_keys: Mapping[str, str] | None = None,
     program: Path = PROGRAM,
     disabled_default_providers: tuple[str, ...] = DISABLED_DEFAULT_PROVIDERS,
+    caller_role: str = _MOCK_CALLER_ROLE,
 ) -> Plan:
     """Runs the program for `stack` with `config` (the project's keys, unprefixed).
 
     `planted_keys` maps a RandomBytes resource name to the private key the mocks return
-    for it, so tests can look for a known key in every output.
+    for it, so tests can look for a known key in every output. `caller_role` is the IAM
+    role getCallerIdentity and getSessionContext answer with (who runs the program).
     """
     import pulumi
     from pulumi.runtime import mocks as pulumi_mocks
@@ -379,7 +392,7 @@ def run_program(
             "invalid stack config:\n" + "\n".join(f"  {p}" for p in error.problems)
         ) from None
 
-    recorder = _Recorder(stack, site_names, planted_keys or {})
+    recorder = _Recorder(stack, site_names, planted_keys or {}, caller_role)
     recorder.disabled_default_providers = disabled_default_providers
 
     class Mocks(pulumi_mocks.Mocks):

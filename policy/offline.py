@@ -1,8 +1,11 @@
 """`python -m policy.offline STACK [--plan-json FILE]`: the policy pack without Pulumi.
 
 Runs the same rules as policy/__main__.py over the offline plan of STACK (or over a
-plan written by `python -m plan STACK --json FILE`). Exit status: 0 if every policy
-passes, 1 on any violation (all are mandatory), 2 on bad input.
+plan written by `python -m plan STACK --json FILE`). Mandatory violations print as
+`policy: type name: message`; findings of advisory policies (EnforcementLevel.ADVISORY
+in the pack: the CLI warns and goes on) print after them, each line starting with
+`advisory:`, and fail nothing. Exit status: 0 if every mandatory policy passes (advisory
+findings or not), 1 on any mandatory violation, 2 on bad input.
 """
 
 from __future__ import annotations
@@ -119,18 +122,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"python -m policy.offline: {line}" if line[:1] != " " else line, file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    violations = rules.evaluate(resources)
+    found = rules.evaluate(resources)
+    violations, findings = rules.mandatory(found), rules.advisory(found)
     for v in violations:
         print(redact_text(f"{v.policy}: {v.type} {v.name}: {v.message}", secrets))
-    checked = len(rules.RESOURCE_RULES) + len(rules.STACK_RULES)
+    for v in findings:
+        print(redact_text(f"advisory: {v.policy}: {v.type} {v.name}: {v.message}", secrets))
+    every = rules.all_rules()
+    checked = sum(not rule.advisory for rule in every)
+    advisories = len(every) - checked
+    noted = (
+        f"; {len(findings)} advisory findings of {len({v.policy for v in findings})} of "
+        f"{advisories} advisory policies"
+        if findings
+        else f"; no finding of {advisories} advisory policies"
+    )
     if violations:
         failed = len({v.policy for v in violations})
         print(
             f"stack {args.stack}: {len(violations)} violations of {failed} of {checked} "
-            f"mandatory policies ({len(resources)} resources)"
+            f"mandatory policies{noted} ({len(resources)} resources)"
         )
         return EXIT_VIOLATIONS
-    print(f"stack {args.stack}: all {checked} mandatory policies pass ({len(resources)} resources)")
+    print(
+        f"stack {args.stack}: all {checked} mandatory policies pass{noted} "
+        f"({len(resources)} resources)"
+    )
     return 0
 
 

@@ -1,4 +1,5 @@
-"""The rules of policy/rules.py as pulumi-policy policies, all mandatory.
+"""The rules of policy/rules.py as pulumi-policy policies: mandatory, except the rules
+marked advisory (the CLI prints their findings as warnings and fails nothing).
 
 The engine hands a policy its props behind a proxy that raises on values not known
 during a preview; here they become rules.UNKNOWN, so a rule can say "cannot tell yet"
@@ -42,6 +43,12 @@ def _item(container: Any, key: Any) -> Any:
         return rules.UNKNOWN
 
 
+def enforcement(rule: rules.ResourceRule | rules.StackRule) -> EnforcementLevel:
+    # A policy's own level wins over the pack's (pulumi_policy PolicyPack
+    # _get_enforcement_level), so the pack's MANDATORY default leaves these advisory.
+    return EnforcementLevel.ADVISORY if rule.advisory else EnforcementLevel.MANDATORY
+
+
 def resource_policy(rule: rules.ResourceRule) -> ResourceValidationPolicy:
     def validate(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
         for message in rule.check(args.resource_type, plain(args.props)):
@@ -51,7 +58,7 @@ def resource_policy(rule: rules.ResourceRule) -> ResourceValidationPolicy:
         name=rule.name,
         description=rule.description,
         validate=validate,
-        enforcement_level=EnforcementLevel.MANDATORY,
+        enforcement_level=enforcement(rule),
     )
 
 
@@ -74,7 +81,7 @@ def stack_policy(rule: rules.StackRule) -> StackValidationPolicy:
         name=rule.name,
         description=rule.description,
         validate=validate,
-        enforcement_level=EnforcementLevel.MANDATORY,
+        enforcement_level=enforcement(rule),
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import fnmatch
+import functools
 import ipaddress
 import json
 import re
@@ -27,7 +28,7 @@ import yaml
 
 from core import health
 from core.config import PROJECT
-from core.facts import KEY_PARAMETER_LEAF
+from core.facts import DESIRED_STATE_LEAF, KEY_PARAMETER_LEAF, PRESHARED_KEY_LEAF
 from core.render import decode_user_data
 
 Props = Mapping[str, Any]
@@ -45,8 +46,15 @@ IAM_POLICY = "aws:iam/policy:Policy"
 NETWORK_INTERFACE = "aws:ec2/networkInterface:NetworkInterface"
 KMS_KEY = "aws:kms/key:Key"
 METRIC_ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
+SNS_TOPIC = "aws:sns/topic:Topic"
+SNS_SUBSCRIPTION = "aws:sns/topicSubscription:TopicSubscription"
+RANDOM_BYTES = "random:index/randomBytes:RandomBytes"
 
 KEY_PARAMETER_SUFFIX = "/" + KEY_PARAMETER_LEAF
+PRESHARED_KEY_SUFFIX = "/" + PRESHARED_KEY_LEAF
+DESIRED_STATE_SUFFIX = "/" + DESIRED_STATE_LEAF
+# Every parameter holding key material: the private key and the pair's pre-shared key.
+SECRET_PARAMETER_SUFFIXES = (KEY_PARAMETER_SUFFIX, PRESHARED_KEY_SUFFIX)
 WG_CONFIG_GLOB = "/etc/wireguard/*.conf"
 
 # A WireGuard key is 32 bytes: 43 base64 digits, the last of which carries only four
@@ -57,6 +65,9 @@ _KEY_SHAPED = re.compile(
 # wg(8) reads config keys case-insensitively.
 _PRIVATE_KEY_LINE = re.compile(r"^\s*PrivateKey\s*=", re.IGNORECASE)
 _PUBLIC_KEY_LINE = re.compile(r"^\s*PublicKey\s*=", re.IGNORECASE)
+# `wg set <iface> peer <public key> ...` (a PostUp of the desired config): wg(8) takes
+# the peer's public key there, and private and pre-shared keys only as file paths.
+_PEER_PUBLIC_KEY = re.compile(r"\bpeer\s+[A-Za-z0-9+/]{43}=", re.IGNORECASE)
 _WG_CONFIG_PATH = re.compile(r"/etc/wireguard/[^/\s\"']+\.conf\b")
 _KEY_PARAMETER = re.compile(
     r"(?<![\w./-])(/[\w./-]*" + re.escape(KEY_PARAMETER_SUFFIX) + r")(?![\w./-])"
@@ -66,7 +77,9 @@ _KEY_PARAMETER = re.compile(
 _NAT = re.compile(
     r"\b(?:MASQUERADE|SNAT|DNAT)\b"
     r"|(?:^|[\s,\[])(?:-t[\s,'\"]*nat|--table[=\s,'\"]+nat)\b"
-    r"|\btype\s+nat\b",
+    r"|\btype\s+nat\b"
+    # iptables-restore's table header: `*nat`.
+    r"|^\s*\*nat\b",
     re.IGNORECASE,
 )
 _USER_DATA_DIGEST = re.compile(r"[0-9a-f]{40}")
@@ -117,6 +130,7 @@ class Violation:
     name: str
     urn: str
     message: str
+    advisory: bool = False  # a finding to read, which fails nothing
 
 
 ResourceCheck = Callable[[str, Props], list[str]]
@@ -128,6 +142,7 @@ class ResourceRule:
     name: str
     description: str
     check: ResourceCheck
+    advisory: bool = False  # else mandatory: a violation fails the preview
 
 
 @dataclass(frozen=True)
@@ -135,6 +150,7 @@ class StackRule:
     name: str
     description: str
     check: StackCheck
+    advisory: bool = False
 
 
 # ---------------------------------------------------------------------------- user data
@@ -149,19 +165,32 @@ class _UserData:
 
 def _user_data(props: Props) -> _UserData | None:
     """The instance's user data, or None if it is not known yet (or there is none)."""
-    text = props.get("userData")
-    if text is None and isinstance(props.get("userDataBase64"), str):
-        try:
-            text = decode_user_data(props["userDataBase64"])
-        except (binascii.Error, UnicodeDecodeError, OSError, EOFError):
-            return None
-    if not isinstance(text, str):
+    text, packed = props.get("userData"), props.get("userDataBase64")
+    if text is None and isinstance(packed, str):
+        return _unpacked_user_data(packed)
+    return _parsed_user_data(text) if isinstance(text, str) else None
+
+
+# Every rule reads every instance's user data: decode and parse each text once.
+@functools.lru_cache(maxsize=16)
+def _unpacked_user_data(packed: str) -> _UserData | None:
+    try:
+        return _parsed_user_data(decode_user_data(packed))
+    except (binascii.Error, UnicodeDecodeError, OSError, EOFError):
         return None
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed_user_data(text: str) -> _UserData:
     written: dict[str, str] = {}
     extra: dict[str, str] = {}
     if text.startswith("#cloud-config"):
         try:
-            document = yaml.safe_load(text)
+            # libyaml's safe loader where PyYAML has it: ten times faster on user data.
+            if yaml.__with_libyaml__:
+                document = yaml.load(text, Loader=yaml.CSafeLoader)
+            else:
+                document = yaml.safe_load(text)
         except yaml.YAMLError:
             document = None
         entries = document.get("write_files") if isinstance(document, dict) else None
@@ -317,25 +346,73 @@ def encrypted_root_volume(type_: str, props: Props) -> list[str]:
     return [f"rootBlockDevice.encrypted is {shown}, not true"]
 
 
-def no_private_key_in_user_data(type_: str, props: Props) -> list[str]:
-    """(d) User data carries no private key: it is readable by anyone who can describe it.
+def _walk_strings(value: Any, where: str) -> Iterator[tuple[str, str]]:
+    """(where, text) for every string in a value; JSON text is read as what it holds."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _walk_strings(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _walk_strings(item, f"{where}[{index}]")
+    elif isinstance(value, str):
+        parsed: Any = None
+        if value.lstrip()[:1] in ("{", "["):
+            try:
+                parsed = json.loads(value)
+            except ValueError:
+                parsed = None
+        if isinstance(parsed, dict | list):
+            # The desired state is JSON whose strings are the wg-quick config and the
+            # firewall: read them line by line, as the gateway will.
+            yield from _walk_strings(parsed, where)
+        else:
+            yield where, value
 
+
+def _held_texts(type_: str, props: Props) -> Iterator[tuple[str, str]]:
+    """(where, text) for every text a resource holds where a gateway's config or firewall
+    can be: user data (decoded), the desired-state parameter's JSON, any string input.
+
+    Not the places key material belongs: a SecureString's value, the RandomBytes a key
+    comes from.
+    """
+    if type_ == RANDOM_BYTES:
+        return
+    skip: set[str] = set()
+    if type_ == INSTANCE:
+        skip = {"userData", "userDataBase64"}
+        data = _user_data(props)
+        if data is not None:
+            yield from _sources(data)
+    elif type_ == SSM_PARAMETER and (
+        props.get("type") != "String" or _secret_parameter_kind(props.get("name"))
+    ):
+        # A SecureString (or not known yet), or a key parameter: the key-parameter rules
+        # judge where its key is.
+        skip = {"value"}
+    for key, value in props.items():
+        if key not in skip and not is_unknown(value):
+            yield from _walk_strings(value, key)
+
+
+def no_private_key_in_gateway_config(type_: str, props: Props) -> list[str]:
+    """(d) No private key in user data, the desired state or any other string input:
+    each is readable by anyone who can describe the resource (or read the plan).
+
+    Public keys are allowed where wg(8) takes them (`PublicKey =`, `wg set ... peer`).
     Messages name the line, never its content.
     """
-    if type_ != INSTANCE:
-        return []
-    data = _user_data(props)
-    if data is None:
-        return []
     problems = []
-    for where, text in _sources(data):
+    for where, text in _held_texts(type_, props):
         for number, line in enumerate(text.splitlines(), start=1):
             if _PRIVATE_KEY_LINE.match(line.strip()):
                 problems.append(
                     f"{where} line {number} is a PrivateKey line; the gateway must load its "
                     "key from SSM at boot"
                 )
-            elif not _PUBLIC_KEY_LINE.match(line.strip()) and _KEY_SHAPED.search(line):
+            elif not _PUBLIC_KEY_LINE.match(line.strip()) and _KEY_SHAPED.search(
+                _PEER_PUBLIC_KEY.sub("", line)
+            ):
                 problems.append(
                     f"{where} line {number} holds a WireGuard-key-shaped value outside a "
                     "PublicKey line"
@@ -343,29 +420,37 @@ def no_private_key_in_user_data(type_: str, props: Props) -> list[str]:
     return problems
 
 
+def _secret_parameter_kind(name: Any) -> str | None:
+    """'private key' or 'pre-shared key' for a parameter holding one, else None."""
+    if not isinstance(name, str):
+        return None
+    if name.endswith(KEY_PARAMETER_SUFFIX):
+        return "private key"
+    if name.endswith(PRESHARED_KEY_SUFFIX):
+        return "pre-shared key"
+    return None
+
+
 def key_parameter_is_secure_string(type_: str, props: Props) -> list[str]:
-    """(e) An SSM parameter holding a WireGuard key is a SecureString (KMS-encrypted)."""
+    """(e) An SSM parameter holding a WireGuard key, private or pre-shared, is a
+    SecureString (KMS-encrypted)."""
     if type_ != SSM_PARAMETER:
         return []
     name, kind = props.get("name"), props.get("type")
-    if not isinstance(name, str) or not name.endswith(KEY_PARAMETER_SUFFIX):
+    what = _secret_parameter_kind(name)
+    if what is None or kind == "SecureString" or is_unknown(kind):
         return []
-    if kind == "SecureString" or is_unknown(kind):
-        return []
-    return [f"parameter {name} holds a private key but has type {kind!r}, not 'SecureString'"]
+    return [f"parameter {name} holds a {what} but has type {kind!r}, not 'SecureString'"]
 
 
 def no_nat(type_: str, props: Props) -> list[str]:
-    """(g) Sites are routed, never translated: no NAT rule in any user data."""
-    if type_ != INSTANCE:
-        return []
-    data = _user_data(props)
-    if data is None:
-        return []
+    """(g) Sites are routed, never translated: no NAT rule in user data, the desired
+    state's config and firewall, or any other string input."""
     problems = []
-    for where, text in _sources(data):
+    for where, text in _held_texts(type_, props):
         for number, line in enumerate(text.splitlines(), start=1):
-            # Comments (YAML, shell, wg-quick) do not run, and rule descriptions land there.
+            # Comments (YAML, shell, wg-quick, iptables-restore) do not run, and rule
+            # descriptions land there.
             if line.strip().startswith("#"):
                 continue
             match = _NAT.search(line)
@@ -437,6 +522,91 @@ def metrics_permission_namespace_limited(type_: str, props: Props) -> list[str]:
                 )
             elif not values or any(v != health.NAMESPACE for v in values):
                 problems.append(f"{where} into namespace {values!r}, not only {health.NAMESPACE!r}")
+    return problems
+
+
+# Actions on a KMS key that reach the plaintext of what it encrypted: decrypting,
+# re-encrypting it out under a key one controls, or granting oneself either.
+_PLAINTEXT_ACTIONS = ("kms:decrypt", "kms:reencryptfrom", "kms:creategrant")
+_ACTION_NAMES = {
+    "kms:decrypt": "Decrypt",
+    "kms:reencryptfrom": "ReEncryptFrom",
+    "kms:creategrant": "CreateGrant",
+}
+
+
+def _grant_for_aws_resource_only(statement: Mapping[str, Any]) -> bool:
+    conditions = statement.get("Condition")
+    bool_ = conditions.get("Bool") if isinstance(conditions, Mapping) else None
+    if not isinstance(bool_, Mapping):
+        return False
+    values = [v for k, v in bool_.items() if str(k).lower() == "kms:grantisforawsresource"]
+    return bool(values) and all(str(v).lower() == "true" for v in _as_list(values[0]))
+
+
+def key_policy_as_claimed(type_: str, props: Props) -> list[str]:
+    """(j) A gateway key's policy grants what its comment claims, and no more.
+
+    Every Allow statement lists its actions: no NotAction, and no wildcard that reaches
+    kms:Decrypt, kms:ReEncryptFrom or kms:CreateGrant (`kms:*`, `kms:Create*`: with
+    CreateGrant any IAM principal allowed it can grant itself Decrypt). CreateGrant only
+    with `kms:GrantIsForAWSResource`; nobody re-encrypts out of the key; Decrypt only for
+    named principals (never the account root, an account id or everyone), through
+    kms:ViaService, and at most one of them (the deployer) without the encryption
+    context of its parameters (key-decrypted-only-by-own-gateway checks whose).
+    """
+    if type_ != KMS_KEY:
+        return []
+    document = props.get("policy")
+    if is_unknown(document) or document is None:
+        return [] if is_unknown(document) else ["has no key policy: the account's IAM decides"]
+    try:
+        parsed = json.loads(str(document))
+    except ValueError:
+        return ["its key policy is not JSON"]
+    statements = _as_list(parsed.get("Statement")) if isinstance(parsed, dict) else []
+    problems = []
+    without_context = []
+    for index, statement in enumerate(statements):
+        if not isinstance(statement, Mapping) or statement.get("Effect") != "Allow":
+            continue
+        sid = f"statement {statement.get('Sid', f'[{index}]')}"
+        if "NotAction" in statement:
+            problems.append(f"{sid} allows NotAction: everything it does not list, Decrypt too")
+            continue
+        actions = [a for a in _as_list(statement.get("Action")) if isinstance(a, str)]
+        reached: set[str] = set()
+        for action in actions:
+            hits = {p for p in _PLAINTEXT_ACTIONS if fnmatch.fnmatchcase(p, action.lower())}
+            wildcard = "*" in action or "?" in action
+            if wildcard and hits:
+                listed = ", ".join(sorted(_ACTION_NAMES[h] for h in hits))
+                problems.append(f"{sid} allows {action!r}, which includes {listed}")
+            reached |= hits
+        if "kms:creategrant" in reached and not _grant_for_aws_resource_only(statement):
+            problems.append(
+                f"{sid} allows kms:CreateGrant without Bool kms:GrantIsForAWSResource true: "
+                "its principals can grant anyone Decrypt"
+            )
+        if "kms:reencryptfrom" in reached:
+            problems.append(f"{sid} allows kms:ReEncryptFrom: re-encrypting out is decrypting")
+        if "kms:decrypt" not in reached:
+            continue
+        principals = _principals(statement)
+        problems += [
+            f"{sid} lets {principal} decrypt: the account's IAM policies would decide who may"
+            for principal in principals
+            if _whole_account(principal)
+        ]
+        if _condition(statement, "kms:ViaService") is None:
+            problems.append(f"{sid} allows kms:Decrypt without kms:ViaService (SSM)")
+        if _condition(statement, "kms:EncryptionContext:PARAMETER_ARN") is None:
+            without_context.append(sid)
+    if len(without_context) > 1:
+        problems.append(
+            f"{len(without_context)} statements allow kms:Decrypt without the parameters' "
+            f"encryption context ({', '.join(without_context)}); only the deployer's may"
+        )
     return problems
 
 
@@ -695,20 +865,22 @@ def _referenced_roles(key: Resource, roles: Sequence[Resource]) -> list[Resource
 def key_decrypted_only_by_own_gateway(
     resources: Sequence[Resource],
 ) -> list[tuple[Resource, str]]:
-    """(h) A WireGuard key parameter is under a KMS key only its own gateway may decrypt.
+    """(h) A WireGuard key parameter, private or pre-shared, is under its own gateway's
+    KMS key.
 
     The account's default aws/ssm key lets any principal with ssm:GetParameter decrypt.
-    On the stack's own key: no decrypt for the whole account or anyone; a role of the plan
-    only if it reads this parameter, through SSM, with the encryption context naming it;
-    one principal outside the plan (the deployer, who holds the keys in state anyway)
-    only through SSM.
+    On the stack's own key, a role of the plan named in the key policy must read this
+    parameter, and the encryption context of the statements that carry one must name this
+    parameter (a parameter under another gateway's key is not) and only its own site's.
+    What the policy allows at all (no wildcards, no grants, no account-wide Decrypt,
+    only through SSM) is key-policy-as-claimed's.
     """
     keys = [r for r in resources if r.type == KMS_KEY]
     roles = [r for r in resources if r.type == ROLE]
     found: list[tuple[Resource, str]] = []
     for parameter in (r for r in resources if r.type == SSM_PARAMETER):
         name = parameter.props.get("name")
-        if not (isinstance(name, str) and name.endswith(KEY_PARAMETER_SUFFIX)):
+        if _secret_parameter_kind(name) is None:
             continue
         key_id = parameter.props.get("keyId")
         if key_id is None or (isinstance(key_id, str) and key_id.endswith("alias/aws/ssm")):
@@ -716,7 +888,7 @@ def key_decrypted_only_by_own_gateway(
                 (
                     parameter,
                     "encrypted with the account's default aws/ssm key, which every principal "
-                    "allowed ssm:GetParameter can decrypt: give it the stack's own KMS key",
+                    "allowed ssm:GetParameter can decrypt: give it its gateway's KMS key",
                 )
             )
             continue
@@ -724,7 +896,7 @@ def key_decrypted_only_by_own_gateway(
         for key in _resolve(key_id, parameter, keys):
             found += [
                 (key, f"{problem} (parameter {name})")
-                for problem in _key_problems(key, name, readers, _referenced_roles(key, roles))
+                for problem in _key_problems(key, str(name), readers, _referenced_roles(key, roles))
             ]
     return found
 
@@ -744,27 +916,28 @@ def _key_problems(
         for role in referenced
         if role.urn not in readers
     ]
-    outsiders = 0
+    named: list[Any] = []
     for statement in (s for s in statements if isinstance(s, Mapping) and _grants_decrypt(s)):
         sid = statement.get("Sid", "(no Sid)")
-        if _condition(statement, "kms:ViaService") is None:
-            problems.append(f"statement {sid} allows kms:Decrypt without kms:ViaService (SSM)")
-        everyone = [p for p in _principals(statement) if _whole_account(p)]
-        problems += [f"statement {sid} lets {principal} decrypt" for principal in everyone]
         context = _condition(statement, "kms:EncryptionContext:PARAMETER_ARN")
         if context is None:
-            outsiders += 0 if everyone else 1
             continue
         # Its own site's parameters only (the key and the pre-shared key sit side by side).
         site = parameter.rsplit("/", 1)[0] + "/"
         for arn in _as_list(context):
+            named.append(arn)
             match = _SSM_PARAMETER_ARN.match(str(arn))
             if not is_unknown(arn) and (match is None or not match.group(1).startswith(site)):
                 problems.append(f"statement {sid} names another site's parameter: {arn}")
-    if outsiders > 1:
+    known = [_SSM_PARAMETER_ARN.match(str(a)) for a in named if not is_unknown(a)]
+    if (
+        named
+        and len(known) == len(named)
+        and all(m is None or m.group(1) != parameter for m in known)
+    ):
         problems.append(
-            f"{outsiders} statements allow kms:Decrypt without the parameter's encryption "
-            "context; only the deployer's may"
+            "its gateway may not decrypt this parameter with it (no encryption context names "
+            "it): the key is another gateway's, or the parameter is missing from its policy"
         )
     return problems
 
@@ -823,6 +996,68 @@ def gateway_has_tunnel_alarm(resources: Sequence[Resource]) -> list[tuple[Resour
     return found
 
 
+def _is_sns_arn(value: Any) -> bool:
+    return isinstance(value, str) and re.match(r"^arn:aws[\w-]*:sns:", value) is not None
+
+
+def _topics_of(ref: Any, source: Resource, topics: Sequence[Resource]) -> list[Resource]:
+    """The plan's topics `ref` (an SNS topic ARN) names: by ARN where known, else by
+    name (an ARN ends with it) among the topics `source` depends on (two regions' topics
+    share one name)."""
+    if not isinstance(ref, str):
+        return []
+    by_arn = [t for t in topics if ref == t.props.get("arn")]
+    if by_arn:
+        return by_arn
+    leaf = ref.rsplit(":", 1)[-1]
+    return [t for t in topics if t.urn in source.dependencies and t.props.get("name") == leaf]
+
+
+def alarm_reaches_a_subscriber(resources: Sequence[Resource]) -> list[tuple[Resource, str]]:
+    """(k, advisory) An alarm tells someone: one of its actions is a topic of the plan
+    with a subscription, or a topic from outside the plan (`alerts.topicArn`).
+
+    A topic without a subscription takes the notification and tells nobody. Advisory:
+    a stack may subscribe by hand, outside the plan, which the plan cannot see.
+    """
+    topics = [r for r in resources if r.type == SNS_TOPIC]
+    subscribed = {
+        t.urn
+        for sub in resources
+        if sub.type == SNS_SUBSCRIPTION
+        for t in _topics_of(sub.props.get("topic"), sub, topics)
+    }
+    found: list[tuple[Resource, str]] = []
+    for alarm in (r for r in resources if r.type == METRIC_ALARM):
+        actions = _as_list(alarm.props.get("alarmActions"))
+        if is_unknown(alarm.props.get("alarmActions")) or any(is_unknown(a) for a in actions):
+            continue
+        notified = [a for a in actions if _is_sns_arn(a)]
+        reached = False
+        silent: list[str] = []
+        for action in notified:
+            mine = _topics_of(action, alarm, topics)
+            if not mine or any(t.urn in subscribed for t in mine):
+                reached = True  # a topic from outside the plan, or a subscribed one
+            else:
+                silent += [t.name for t in mine]
+        if reached:
+            continue
+        where = (
+            f"only topic {', '.join(sorted(set(silent)))} (no subscription)"
+            if silent
+            else "no SNS topic"
+        )
+        found.append(
+            (
+                alarm,
+                f"notifies {where}: nobody hears it; set wg-site-to-site:alerts (emails, or "
+                "the topicArn of your on-call)",
+            )
+        )
+    return found
+
+
 RESOURCE_RULES: Final = (
     ResourceRule(
         "wireguard-port-not-public",
@@ -840,19 +1075,27 @@ RESOURCE_RULES: Final = (
         encrypted_root_volume,
     ),
     ResourceRule(
-        "no-private-key-in-user-data",
-        "No WireGuard private key (or key-shaped value) appears in user data.",
-        no_private_key_in_user_data,
+        "no-private-key-in-gateway-config",
+        "No WireGuard private key (or key-shaped value) in user data, the desired state or "
+        "any other string input.",
+        no_private_key_in_gateway_config,
     ),
     ResourceRule(
         "key-parameter-secure-string",
-        "Every SSM parameter holding a WireGuard key is a SecureString.",
+        "Every SSM parameter holding a WireGuard key, private or pre-shared, is a SecureString.",
         key_parameter_is_secure_string,
     ),
     ResourceRule(
         "no-nat",
-        "No NAT (MASQUERADE, SNAT, DNAT, the nat table) in any user data.",
+        "No NAT (MASQUERADE, SNAT, DNAT, the nat table) in user data, the desired state or "
+        "any other string input.",
         no_nat,
+    ),
+    ResourceRule(
+        "key-policy-as-claimed",
+        "A KMS key policy lists its actions: no wildcard reaching Decrypt or CreateGrant, "
+        "CreateGrant only for AWS resources, Decrypt only for named principals through SSM.",
+        key_policy_as_claimed,
     ),
     ResourceRule(
         "metrics-permission-namespace-limited",
@@ -875,14 +1118,21 @@ STACK_RULES: Final = (
     ),
     StackRule(
         "key-decrypted-only-by-own-gateway",
-        "A WireGuard key parameter uses a KMS key that only its own gateway (and the "
-        "deployer, through SSM) may decrypt.",
+        "A WireGuard key parameter, private or pre-shared, uses its own gateway's KMS key, "
+        "whose policy lets that gateway decrypt it and no other role of the stack.",
         key_decrypted_only_by_own_gateway,
     ),
     StackRule(
         "gateway-has-tunnel-alarm",
         "Every gateway has a TunnelUp alarm with at least one alarm action.",
         gateway_has_tunnel_alarm,
+    ),
+    StackRule(
+        "alarm-reaches-a-subscriber",
+        "Every alarm notifies a topic with a subscription, or one from outside the stack "
+        "(advisory: a subscription made by hand is not in the plan).",
+        alarm_reaches_a_subscriber,
+        advisory=True,
     ),
 )
 
@@ -894,14 +1144,29 @@ def evaluate(resources: Sequence[Resource]) -> list[Violation]:
     here keeps reports (and CI summaries) identical from run to run.
     """
     violations = [
-        Violation(rule.name, r.type, r.name, r.urn, message)
+        Violation(rule.name, r.type, r.name, r.urn, message, rule.advisory)
         for rule in RESOURCE_RULES
         for r in resources
         for message in rule.check(r.type, r.props)
     ]
     violations += [
-        Violation(rule.name, r.type, r.name, r.urn, message)
+        Violation(rule.name, r.type, r.name, r.urn, message, rule.advisory)
         for rule in STACK_RULES
         for r, message in rule.check(resources)
     ]
-    return sorted(violations, key=lambda v: (v.policy, v.type, v.name, v.urn, v.message))
+    # Mandatory violations first, then advisory findings.
+    return sorted(
+        violations, key=lambda v: (v.advisory, v.policy, v.type, v.name, v.urn, v.message)
+    )
+
+
+def mandatory(violations: Sequence[Violation]) -> list[Violation]:
+    return [v for v in violations if not v.advisory]
+
+
+def advisory(violations: Sequence[Violation]) -> list[Violation]:
+    return [v for v in violations if v.advisory]
+
+
+def all_rules() -> list[ResourceRule | StackRule]:
+    return [*RESOURCE_RULES, *STACK_RULES]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
 import pytest
@@ -22,12 +23,22 @@ def stack_config(stack: str) -> dict[str, Any]:
     }
 
 
+def shipped_plan(stack: str, preview: bool = True) -> Plan:
+    """A shipped stack, planned once per session: shared, so a test must not change it."""
+    return _planned(stack, preview)
+
+
+@functools.cache
+def _planned(stack: str, preview: bool) -> Plan:
+    return plan_stack(stack, preview=preview)
+
+
 @pytest.fixture(scope="session", params=[True, False], ids=["preview", "update"])
 def dev_plan(request: pytest.FixtureRequest) -> Plan:
     """The dev stack, planned once as `pulumi preview` and once as `pulumi up` would run it."""
-    return plan_stack("dev", preview=request.param)
+    return shipped_plan("dev", preview=request.param)
 
 
 @pytest.fixture(scope="session")
 def single_region_plan() -> Plan:
-    return plan_stack("single-region", preview=True)
+    return shipped_plan("single-region", preview=True)

@@ -163,6 +163,9 @@ def test_create_writes_a_tagged_valid_stack_and_deploys_it(world: World) -> None
     document = yaml.safe_load(target.read_text())
     base = yaml.safe_load((world.stacks_dir / "Pulumi.dev.yaml").read_text())
     tags = document["config"].pop("wg-site-to-site:tags")
+    # The base's deployer is its deploy role; a test stack's is whoever deploys it.
+    assert base["config"].pop("wg-site-to-site:deployer").startswith("arn:aws:iam::")
+    assert "wg-site-to-site:deployer" not in document["config"]
     assert document["config"] == base["config"]  # every other key copied as is
     assert tags["owner"] == "alice@example.com"
     assert tags["ephemeral"] == "true"

@@ -22,15 +22,21 @@ from pulumi_policy import (
 )
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, unknown_checking_proxy
 
+from components.gateway import KEY_ADMINISTRATION_ACTIONS
 from core.render import decode_user_data
 from plan.document import public_document
-from plan.engine import REPO, plan_stack
+from plan.engine import REPO
 from policy import offline, pack, rules
+from tests.conftest import shipped_plan
 
 Document = dict[str, Any]
 INSTANCE = "aws:ec2/instance:Instance"
 INTERFACE = "aws:ec2/networkInterface:NetworkInterface"
+PARAMETER = "aws:ssm/parameter:Parameter"
+KMS_KEY = "aws:kms/key:Key"
+ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
 ALPHA_KEY = "/wg-site-to-site/dev/alpha/wireguard-private-key"
+ALPHA_PSK = "/wg-site-to-site/dev/alpha/wireguard-preshared-key"
 BETA_ARN = (
     "arn:aws:ssm:eu-west-1:123456789012:parameter/wg-site-to-site/dev/beta/wireguard-private-key"
 )
@@ -38,7 +44,9 @@ BETA_ARN = (
 
 @pytest.fixture(scope="module")
 def dev() -> Document:
-    return public_document(plan_stack("dev"))
+    # The session's plan of dev (as a preview), never planned again here: each test
+    # changes a deep copy of this document.
+    return public_document(shipped_plan("dev", preview=True))
 
 
 def resource(document: Document, type_: str, name: str) -> Document:
@@ -49,8 +57,14 @@ def resource(document: Document, type_: str, name: str) -> Document:
     return found[0]
 
 
-def violations(document: Document) -> list[rules.Violation]:
+def findings(document: Document) -> list[rules.Violation]:
+    """Every violation and advisory finding."""
     return rules.evaluate(offline.resources_from_document(document, document["stack"]))
+
+
+def violations(document: Document) -> list[rules.Violation]:
+    """The mandatory violations (the shipped dev stack has advisory findings)."""
+    return rules.mandatory(findings(document))
 
 
 def set_input(type_: str, name: str, path: str, value: Any) -> Callable[[Document], None]:
@@ -108,8 +122,22 @@ def _statement(sid: str) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
 
 
 def _let_root_decrypt(statements: list[dict[str, Any]]) -> None:
-    statements[0]["Action"] = "kms:*"
+    statements[0]["Action"] = [*statements[0]["Action"], "kms:Decrypt"]
     statements[0]["Condition"] = {"StringEquals": {"kms:ViaService": "ssm.us-east-1.amazonaws.com"}}
+
+
+def _administer_with_wildcards(statements: list[dict[str, Any]]) -> None:
+    # The administration statement as d82e7db wrote it (AWS's key administrators).
+    statements[0]["Action"] = ["kms:Create*", "kms:Describe*", "kms:Put*", "kms:Get*"]
+
+
+def _allow_create_grant(condition: dict[str, Any] | None) -> Callable[[list[dict[str, Any]]], None]:
+    def edit(statements: list[dict[str, Any]]) -> None:
+        statements[0]["Action"] = [*statements[0]["Action"], "kms:CreateGrant"]
+        if condition is not None:
+            statements[0]["Condition"] = condition
+
+    return edit
 
 
 def _drop_encryption_context(statements: list[dict[str, Any]]) -> None:
@@ -117,9 +145,44 @@ def _drop_encryption_context(statements: list[dict[str, Any]]) -> None:
     del gateway["Condition"]["StringEquals"]["kms:EncryptionContext:PARAMETER_ARN"]
 
 
+def _drop_via_service(statements: list[dict[str, Any]]) -> None:
+    del _statement("DeployerWritesThroughSsm")(statements)["Condition"]
+
+
+def _add_statement(statement: dict[str, Any]) -> Callable[[list[dict[str, Any]]], None]:
+    return lambda statements: statements.append(statement)
+
+
 def _name_the_other_gateway(statements: list[dict[str, Any]]) -> None:
     gateway = _statement("GatewayDecryptsOwnParameter")(statements)
     gateway["Principal"]["AWS"] = "arn:aws:iam::123456789012:role/beta-gateway"
+
+
+def edit_desired_state(name: str, field: str, old: str, new: str) -> Callable[[Document], None]:
+    """Changes one text (config or firewall) of a gateway's desired-state parameter."""
+
+    def mutate(document: Document) -> None:
+        inputs = resource(document, PARAMETER, name)["inputs"]
+        state = json.loads(inputs["insecureValue"])
+        assert old in state[field]
+        state[field] = state[field].replace(old, new, 1)
+        inputs["insecureValue"] = json.dumps(state)
+
+    return mutate
+
+
+def under_key(parameter: str, key: str) -> Callable[[Document], None]:
+    """Puts a key parameter under another KMS key of the plan (by ARN and dependency)."""
+
+    def mutate(document: Document) -> None:
+        target = resource(document, PARAMETER, parameter)
+        own = resource(document, KMS_KEY, parameter.split("-", maxsplit=1)[0] + "-wireguard-key")
+        other = resource(document, KMS_KEY, key)
+        target["inputs"]["keyId"] = f"arn:aws:kms:eu-west-1:123456789012:key/{key}"
+        depends = target["options"]["dependsOn"]
+        depends[depends.index(own["urn"])] = other["urn"]
+
+    return mutate
 
 
 def add_resource(type_: str, name: str, inputs: dict[str, Any]) -> Callable[[Document], None]:
@@ -266,16 +329,119 @@ CASES = [
         "encrypted with the account's default aws/ssm key",
     ),
     (
-        "key-decrypted-only-by-own-gateway",
+        "key-policy-as-claimed",
         edit_key_policy("alpha-wireguard-key", _let_root_decrypt),
         "alpha-wireguard-key",
-        "lets arn:aws:iam::123456789012:root decrypt",
+        "statement AccountAdministersNotUses lets arn:aws:iam::123456789012:root decrypt",
+    ),
+    (
+        "key-policy-as-claimed",
+        edit_key_policy("beta-wireguard-key", _drop_encryption_context),
+        "beta-wireguard-key",
+        "2 statements allow kms:Decrypt without the parameters' encryption context",
+    ),
+    (
+        "key-policy-as-claimed",
+        edit_key_policy("alpha-wireguard-key", _administer_with_wildcards),
+        "alpha-wireguard-key",
+        "statement AccountAdministersNotUses allows 'kms:Create*', which includes CreateGrant",
+    ),
+    (
+        "key-policy-as-claimed",
+        edit_key_policy("alpha-wireguard-key", lambda st: st[0].update(Action="kms:*")),
+        "alpha-wireguard-key",
+        "allows 'kms:*', which includes CreateGrant, Decrypt, ReEncryptFrom",
+    ),
+    (
+        "key-policy-as-claimed",
+        edit_key_policy("beta-wireguard-key", _allow_create_grant(None)),
+        "beta-wireguard-key",
+        "allows kms:CreateGrant without Bool kms:GrantIsForAWSResource true",
+    ),
+    (
+        "key-policy-as-claimed",
+        edit_key_policy(
+            "beta-wireguard-key",
+            _allow_create_grant({"Bool": {"kms:GrantIsForAWSResource": "false"}}),
+        ),
+        "beta-wireguard-key",
+        "allows kms:CreateGrant without Bool kms:GrantIsForAWSResource true",
+    ),
+    (
+        "key-policy-as-claimed",
+        edit_key_policy(
+            "alpha-wireguard-key",
+            lambda st: st[0].update(NotAction="kms:Encrypt", Action=None),
+        ),
+        "alpha-wireguard-key",
+        "allows NotAction",
+    ),
+    (
+        "key-policy-as-claimed",
+        edit_key_policy("alpha-wireguard-key", _drop_via_service),
+        "alpha-wireguard-key",
+        "statement DeployerWritesThroughSsm allows kms:Decrypt without kms:ViaService",
+    ),
+    (
+        "key-policy-as-claimed",
+        edit_key_policy(
+            "alpha-wireguard-key",
+            _add_statement(
+                {
+                    "Sid": "AuditorDecrypts",
+                    "Effect": "Allow",
+                    "Principal": {"AWS": "arn:aws:iam::123456789012:role/auditor"},
+                    "Action": "kms:Decrypt",
+                    "Resource": "*",
+                    "Condition": {
+                        "StringEquals": {"kms:ViaService": "ssm.us-east-1.amazonaws.com"}
+                    },
+                }
+            ),
+        ),
+        "alpha-wireguard-key",
+        "2 statements allow kms:Decrypt without the parameters' encryption context",
+    ),
+    (
+        "key-policy-as-claimed",
+        edit_key_policy(
+            "beta-wireguard-key",
+            _add_statement(
+                {
+                    "Effect": "Allow",
+                    "Principal": {"AWS": "arn:aws:iam::123456789012:role/mover"},
+                    "Action": "kms:ReEncryptFrom",
+                    "Resource": "*",
+                }
+            ),
+        ),
+        "beta-wireguard-key",
+        "allows kms:ReEncryptFrom",
     ),
     (
         "key-decrypted-only-by-own-gateway",
-        edit_key_policy("beta-wireguard-key", _drop_encryption_context),
+        set_input(PARAMETER, "alpha-preshared-key", "keyId", None),
+        "alpha-preshared-key",
+        "encrypted with the account's default aws/ssm key",
+    ),
+    (
+        "key-decrypted-only-by-own-gateway",
+        set_input(PARAMETER, "beta-preshared-key", "keyId", "alias/aws/ssm"),
+        "beta-preshared-key",
+        "encrypted with the account's default aws/ssm key",
+    ),
+    (
+        "key-decrypted-only-by-own-gateway",
+        under_key("alpha-preshared-key", "beta-wireguard-key"),
         "beta-wireguard-key",
-        "2 statements allow kms:Decrypt without the parameter's encryption context",
+        "its gateway may not decrypt this parameter with it",
+    ),
+    (
+        "key-decrypted-only-by-own-gateway",
+        under_key("alpha-wireguard-key", "beta-wireguard-key"),
+        "beta-wireguard-key",
+        f"the key is another gateway's, or the parameter is missing from its policy "
+        f"(parameter {ALPHA_KEY})",
     ),
     (
         "key-decrypted-only-by-own-gateway",
@@ -302,22 +468,51 @@ CASES = [
         "rootBlockDevice.encrypted is absent, not true",
     ),
     (
-        "no-private-key-in-user-data",
+        "no-private-key-in-gateway-config",
         edit_user_data("alpha-gateway", WG_LINE, f"{WG_LINE}      PrivateKey = {FAKE_KEY}\n"),
         "alpha-gateway",
         "is a PrivateKey line",
     ),
     (
-        "no-private-key-in-user-data",
+        "no-private-key-in-gateway-config",
         edit_user_data("beta-gateway", "runcmd:\n", f"runcmd:\n  - [echo, {FAKE_KEY}]\n"),
         "beta-gateway",
         "holds a WireGuard-key-shaped value outside a PublicKey line",
     ),
     (
+        "no-private-key-in-gateway-config",
+        edit_desired_state(
+            "alpha-desired-state",
+            "config",
+            "[Interface]\n",
+            f"[Interface]\nPrivateKey = {FAKE_KEY}\n",
+        ),
+        "alpha-desired-state",
+        "insecureValue.config line 6 is a PrivateKey line",
+    ),
+    (
+        "no-private-key-in-gateway-config",
+        edit_desired_state("beta-desired-state", "firewall", "COMMIT\n", f"COMMIT\n# {FAKE_KEY}\n"),
+        "beta-desired-state",
+        "insecureValue.firewall line 8 holds a WireGuard-key-shaped value",
+    ),
+    (
+        "no-private-key-in-gateway-config",
+        set_input("command:local:Command", "alpha-apply", "environment.WG_S2S_KEY", FAKE_KEY),
+        "alpha-apply",
+        "environment.WG_S2S_KEY line 1 holds a WireGuard-key-shaped value",
+    ),
+    (
         "key-parameter-secure-string",
-        set_input("aws:ssm/parameter:Parameter", "alpha-wireguard-key", "type", "String"),
+        set_input(PARAMETER, "alpha-wireguard-key", "type", "String"),
         "alpha-wireguard-key",
         f"parameter {ALPHA_KEY} holds a private key but has type 'String'",
+    ),
+    (
+        "key-parameter-secure-string",
+        set_input(PARAMETER, "alpha-preshared-key", "type", "String"),
+        "alpha-preshared-key",
+        f"parameter {ALPHA_PSK} holds a pre-shared key but has type 'String'",
     ),
     (
         "gateway-reads-only-own-key",
@@ -371,17 +566,126 @@ CASES = [
         "beta-gateway",
         "uses NAT",
     ),
+    (
+        "no-nat",
+        edit_desired_state(
+            "alpha-desired-state",
+            "firewall",
+            "*filter\n",
+            "*nat\n-A POSTROUTING -o ens5 -j MASQUERADE\nCOMMIT\n*filter\n",
+        ),
+        "alpha-desired-state",
+        "insecureValue.firewall line 8 uses NAT ('*nat')",
+    ),
+    (
+        "no-nat",
+        edit_desired_state(
+            "alpha-desired-state",
+            "firewall",
+            "*filter\n",
+            "*nat\n-A POSTROUTING -o ens5 -j MASQUERADE\nCOMMIT\n*filter\n",
+        ),
+        "alpha-desired-state",
+        "insecureValue.firewall line 9 uses NAT ('MASQUERADE')",
+    ),
+    (
+        "no-nat",
+        edit_desired_state(
+            "beta-desired-state",
+            "config",
+            "[Interface]\n",
+            "[Interface]\nPostUp = iptables -t nat -A POSTROUTING -j SNAT --to 10.2.0.4\n",
+        ),
+        "beta-desired-state",
+        "insecureValue.config line 6 uses NAT",
+    ),
 ]
 
 
-def test_shipped_stacks_pass_every_policy(dev):
+def test_shipped_stacks_pass_every_mandatory_policy(dev, single_region_plan):
     assert violations(dev) == []
-    assert rules.evaluate(offline.resources_from_plan(plan_stack("single-region"))) == []
+    assert rules.mandatory(rules.evaluate(offline.resources_from_plan(single_region_plan))) == []
 
 
-def test_every_policy_has_a_violating_case():
-    names = {r.name for r in (*rules.RESOURCE_RULES, *rules.STACK_RULES)}
+def test_every_mandatory_policy_has_a_violating_case():
+    names = {r.name for r in rules.all_rules() if not r.advisory}
     assert {case[0] for case in CASES} == names
+
+
+def test_key_administration_lists_its_actions_without_grants_or_use():
+    assert all("*" not in action for action in KEY_ADMINISTRATION_ACTIONS)
+    used = {"kms:CreateGrant", "kms:Decrypt", "kms:Encrypt", "kms:ReEncryptFrom"}
+    assert used.isdisjoint(KEY_ADMINISTRATION_ACTIONS)
+    assert "kms:PutKeyPolicy" in KEY_ADMINISTRATION_ACTIONS  # what the comment owns up to
+
+
+def test_create_grant_for_aws_resources_only_passes(dev):
+    document = copy.deepcopy(dev)
+    condition = {"Bool": {"kms:GrantIsForAWSResource": "true"}}
+    edit_key_policy("alpha-wireguard-key", _allow_create_grant(condition))(document)
+    assert violations(document) == []
+
+
+# ----------------------------------------------------------- advisory: alarm subscribers
+
+SILENT = "notifies only topic tunnel-health-{} (no subscription): nobody hears it"
+
+
+def _alarm_findings(document: Document) -> dict[str, str]:
+    found = rules.advisory(findings(document))
+    assert {v.policy for v in found} <= {"alarm-reaches-a-subscriber"}
+    return {v.name: v.message for v in found}
+
+
+def test_alarms_of_topics_without_subscribers_are_advisory_findings(dev):
+    found = _alarm_findings(dev)
+
+    assert sorted(found) == [
+        f"{site}-{rule}"
+        for site in ("alpha", "beta")
+        for rule in ("handshake-stale", "system-check", "tunnel-down")
+    ]
+    assert found["alpha-tunnel-down"].startswith(SILENT.format("us-east-1"))
+    assert found["beta-system-check"].startswith(SILENT.format("eu-west-1"))
+
+
+def _subscribe(document: Document, region: str) -> None:
+    topic = resource(document, "aws:sns/topic:Topic", f"tunnel-health-{region}")
+    arn = f"arn:aws:sns:{region}:123456789012:{topic['inputs']['name']}"
+    add_resource(
+        "aws:sns/topicSubscription:TopicSubscription",
+        f"tunnel-health-{region}-email-0",
+        {"topic": arn, "protocol": "email", "endpoint": "noc@example.com"},
+    )(document)
+    document["resources"][-1]["options"]["dependsOn"] = [topic["urn"]]
+
+
+def test_a_subscription_or_an_outside_topic_reaches_someone(dev):
+    document = copy.deepcopy(dev)
+    _subscribe(document, "us-east-1")
+    # Only beta's alarms are left: the subscription is to the us-east-1 topic.
+    assert sorted(_alarm_findings(document)) == [
+        "beta-handshake-stale",
+        "beta-system-check",
+        "beta-tunnel-down",
+    ]
+
+    pager = "arn:aws:sns:eu-west-1:123456789012:ops-pager"  # alerts.topicArn
+    for rule in ("handshake-stale", "system-check", "tunnel-down"):
+        alarm = resource(document, ALARM, f"beta-{rule}")
+        alarm["inputs"]["alarmActions"] = [*alarm["inputs"]["alarmActions"], pager]
+    assert _alarm_findings(document) == {}
+
+
+def test_an_alarm_without_any_topic_is_a_finding(dev):
+    document = copy.deepcopy(dev)
+    _subscribe(document, "us-east-1")
+    set_input(
+        ALARM, "alpha-system-check", "alarmActions", ["arn:aws:automate:us-east-1:ec2:recover"]
+    )(document)
+    found = _alarm_findings(document)
+    assert found["alpha-system-check"].startswith("notifies no SNS topic")
+    assert violations(document) == []  # advisory only: nothing fails
 
 
 @pytest.mark.parametrize(
@@ -395,9 +699,10 @@ def test_policy_catches_its_violation(dev, policy, mutate, name, message):
 
     found = violations(document)
 
-    assert [(v.policy, v.name) for v in found] == [(policy, name)]
-    assert message in found[0].message
-    assert FAKE_KEY not in found[0].message
+    # One mutation may break a rule more than once (a nat table and its MASQUERADE).
+    assert {(v.policy, v.name) for v in found} == {(policy, name)}
+    assert any(message in v.message for v in found), [v.message for v in found]
+    assert all(FAKE_KEY not in v.message for v in found)
 
 
 def test_gateway_role_with_a_second_parameter_is_caught(dev):
@@ -458,13 +763,35 @@ def write(tmp_path, document: Document) -> str:
     return str(path)
 
 
-def test_offline_runner_passes_shipped_stacks(capsys):
+MANDATORY = sum(not r.advisory for r in rules.all_rules())
+
+
+@pytest.fixture
+def shared_plans(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner plans through plan_stack: give it the session's plans."""
+    monkeypatch.setattr(offline, "plan_stack", shipped_plan)
+
+
+def test_offline_runner_passes_shipped_stacks_printing_advisory_findings_apart(
+    shared_plans, capsys
+):
     assert offline.main(["dev"]) == 0
     assert offline.main(["single-region"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    count = len(rules.RESOURCE_RULES) + len(rules.STACK_RULES)
-    assert lines[0].startswith(f"stack dev: all {count} mandatory policies pass")
-    assert lines[1].startswith(f"stack single-region: all {count} mandatory policies pass")
+    summaries = [line for line in lines if line.startswith("stack ")]
+    advisories = [line for line in lines if not line.startswith("stack ")]
+    assert summaries[0].startswith(
+        f"stack dev: all {MANDATORY} mandatory policies pass; 6 advisory findings of 1 of 1 "
+        "advisory policies"
+    )
+    assert summaries[1].startswith(f"stack single-region: all {MANDATORY} mandatory policies pass")
+    assert len(advisories) == 12
+    assert all(
+        line.startswith(
+            "advisory: alarm-reaches-a-subscriber: aws:cloudwatch/metricAlarm:MetricAlarm "
+        )
+        for line in advisories
+    )
 
 
 def test_offline_runner_fails_a_violating_plan_json(dev, tmp_path, capsys):
@@ -475,15 +802,16 @@ def test_offline_runner_fails_a_violating_plan_json(dev, tmp_path, capsys):
     assert offline.main(["dev", "--plan-json", write(tmp_path, document)]) == 1
 
     lines = capsys.readouterr().out.splitlines()
-    # Sorted: stable across runs whatever order the engine reports resources in.
+    # Sorted: stable across runs whatever order the engine reports resources in; the
+    # mandatory violations first, the advisory findings after them.
     assert lines[0].startswith(
         "gateway-interface-forwards: aws:ec2/networkInterface:NetworkInterface alpha-gateway:"
     )
     assert lines[1].startswith(
         "key-parameter-secure-string: aws:ssm/parameter:Parameter beta-wireguard-key: parameter"
     )
-    count = len(rules.RESOURCE_RULES) + len(rules.STACK_RULES)
-    assert lines[2].startswith(f"stack dev: 2 violations of 2 of {count} mandatory policies")
+    assert all(line.startswith("advisory: ") for line in lines[2:-1])
+    assert lines[-1].startswith(f"stack dev: 2 violations of 2 of {MANDATORY} mandatory policies")
 
 
 def test_violations_are_sorted_whatever_order_the_resources_come_in(dev, tmp_path, capsys):
@@ -499,7 +827,7 @@ def test_violations_are_sorted_whatever_order_the_resources_come_in(dev, tmp_pat
         outputs.append(capsys.readouterr().out)
 
     assert outputs[0] == outputs[1]
-    lines = outputs[0].splitlines()[:-1]
+    lines = [line for line in outputs[0].splitlines()[:-1] if not line.startswith("advisory:")]
     assert len(lines) == 4
     assert lines == sorted(lines)
 
@@ -528,6 +856,14 @@ def test_offline_runner_bad_plan_json_is_exit_2(tmp_path, capsys, content, messa
     assert message in err
 
 
+def test_offline_runner_passes_a_plan_with_only_advisory_findings(dev, tmp_path, capsys):
+    # dev's own plan: six advisory findings, no violation, so exit 0.
+    assert offline.main(["dev", "--plan-json", write(tmp_path, dev)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\nadvisory: ") + out.startswith("advisory: ") == 6
+    assert "; 6 advisory findings of 1 of 1 advisory policies" in out.splitlines()[-1]
+
+
 def test_offline_runner_unknown_stack_is_exit_2(capsys):
     assert offline.main(["nope"]) == 2
     err = capsys.readouterr().err.splitlines()
@@ -535,7 +871,7 @@ def test_offline_runner_unknown_stack_is_exit_2(capsys):
     assert "no config file for stack 'nope'" in err[0]
 
 
-def test_policy_pack_builds_every_policy_as_mandatory(monkeypatch):
+def test_policy_pack_builds_every_policy_as_mandatory_but_the_advisory_ones(monkeypatch):
     built: list[dict[str, Any]] = []
     # The real constructor serves the policies to the engine and never returns.
     monkeypatch.setattr(pulumi_policy, "PolicyPack", lambda **kwargs: built.append(kwargs))
@@ -547,10 +883,10 @@ def test_policy_pack_builds_every_policy_as_mandatory(monkeypatch):
     assert kwargs["name"] == "wg-site-to-site"
     assert kwargs["enforcement_level"] == pulumi_policy.EnforcementLevel.MANDATORY
     policies = kwargs["policies"]
-    assert [p.name for p in policies] == [
-        r.name for r in (*rules.RESOURCE_RULES, *rules.STACK_RULES)
-    ]
-    assert all(p.enforcement_level == pulumi_policy.EnforcementLevel.MANDATORY for p in policies)
+    assert [p.name for p in policies] == [r.name for r in rules.all_rules()]
+    levels = {p.name: p.enforcement_level for p in policies}
+    assert levels.pop("alarm-reaches-a-subscriber") == pulumi_policy.EnforcementLevel.ADVISORY
+    assert set(levels.values()) == {pulumi_policy.EnforcementLevel.MANDATORY}
     assert sum(isinstance(p, pulumi_policy.StackValidationPolicy) for p in policies) == len(
         rules.STACK_RULES
     )

@@ -273,6 +273,9 @@ def ephemeral_document(
             f"base stack {base!r} has secret config ({', '.join(secrets)}), which cannot be "
             "copied to another stack; set it on the test stack with `pulumi config set --secret`"
         )
+    # The base's deployer is its deploy role; whoever runs `make test-stack` deploys this
+    # one, and the key policies must let them write the keys (default: the caller).
+    config.pop(f"{PROJECT}:deployer", None)
     base_tags = config.get(TAGS_KEY) or {}
     if not isinstance(base_tags, Mapping):
         raise UsageError(f"{project.shown(base_file)}: {TAGS_KEY} must be a mapping")
