@@ -223,7 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        print(check_pinned(args.stack) if args.check else pin_stack(args.stack))
+        # The module's STACKS at call time (tests point it at a copy).
+        if args.check:
+            print(check_pinned(args.stack, STACKS))
+        else:
+            print(pin_stack(args.stack, stacks=STACKS))
     except Unpinned as error:
         print(f"tools.pin: {error}", file=sys.stderr)
         return 1
