@@ -78,10 +78,12 @@ AVAILABILITY_ZONE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[1-9][a-z]$"
 # be overridden without a word. Tag keys are case sensitive on AWS.
 PROGRAM_TAGS = ("project", "stack", "Name", "GatewayInstance")
 # The most of them on one resource: project, stack and one of Name / GatewayInstance
-# (tests/test_program.py checks this against the plan).
+# (tests/test_config.py checks both against the plan).
 PROGRAM_TAGS_PER_RESOURCE = 3
-# "Maximum number of tags per resource: 50" (user-created; aws: tags do not count),
-# https://docs.aws.amazon.com/tag-editor/latest/userguide/tagging.html#tag-conventions
+# AWS's tag limits: at most 50 user-created tags per resource (aws: tags do not count),
+# keys and values case sensitive,
+# https://docs.aws.amazon.com/tag-editor/latest/userguide/tagging.html (also in each
+# service's tag restrictions, e.g. the EC2 CreateTags API: "a maximum of 50 tags").
 AWS_MAX_TAGS = 50
 MAX_USER_TAGS = AWS_MAX_TAGS - PROGRAM_TAGS_PER_RESOURCE
 
