@@ -13,6 +13,7 @@ from typing import Any
 import pulumi
 import pytest
 from pulumi.runtime import config as runtime_config
+from pulumi.runtime import settings as pulumi_settings
 
 from components.stack_config import read_stack_config
 from core.config import (
@@ -594,3 +595,22 @@ def test_the_refused_tags_are_the_ones_the_program_sets(dev_plan: Plan) -> None:
             seen |= set(tags)
     assert seen == set(PROGRAM_TAGS)
     assert MAX_USER_TAGS == 50 - PROGRAM_TAGS_PER_RESOURCE
+
+
+def test_the_program_also_refuses_a_key_given_twice_in_the_file_it_can_see(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `pulumi preview` hands the program resolved values; the program re-reads the file.
+    (tmp_path / "stacks").mkdir()
+    (tmp_path / "Pulumi.yaml").write_text("name: wg-site-to-site\nstackConfigDir: stacks\n")
+    text = (STACKS / "Pulumi.dev.yaml").read_text() + "  wg-site-to-site:firewall: []\n"
+    (tmp_path / "stacks" / "Pulumi.dup.yaml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    pulumi_settings.reset_options(project="wg-site-to-site", stack="dup")
+    try:
+        message = _read_through_the_engine(stack_config("dev"))
+    finally:
+        pulumi_settings.reset_options()
+    [line] = message.splitlines()[1:]
+    assert line.startswith("  stacks/Pulumi.dup.yaml: line ")
+    assert "wg-site-to-site:firewall is given twice" in line
