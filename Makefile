@@ -72,8 +72,9 @@ lab-down: deps ## remove everything the lab made
 lab-bench: deps ## lab benchmark: time to first packet, tunnel vs plain throughput, teardown time
 	$(PY) -m lab bench $(STACK)
 
-test-stack: deps ## create ephemeral stack test-NAME from BASE (default dev): make test-stack NAME=x
-	$(PY) -m tools.ephemeral create --name "$(NAME)" --base "$(or $(BASE),dev)"
+test-stack: deps ## create ephemeral stack test-NAME from BASE (default dev), alerts to ALERTS_EMAIL
+	$(PY) -m tools.ephemeral create --name "$(NAME)" --base "$(or $(BASE),dev)" \
+		$(if $(ALERTS_EMAIL),--alerts-email "$(ALERTS_EMAIL)")
 
 test-stack-destroy: deps ## destroy ephemeral stack test-NAME, keeping committed stack files
 	$(PY) -m tools.ephemeral destroy --name "$(NAME)"

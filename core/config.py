@@ -24,6 +24,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from core.stack_file import clip
+
 PROJECT = "wg-site-to-site"
 CONFIG_KEYS = (
     "tunnel",
@@ -55,8 +57,11 @@ UNROUTABLE = tuple(
 )
 
 # wg-quick's own rule for interface names (it refuses anything else), which is also
-# within Linux's IFNAMSIZ of 15 characters.
+# within Linux's IFNAMSIZ of 15 characters; `+` is refused on its own (_tunnel_interface).
 INTERFACE_NAME = re.compile(r"^[a-zA-Z0-9_=+.-]{1,15}$")
+# The gateway's own interfaces: its ENI (ens5 on Nitro, eth0 on Xen types, enX0 on Xen
+# with systemd's naming) and loopback. wg-quick would replace their address and routes.
+GATEWAY_NIC = re.compile(r"^(eth|ens|enX).*$|^lo$")
 # us-east-1, eu-central-2, ap-southeast-4, us-gov-west-1, cn-north-1 ...
 REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[1-9]$")
 SITE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,22}$")
@@ -66,6 +71,21 @@ PORT_RANGE = re.compile(r"^(\d{1,5})-(\d{1,5})$")
 # ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-arm64-server-20251113).
 IMAGE_SERIAL = re.compile(r"^20\d{6}(\.\d{1,2})?$")
 AVAILABILITY_ZONE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[1-9][a-z]$")
+
+# Tags the program sets itself (components/): on every resource `project` and `stack`
+# (site_to_site.py), and on most a `Name` (gateway.py, site_network.py, tunnel_health.py)
+# or the alarms' `GatewayInstance` (core/health.GATEWAY_TAG). A user tag of that key would
+# be overridden without a word. Tag keys are case sensitive on AWS.
+PROGRAM_TAGS = ("project", "stack", "Name", "GatewayInstance")
+# The most of them on one resource: project, stack and one of Name / GatewayInstance
+# (tests/test_config.py checks both against the plan).
+PROGRAM_TAGS_PER_RESOURCE = 3
+# AWS's tag limits: at most 50 user-created tags per resource (aws: tags do not count),
+# keys and values case sensitive,
+# https://docs.aws.amazon.com/tag-editor/latest/userguide/tagging.html (also in each
+# service's tag restrictions, e.g. the EC2 CreateTags API: "a maximum of 50 tags").
+AWS_MAX_TAGS = 50
+MAX_USER_TAGS = AWS_MAX_TAGS - PROGRAM_TAGS_PER_RESOURCE
 
 
 class FieldProblem(ValueError):
@@ -144,6 +164,28 @@ def _site_prefix(net: ipaddress.IPv4Network) -> ipaddress.IPv4Network:
     return net
 
 
+def _tunnel_interface(name: str) -> str:
+    if GATEWAY_NIC.fullmatch(name):
+        raise ValueError(
+            "is one of the gateway's own interfaces (eth*, ens*, enX*, lo); "
+            "name the tunnel e.g. wgA"
+        )
+    if "+" in name:
+        # iptables reads `-i wg+` as every interface whose name starts with `wg`, so the
+        # firewall and MSS chains of this interface would match other interfaces too.
+        raise ValueError("has '+', which iptables reads as a wildcard (wg+ matches every wg*)")
+    if ".." in name:
+        raise ValueError("has '..' (Linux refuses '.' and '..', and sysctl paths split on dots)")
+    return name
+
+
+def _unique_ids(ids: list[str]) -> list[str]:
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise ValueError(f"lists {', '.join(repeated)} more than once (each table gets one route)")
+    return ids
+
+
 def _matches(pattern: re.Pattern[str], what: str) -> AfterValidator:
     def check(value: str) -> str:
         if not pattern.fullmatch(value):
@@ -187,7 +229,9 @@ class SiteConfig(_Model):
     region: Annotated[str, _matches(REGION, "an AWS region name such as us-east-1")]
     cidr: Annotated[Cidr, AfterValidator(_site_prefix)]
     interface: Annotated[
-        str, _matches(INTERFACE_NAME, "a Linux interface name (1-15 of a-z A-Z 0-9 _=+.-)")
+        str,
+        _matches(INTERFACE_NAME, "a Linux interface name (1-15 of a-z A-Z 0-9 _=.-)"),
+        AfterValidator(_tunnel_interface),
     ]
     instance_type: Annotated[
         str, _matches(INSTANCE_TYPE, "an EC2 instance type such as t4g.nano")
@@ -210,7 +254,10 @@ class SiteConfig(_Model):
         Annotated[str, _matches(re.compile(r"^subnet-[0-9a-f]{8,17}$"), "a subnet id")] | None
     ) = None
     route_table_ids: (
-        list[Annotated[str, _matches(re.compile(r"^rtb-[0-9a-f]{8,17}$"), "a route table id")]]
+        Annotated[
+            list[Annotated[str, _matches(re.compile(r"^rtb-[0-9a-f]{8,17}$"), "a route table id")]],
+            AfterValidator(_unique_ids),
+        ]
         | None
     ) = None
 
@@ -231,8 +278,9 @@ class SiteConfig(_Model):
                 "all of vpcId, subnetId and routeTableIds (non-empty)",
             )
         if self.availability_zone and not self.availability_zone.startswith(self.region):
-            raise ValueError(
-                f"availabilityZone {self.availability_zone} is not in region {self.region}"
+            raise FieldProblem(
+                "availabilityZone",
+                f"{_shown(self.availability_zone)} is not in region {self.region}",
             )
         return self
 
@@ -303,7 +351,18 @@ def _tag_text(value: str) -> str:
 def _tag_key(value: str) -> str:
     if value.lower().startswith("aws:"):
         raise ValueError("starts with aws:, which AWS reserves")
+    if value in PROGRAM_TAGS:
+        raise ValueError("is a tag the program sets itself; yours would be overridden")
     return value
+
+
+def _tag_count(tags: dict[str, str]) -> dict[str, str]:
+    if len(tags) > MAX_USER_TAGS:
+        raise ValueError(
+            f"has {len(tags)} tags, more than {MAX_USER_TAGS}: AWS allows {AWS_MAX_TAGS} per "
+            f"resource and the program adds up to {PROGRAM_TAGS_PER_RESOURCE}"
+        )
+    return tags
 
 
 TagKey = Annotated[
@@ -319,7 +378,7 @@ class StackConfig(_Model):
     sites: list[SiteConfig]
     firewall: list[FirewallRule] = []
     # Extra tags for every resource (ephemeral test stacks add owner and expiry).
-    tags: dict[TagKey, TagValue] = {}
+    tags: Annotated[dict[TagKey, TagValue], AfterValidator(_tag_count)] = {}
     # Where the tunnel alarms notify (e-mail addresses and/or an existing SNS topic);
     # without it they notify the stack's own topic, which nobody reads until subscribed.
     alerts: AlertsConfig | None = None
@@ -354,16 +413,34 @@ StackConfig.model_rebuild()
 
 def _key(loc: tuple[int | str, ...]) -> str:
     """('sites', 1, 'cidr') -> 'wg-site-to-site:sites[1].cidr'."""
-    text = f"{PROJECT}:{loc[0]}" if loc else PROJECT
+    text = f"{PROJECT}:{clip(str(loc[0]), 40)}" if loc else PROJECT
     for part in loc[1:]:
-        text += f"[{part}]" if isinstance(part, int) else f".{part}"
+        text += f"[{part}]" if isinstance(part, int) else f".{clip(str(part), 40)}"
     return text
 
 
 def _shown(value: Any) -> str:
+    """The value as a message echoes it: at most about 80 characters."""
     if isinstance(value, dict | list):
-        return json.dumps(value, default=str)
-    return repr(value) if isinstance(value, str) else str(value)
+        return clip(json.dumps(value, default=str))
+    return clip(repr(value) if isinstance(value, str) else str(value))
+
+
+def _non_text_keys(value: Any, loc: tuple[int | str, ...]) -> list[str]:
+    """One line per mapping key that is not text (`12:`, or `yes:`, which YAML reads as True)."""
+    problems = []
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if isinstance(key, str):
+                problems += _non_text_keys(item, (*loc, key))
+            else:
+                kind = "a boolean" if isinstance(key, bool) else "a number"
+                kind = kind if isinstance(key, int | float) else type(key).__name__
+                problems.append(f"{_key(loc)}: key {_shown(key)} is {kind}, not text; quote it")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            problems += _non_text_keys(item, (*loc, index))
+    return problems
 
 
 def _format_pydantic(error: ValidationError) -> list[str]:
@@ -433,6 +510,9 @@ def load_stack_config(raw: Mapping[str, Any]) -> StackConfig:
 
     Raises ConfigError with every problem found, one line each.
     """
+    problems = _non_text_keys(raw, ())
+    if problems:
+        raise ConfigError(problems)
     try:
         config = StackConfig.model_validate(dict(raw))
     except ValidationError as error:
@@ -443,19 +523,24 @@ def load_stack_config(raw: Mapping[str, Any]) -> StackConfig:
     return config
 
 
-def foreign_namespace_problems(keys: Iterable[str]) -> list[str]:
+def foreign_namespace_problems(keys: Iterable[Any]) -> list[str]:
     """One line per config key outside this project's, a provider's or Pulumi's namespace."""
     problems = []
     allowed = (PROJECT, *OTHER_NAMESPACES)
-    for key in sorted(keys):
-        namespace, colon, _ = str(key).partition(":")
+    for key in sorted(keys, key=str):
+        if not isinstance(key, str):
+            problems.append(f"config: key {_shown(key)} is not text; quote it")
+            continue
+        namespace, colon, _ = key.partition(":")
+        shown = clip(key)
         if not colon:
             problems.append(
-                f"{key}: config key without a namespace; this project's keys are {PROJECT}:<key>"
+                f"{shown}: config key without a namespace; this project's keys are {PROJECT}:<key>"
             )
         elif namespace not in allowed:
             problems.append(
-                f"{key}: unknown namespace {namespace!r}; its keys would be ignored "
+                f"{shown}: unknown namespace {clip(repr(namespace), 40)}; its keys would be "
+                "ignored "
                 f"(expected {PROJECT}: or one of {', '.join(n + ':' for n in OTHER_NAMESPACES)})"
             )
     return problems

@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from core import stack_file
 from core.config import PROJECT, ConfigError, load_stack_config, project_config_from_stack_file
 
 REPO = Path(__file__).resolve().parent.parent
@@ -325,16 +326,6 @@ def _outputs_marked(
     return {"id": id_, **{k: Secret(v) if k in secret else v for k, v in state.items()}}
 
 
-def yaml_problem(error: yaml.YAMLError) -> str:
-    """`line L, column C: not valid YAML: <problem> (<context>)`, as PyYAML reports it."""
-    if isinstance(error, yaml.MarkedYAMLError):
-        mark = error.problem_mark or error.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        context = f" ({error.context})" if error.context else ""
-        return f"{where}not valid YAML: {error.problem or 'unreadable'}{context}"
-    return f"not valid YAML: {' '.join(str(error).split())}"
-
-
 def read_stack_file(stack: str, stacks_dir: Path = STACKS) -> dict[str, Any]:
     """The project's config keys from stacks/Pulumi.<stack>.yaml."""
     path = stacks_dir / f"Pulumi.{stack}.yaml"
@@ -346,9 +337,10 @@ def read_stack_file(stack: str, stacks_dir: Path = STACKS) -> dict[str, Any]:
         choices = ", ".join(known) or "none"
         raise PlanError(f"no config file for stack {stack!r}: {path} does not exist ({choices})")
     try:
-        document = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise PlanError(f"{path}: {yaml_problem(error)}") from None
+        # Strict: a key given twice or a key that is not text is refused (core/stack_file).
+        document = stack_file.parse(path.read_text()) or {}
+    except stack_file.StackFileError as error:
+        raise PlanError("\n".join(f"{path}: {problem}" for problem in error.problems)) from None
     if not isinstance(document, dict):
         raise PlanError(f"{path}: not a YAML mapping")
     try:
@@ -504,7 +496,7 @@ def plan_stack(
 
 def disabled_default_providers(stack: str, stacks_dir: Path = STACKS) -> tuple[str, ...]:
     """The packages whose default provider the stack file disables."""
-    document = yaml.safe_load((stacks_dir / f"Pulumi.{stack}.yaml").read_text()) or {}
+    document = stack_file.parse((stacks_dir / f"Pulumi.{stack}.yaml").read_text()) or {}
     config = document.get("config") if isinstance(document, dict) else None
     value = config.get(DISABLE_DEFAULT_PROVIDERS_KEY) if isinstance(config, dict) else None
     if isinstance(value, str):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import functools
+import importlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -11,10 +13,17 @@ from typing import Any
 import pulumi
 import pytest
 from pulumi.runtime import config as runtime_config
+from pulumi.runtime import settings as pulumi_settings
 
 from components.stack_config import read_stack_config
-from core.config import ConfigError, load_stack_config
-from plan.engine import STACKS, PlanError, read_stack_file, run_program
+from core.config import (
+    MAX_USER_TAGS,
+    PROGRAM_TAGS,
+    PROGRAM_TAGS_PER_RESOURCE,
+    ConfigError,
+    load_stack_config,
+)
+from plan.engine import STACKS, Plan, PlanError, plan_stack, read_stack_file, run_program
 from tests.conftest import stack_config
 
 Change = Callable[[dict[str, Any]], None]
@@ -41,6 +50,20 @@ def _append_site(config: dict[str, Any]) -> None:
 
 def _drop_site(config: dict[str, Any]) -> None:
     config["sites"].pop()
+
+
+def _existing_vpc(route_table_ids: list[str]) -> Change:
+    def change(config: dict[str, Any]) -> None:
+        config["sites"][1].update(
+            vpcId="vpc-0123456789abcdef0",
+            subnetId="subnet-0123456789abcdef0",
+            routeTableIds=route_table_ids,
+        )
+
+    return change
+
+
+RTB = "rtb-0123456789abcdef0"
 
 
 # (what is wrong, the change, every fragment the single error line must contain)
@@ -102,7 +125,7 @@ BAD_INPUTS: list[tuple[str, Change, list[str]]] = [
     ),
     (
         "region AWS does not have",
-        _set("sites.0.region", "us-east-9"),
+        lambda config: config["sites"][0].update(region="us-east-9", availabilityZone=None),
         [
             "wg-site-to-site:sites[0].region: 'us-east-9' is not an AWS region",
             "wg-site-to-site:allowUnknownRegions: true",
@@ -273,6 +296,66 @@ BAD_INPUTS: list[tuple[str, Change, list[str]]] = [
         ["wg-site-to-site:tags.aws:owner: 'aws:owner' starts with aws:"],
     ),
     (
+        "zone outside the site's region names sites[1].availabilityZone, not the site as JSON",
+        _set("sites.1.availabilityZone", "us-east-1a"),
+        ["wg-site-to-site:sites[1].availabilityZone: 'us-east-1a' is not in region eu-west-1"],
+    ),
+    *[
+        (
+            f"interface named like the gateway's own NIC {name}",
+            _set("sites.1.interface", name),
+            [
+                f"wg-site-to-site:sites[1].interface: '{name}' is one of the gateway's own "
+                "interfaces (eth*, ens*, enX*, lo)"
+            ],
+        )
+        for name in ("ens5", "eth0", "lo")
+    ],
+    (
+        "interface name with + (an iptables wildcard)",
+        _set("sites.1.interface", "wg+"),
+        ["wg-site-to-site:sites[1].interface: 'wg+' has '+', which iptables reads as a wildcard"],
+    ),
+    (
+        "interface name with ..",
+        _set("sites.1.interface", "wg..b"),
+        ["wg-site-to-site:sites[1].interface: 'wg..b' has '..'"],
+    ),
+    *[
+        (
+            f"tag the program sets itself: {key}",
+            _set("tags", {"owner": "ops", key: "mine"}),
+            [
+                f"wg-site-to-site:tags.{key}: '{key}' is a tag the program sets itself; "
+                "yours would be overridden"
+            ],
+        )
+        for key in ("Name", "stack", "project", "GatewayInstance")
+    ],
+    (
+        "more tags than AWS's 50 per resource leaves room for",
+        _set("tags", {f"t{i:02}": "v" for i in range(48)}),
+        ["wg-site-to-site:tags:", "has 48 tags, more than 47: AWS allows 50 per resource"],
+    ),
+    (
+        "route table listed twice",
+        _existing_vpc([RTB, "rtb-0123456789abcdef1", RTB]),
+        [
+            "wg-site-to-site:sites[1].routeTableIds:",
+            f"lists {RTB} more than once (each table gets one route)",
+        ],
+    ),
+    (
+        "key that is not text (YAML `12: 34`)",
+        lambda config: config["tunnel"].update({12: 34}),
+        ["wg-site-to-site:tunnel: key 12 is a number, not text; quote it"],
+    ),
+    (
+        "key that is not text (YAML `yes:` reads as True)",
+        lambda config: config["sites"][0].update({True: 1}),
+        ["wg-site-to-site:sites[0]: key True is a boolean, not text; quote it"],
+    ),
+    (
         "multi-line firewall description",
         _set("firewall.0.description", "line one\nPostUp = iptables -t nat -A POSTROUTING"),
         ["wg-site-to-site:firewall[0].description", "one line"],
@@ -322,9 +405,27 @@ def test_no_message_hides_the_value_behind_an_ellipsis() -> None:
             assert "{...}" not in line, line
 
 
+def test_the_most_tags_aws_leaves_room_for_pass() -> None:
+    config = stack_config("dev")
+    config["tags"] = {f"t{i:02}": "v" for i in range(47)}
+    assert len(load_stack_config(config).tags) == 47
+
+
+def test_a_5_kb_value_under_a_typo_key_gives_a_short_line() -> None:
+    config = stack_config("dev")
+    rules = [{"description": f"rule {i}", "protocol": "tcp", "port": i} for i in range(1, 120)]
+    config["firewal"] = rules
+    assert len(json.dumps(rules)) > 5000
+    [line] = _problems(lambda c: c.update(copy.deepcopy(config)))
+    assert line.startswith("wg-site-to-site:firewal: unknown key (value [{")
+    assert len(line) < 140, line
+    assert "…" in line
+
+
 def test_a_brand_new_region_passes_with_the_documented_escape() -> None:
     config = stack_config("dev")
     config["sites"][0]["region"] = "us-east-9"
+    config["sites"][0]["availabilityZone"] = "us-east-9a"
     config["allowUnknownRegions"] = True
     assert load_stack_config(config).sites[0].region == "us-east-9"
 
@@ -413,3 +514,103 @@ def test_planning_bad_config_declares_nothing() -> None:
     with pytest.raises(PlanError) as caught:
         run_program("dev", config)
     assert "wg-site-to-site:tunnel.cidr" in str(caught.value)
+
+
+# --- the stack file itself (core/stack_file.py): what PyYAML would accept silently -------
+
+
+def _read_error(tmp_path: Path, text: str) -> list[str]:
+    with pytest.raises(PlanError) as caught:
+        read_stack_file("typo", _write_stack(tmp_path, text))
+    return str(caught.value).splitlines()
+
+
+def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path: Path) -> None:
+    text = (STACKS / "Pulumi.dev.yaml").read_text() + "  wg-site-to-site:firewall: []\n"
+    first = text.splitlines().index("  wg-site-to-site:firewall:") + 1
+    last = len(text.splitlines())
+    assert _read_error(tmp_path, text) == [
+        f"{tmp_path}/Pulumi.typo.yaml: line {last}: wg-site-to-site:firewall is given twice "
+        f"(lines {first} and {last}); YAML would silently keep only the last"
+    ]
+
+
+def test_a_nested_key_given_twice_is_refused_with_its_full_key(tmp_path: Path) -> None:
+    text = (STACKS / "Pulumi.dev.yaml").read_text()
+    text = text.replace("      interface: wgB\n", "      interface: wgB\n      interface: wgC\n")
+    [line] = _read_error(tmp_path, text)
+    assert ": wg-site-to-site:sites[1].interface is given twice (lines " in line
+
+
+@pytest.mark.parametrize(
+    ("key", "kind"), [("12", "a number"), ("yes", "a boolean"), ("on", "a boolean")]
+)
+def test_a_key_that_is_not_text_is_one_line(tmp_path: Path, key: str, kind: str) -> None:
+    text = (STACKS / "Pulumi.dev.yaml").read_text().replace("config:\n", f"config:\n  {key}: 34\n")
+    [line] = _read_error(tmp_path, text)
+    assert line.startswith(f"{tmp_path}/Pulumi.typo.yaml: line 3: key {key} under config is ")
+    assert f"read as {kind}" in line
+    assert line.endswith(f"not text; quote it ('{key}')")
+
+
+def test_a_quoted_key_and_a_merge_key_are_fine(tmp_path: Path) -> None:
+    text = (STACKS / "Pulumi.dev.yaml").read_text()
+    text = text.replace("config:\n", "x-defaults: &defaults {'12': 34}\nconfig:\n  <<: *defaults\n")
+    # A merged key is an override on purpose, not a duplicate; '12' is text (and, having
+    # no namespace, the namespace check names it).
+    [line] = _read_error(tmp_path, text)
+    assert "12: config key without a namespace" in line
+
+
+@pytest.mark.parametrize("cli", ["plan", "policy.offline"])
+@pytest.mark.parametrize("key", ["12", "yes"])
+def test_plan_and_policy_refuse_a_non_text_key_without_a_traceback(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    cli: str,
+    key: str,
+) -> None:
+    module = importlib.import_module("plan.cli" if cli == "plan" else "policy.offline")
+    text = (STACKS / "Pulumi.dev.yaml").read_text().replace("config:\n", f"config:\n  {key}: 34\n")
+    _write_stack(tmp_path, text)
+    monkeypatch.setattr(module, "plan_stack", functools.partial(plan_stack, stacks_dir=tmp_path))
+    assert module.main(["typo"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "TypeError" not in err
+    [line] = err.splitlines()
+    assert f"Pulumi.typo.yaml: line 3: key {key} under config is read as" in line
+
+
+def test_the_refused_tags_are_the_ones_the_program_sets(dev_plan: Plan) -> None:
+    """PROGRAM_TAGS and PROGRAM_TAGS_PER_RESOURCE (which bound the user's tags) match what
+    the components really set; dev has no tags of its own."""
+    assert "tags" not in stack_config("dev")
+    seen: set[str] = set()
+    for resource in dev_plan.resources:
+        for field in ("tags", "volumeTags"):
+            tags = resource.inputs.get(field) or {}
+            assert set(tags) <= set(PROGRAM_TAGS), (resource.urn, sorted(tags))
+            assert len(tags) <= PROGRAM_TAGS_PER_RESOURCE, resource.urn
+            seen |= set(tags)
+    assert seen == set(PROGRAM_TAGS)
+    assert MAX_USER_TAGS == 50 - PROGRAM_TAGS_PER_RESOURCE
+
+
+def test_the_program_also_refuses_a_key_given_twice_in_the_file_it_can_see(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `pulumi preview` hands the program resolved values; the program re-reads the file.
+    (tmp_path / "stacks").mkdir()
+    (tmp_path / "Pulumi.yaml").write_text("name: wg-site-to-site\nstackConfigDir: stacks\n")
+    text = (STACKS / "Pulumi.dev.yaml").read_text() + "  wg-site-to-site:firewall: []\n"
+    (tmp_path / "stacks" / "Pulumi.dup.yaml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    pulumi_settings.reset_options(project="wg-site-to-site", stack="dup")
+    try:
+        message = _read_through_the_engine(stack_config("dev"))
+    finally:
+        pulumi_settings.reset_options()
+    [line] = message.splitlines()[1:]
+    assert line.startswith("  stacks/Pulumi.dup.yaml: line ")
+    assert "wg-site-to-site:firewall is given twice" in line

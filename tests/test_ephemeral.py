@@ -135,6 +135,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     monkeypatch.setenv("FAKE_PULUMI_LOG", str(world.log))
     monkeypatch.setenv("FAKE_PULUMI_STATE", str(world.state_file))
     monkeypatch.delenv("FAKE_PULUMI_FAIL", raising=False)
+    monkeypatch.delenv(ephemeral.ALERTS_EMAIL_ENV, raising=False)
     # No developer's git identity leaks into the owner tag.
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", os.devnull)
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
@@ -213,6 +214,58 @@ def test_create_takes_the_owner_from_the_environment(
         "wg-site-to-site:tags"
     ]
     assert tags["owner"] == "octocat"
+
+
+ON_CALL = {"emails": ["oncall@example.com"], "topicArn": "arn:aws:sns:us-east-1:123456789012:pager"}
+
+
+def _base_with_on_call_alerts(world: World) -> None:
+    base = world.stacks_dir / "Pulumi.dev.yaml"
+    document = yaml.safe_load(base.read_text())
+    document["config"]["wg-site-to-site:alerts"] = ON_CALL
+    base.write_text(yaml.safe_dump(document, sort_keys=False))
+    load_stack_config(project_config_from_stack_file(document))  # a valid base
+
+
+def _test_stack_config(world: World, name: str) -> dict[str, Any]:
+    document = yaml.safe_load((world.stacks_dir / f"Pulumi.test-{name}.yaml").read_text())
+    config: dict[str, Any] = document["config"]
+    return config
+
+
+def test_create_never_copies_the_base_stacks_alerts(world: World) -> None:
+    _base_with_on_call_alerts(world)
+    assert world.run("create", "--name", "quiet", "--owner", "me", "--no-up") == 0
+    config = _test_stack_config(world, "quiet")
+    assert "wg-site-to-site:alerts" not in config
+    assert "oncall@example.com" not in json.dumps(config)
+    assert "pager" not in json.dumps(config)
+
+
+def test_create_sends_alerts_to_the_address_given_for_tests(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _base_with_on_call_alerts(world)
+    argv = ["--owner", "me", "--no-up"]
+    assert world.run("create", "--name", "flag", *argv, "--alerts-email", "me@example.com") == 0
+    monkeypatch.setenv(ephemeral.ALERTS_EMAIL_ENV, "ci@example.com")
+    assert world.run("create", "--name", "env", *argv) == 0
+
+    for name, address in (("flag", "me@example.com"), ("env", "ci@example.com")):
+        config = _test_stack_config(world, name)
+        # Only the given address: the on-call's mail and topic are both gone.
+        assert config["wg-site-to-site:alerts"] == {"emails": [address]}
+        load_stack_config(project_config_from_stack_file({"config": config}))
+
+
+def test_create_refuses_a_bad_alerts_address_with_one_line(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--name", "x", "--owner", "me", "--alerts-email", "not-an-address"]
+    assert world.run("create", *argv) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "wg-site-to-site:alerts.emails[0]" in line
+    assert world.calls() == []
 
 
 def test_a_failing_up_is_rolled_back(

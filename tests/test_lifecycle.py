@@ -13,7 +13,7 @@ import yaml
 from core.config import load_stack_config
 from core.facts import gateway_facts
 from core.render import USER_DATA_LIMIT_BYTES, decode_user_data, limit_problems, parse_user_data
-from plan.engine import STACKS, Plan, PlanError, plan_stack, run_program
+from plan.engine import STACKS, Plan, PlanError, run_program
 from tests.conftest import stack_config
 
 INSTANCE = "aws:ec2/instance:Instance"
@@ -68,29 +68,38 @@ def test_destroy_deletes_the_gateway_before_its_path_to_the_internet(dev_plan: P
         assert eip < igw
 
 
-@pytest.mark.parametrize("site", SITES)
-def test_unpinned_zones_are_kept_once_chosen(dev_plan: Plan, site: str) -> None:
+@pytest.fixture(scope="module")
+def unpinned_plan() -> Plan:
+    """The dev stack as it is before `make pin`: no image, no zone (the shipped one pins)."""
+    config = stack_config("dev")
+    for site in config["sites"]:
+        del site["image"], site["availabilityZone"]
+    return run_program("dev", config)
+
+
+def test_unpinned_zones_are_kept_once_chosen(unpinned_plan: Plan) -> None:
     # A zone that moved would replace both subnets create-before-delete with the same
     # CIDR, which AWS refuses (InvalidSubnet.Conflict, pulumi-awsx#910).
-    for subnet in dev_plan.by_type(SUBNET):
-        if subnet.name.startswith(f"{site}-"):
-            assert subnet.options["ignoreChanges"] == ["availabilityZone"], subnet.name
+    for subnet in unpinned_plan.by_type(SUBNET):
+        assert subnet.options["ignoreChanges"] == ["availabilityZone"], subnet.name
 
 
-def test_a_pinned_zone_is_used_and_honoured() -> None:
-    config = stack_config("dev")
-    config["sites"][1]["availabilityZone"] = "eu-west-1c"
-    plan = run_program("dev", config)
-    beta = [s for s in plan.by_type(SUBNET) if s.name.startswith("beta-")]
-    assert {s.inputs["availabilityZone"] for s in beta} == {"eu-west-1c"}
+@pytest.mark.parametrize(("site", "zone"), [("alpha", "us-east-1a"), ("beta", "eu-west-1a")])
+def test_a_pinned_zone_is_used_and_honoured(dev_plan: Plan, site: str, zone: str) -> None:
+    assert {s["name"]: s["availabilityZone"] for s in stack_config("dev")["sites"]}[site] == zone
+    subnets = [s for s in dev_plan.by_type(SUBNET) if s.name.startswith(f"{site}-")]
+    assert {s.inputs["availabilityZone"] for s in subnets} == {zone}
     # Configured, so a change to it is a reviewed change and must take effect.
-    assert all(s.options["ignoreChanges"] == [] for s in beta)
+    assert all(s.options["ignoreChanges"] == [] for s in subnets)
 
 
 def test_a_zone_outside_the_site_region_is_refused() -> None:
     config = stack_config("dev")
     config["sites"][1]["availabilityZone"] = "us-east-1a"
-    with pytest.raises(PlanError, match="availabilityZone us-east-1a is not in region eu-west-1"):
+    with pytest.raises(
+        PlanError,
+        match=r"sites\[1\]\.availabilityZone: 'us-east-1a' is not in region eu-west-1",
+    ):
         run_program("dev", config)
 
 
@@ -164,12 +173,16 @@ def test_nano_gateways_get_a_swap_file_and_larger_ones_do_not() -> None:
     assert "swap" not in micro
 
 
-def test_the_shipped_stack_plans_without_a_pinned_image_and_says_which_it_used() -> None:
-    plan = plan_stack("dev")
+def test_a_stack_without_a_pinned_image_plans_and_says_which_it_used(
+    unpinned_plan: Plan, dev_plan: Plan
+) -> None:
+    plan = unpinned_plan
     amis = {site: plan.one(INSTANCE, f"{site}-gateway").inputs["ami"] for site in SITES}
     for site, ami in amis.items():
         (note,) = [n for n in plan.notes if n.startswith(f"site {site}:")]
         assert "image not pinned" in note and ami in note
+    # The shipped stack pins its images: nothing to say there.
+    assert not [n for n in dev_plan.notes if "image not pinned" in n]
 
 
 @pytest.mark.parametrize(

@@ -78,7 +78,20 @@ def stacks(tmp_path: Path) -> Path:
     return tmp_path / "stacks"
 
 
+def _unpin(path: Path, site: str | None = None, keys: tuple[str, ...] = pin.KEYS) -> None:
+    """Removes the pins (of one site, or all) from a copied stack file, as before make pin."""
+    lines, current = [], None
+    for line in path.read_text().splitlines(keepends=True):
+        if line.strip().startswith("- name:"):
+            current = line.split(":", 1)[1].strip()
+        if line.strip().split(":", 1)[0] in keys and site in (None, current):
+            continue
+        lines.append(line)
+    path.write_text("".join(lines))
+
+
 def test_pin_writes_image_and_zone_per_site_and_nothing_else(stacks: Path) -> None:
+    _unpin(stacks / "Pulumi.dev.yaml")
     before = (stacks / "Pulumi.dev.yaml").read_text()
 
     report = pin.pin_stack("dev", FakeAws(), stacks)
@@ -113,6 +126,7 @@ def test_a_pinned_stack_plans_with_exactly_the_pinned_build(stacks: Path) -> Non
 
 
 def test_pin_twice_changes_nothing_the_second_time(stacks: Path) -> None:
+    _unpin(stacks / "Pulumi.dev.yaml")
     pin.pin_stack("dev", FakeAws(), stacks)
     once = (stacks / "Pulumi.dev.yaml").read_text()
     pin.pin_stack("dev", FakeAws(), stacks)
@@ -123,3 +137,62 @@ def test_unknown_stack_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]
     assert pin.main(["no-such-stack"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no config file for stack 'no-such-stack'" in err
+
+
+# --- --check: the deploy workflow refuses an unpinned stack ------------------------------
+
+
+def test_check_passes_the_committed_stacks(capsys: pytest.CaptureFixture[str]) -> None:
+    for stack in ("dev", "single-region"):
+        assert pin.main(["--check", stack]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"stacks/Pulumi.{stack}.yaml: every site pinned (")
+
+
+def test_committed_stacks_pin_a_real_ubuntu_build_and_zone() -> None:
+    for stack in ("dev", "single-region"):
+        text = (STACKS / f"Pulumi.{stack}.yaml").read_text()
+        sites = yaml.safe_load(text)["config"]["wg-site-to-site:sites"]
+        for site in sites:
+            # Quoted, as make pin writes it (YAML would read 20251212.1 as a float).
+            assert f"      image: '{site['image']}'" in text
+            assert site["availabilityZone"].startswith(site["region"])
+            # The published list the serial was taken from is cited in the file.
+            url = f"https://cloud-images.ubuntu.com/releases/noble/release-{site['image']}/"
+            assert url in text
+
+
+def test_check_refuses_an_unpinned_site_in_one_line_naming_make_pin(
+    stacks: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _unpin(stacks / "Pulumi.dev.yaml", site="beta", keys=("image",))
+    monkeypatch.setattr(pin, "STACKS", stacks)
+
+    assert pin.main(["--check", "dev"]) == 1
+
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        "tools.pin: stacks/Pulumi.dev.yaml: sites[1] (beta) has no image: run make pin STACK=dev\n"
+    )
+
+
+def test_check_names_a_missing_zone_too(stacks: Path) -> None:
+    _unpin(stacks / "Pulumi.single-region.yaml", site="prod", keys=("availabilityZone",))
+    with pytest.raises(pin.Unpinned) as caught:
+        pin.check_pinned("single-region", stacks)
+    assert str(caught.value) == (
+        "stacks/Pulumi.single-region.yaml: sites[0] (prod) has no availabilityZone: "
+        "run make pin STACK=single-region"
+    )
+
+
+def test_check_of_a_bad_stack_file_is_one_line_and_exit_2(
+    stacks: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = stacks / "Pulumi.dev.yaml"
+    path.write_text(path.read_text() + "  wg-site-to-site:firewall: []\n")
+    monkeypatch.setattr(pin, "STACKS", stacks)
+    assert pin.main(["--check", "dev"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "wg-site-to-site:firewall is given twice" in err

@@ -301,6 +301,7 @@ def test_region_change_replaces_the_provider_and_everything_it_manages():
     config = read_stack_file("dev")
     before = public_document(run_program("dev", config))
     config["sites"][1]["region"] = "eu-central-1"
+    config["sites"][1]["availabilityZone"] = "eu-central-1a"  # the pinned zone moves with it
     after = public_document(run_program("dev", config))
 
     changes = {(c.type, c.name): c for c in diff.compare(before, after)}

@@ -183,6 +183,23 @@ def check_preview(doc: Doc) -> list[str]:
     return problems
 
 
+def pin_check_before_up(job: dict[str, Any]) -> list[str]:
+    """The job refuses an unpinned stack (`tools.pin --check`) before `pulumi up` runs."""
+    steps = job.get("steps") or []
+    checks = [
+        i
+        for i, step in enumerate(steps)
+        if re.search(r"-m tools\.pin --check \"\$STACK\"", str(step.get("run", "")))
+        and (step.get("env") or {}).get("STACK") == "${{ matrix.stack }}"
+    ]
+    ups = [i for i, step in enumerate(steps) if str(step.get("uses", "")).startswith("pulumi/")]
+    if not checks:
+        return ["deploy: no `python -m tools.pin --check` step for the matrix stack"]
+    if not ups or checks[0] > ups[0]:
+        return ["deploy: the pin check does not run before `pulumi up`"]
+    return []
+
+
 def check_deploy(doc: Doc) -> list[str]:
     if doc.get("on", {}).get("push", {}).get("branches") != ["main"]:
         return ["deploy: not run on push to main"]
@@ -193,6 +210,7 @@ def check_deploy(doc: Doc) -> list[str]:
     if not job.get("environment"):
         problems.append("deploy: not gated by an environment")
     problems += pulumi_step("deploy", job, "up")[0]
+    problems += pin_check_before_up(job)
     return problems
 
 
@@ -365,6 +383,18 @@ MUTATIONS: dict[str, tuple[str, Check, Callable[[Doc], object]]] = {
         "deploy",
         check_deploy,
         lambda d: d["jobs"]["deploy"]["strategy"].pop("fail-fast"),
+    ),
+    "deploy without pin check": (
+        "deploy",
+        check_deploy,
+        lambda d: d["jobs"]["deploy"].update(
+            steps=[s for s in d["jobs"]["deploy"]["steps"] if "tools.pin" not in s.get("run", "")]
+        ),
+    ),
+    "deploy pin check after up": (
+        "deploy",
+        check_deploy,
+        lambda d: d["jobs"]["deploy"]["steps"].sort(key=lambda s: "tools.pin" in s.get("run", "")),
     ),
     "offline review with a secret": (
         "offline-review",

@@ -1,7 +1,7 @@
 """Ephemeral test stacks: a copy of a committed stack, owned by someone, expiring on its own.
 
     python -m tools.ephemeral create  --name NAME [--base dev] [--ttl-hours 24] [--owner WHO]
-                                      [--no-up]
+                                      [--alerts-email ADDRESS] [--no-up]
     python -m tools.ephemeral destroy --name NAME
     python -m tools.ephemeral sweep   [--dry-run]
 
@@ -13,6 +13,10 @@ and `base-stack` to `wg-site-to-site:tags` (so they land on every AWS resource),
 `owner` and `expires-at` as Pulumi stack tags as well, which is where `sweep` looks first
 (CI has no copy of a developer's uncommitted stack file). If any step fails, what was made
 is taken down again, so a failed create leaves nothing behind.
+
+The base's `wg-site-to-site:alerts` is never copied: its addresses and topic are the real
+on-call's, who must not get mail from a throw-away stack. With `--alerts-email ADDRESS`
+(or $TEST_STACK_ALERTS_EMAIL) the test stack's alarms mail that address instead.
 
 `destroy` runs `pulumi destroy` and then `pulumi stack rm --preserve-config`, and only then
 deletes the generated file itself. It deliberately avoids `pulumi destroy --remove` and a
@@ -42,12 +46,15 @@ from typing import Any
 
 import yaml
 
+from core import stack_file
 from core.config import PROJECT, ConfigError, load_stack_config, project_config_from_stack_file
 
 REPO = Path(__file__).resolve().parent.parent
 PREFIX = "test-"
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,29}$")
 TAGS_KEY = f"{PROJECT}:tags"
+ALERTS_KEY = f"{PROJECT}:alerts"
+ALERTS_EMAIL_ENV = "TEST_STACK_ALERTS_EMAIL"
 DEFAULT_TTL_HOURS = 24
 # A week: long enough for a soak test, short enough that a forgotten stack still goes.
 MAX_TTL_HOURS = 168
@@ -251,15 +258,19 @@ def _secret_keys(value: Any, where: str) -> Iterator[str]:
 
 
 def ephemeral_document(
-    project: Project, base: str, owner: str, expires_at: str
+    project: Project, base: str, owner: str, expires_at: str, alerts_email: str | None = None
 ) -> tuple[dict[str, Any], Path]:
-    """The new stack file's content from the base stack's, validated like any stack."""
+    """The new stack file's content from the base stack's, validated like any stack.
+
+    The base's alerts (the real on-call) are dropped; `alerts_email` replaces them.
+    """
     base_file = project.stack_file(base)
     if not base_file.is_file():
         raise UsageError(f"base stack {base!r} not found: there is no {project.shown(base_file)}")
     try:
-        document = yaml.safe_load(base_file.read_text())
-    except (OSError, yaml.YAMLError) as error:
+        # Strict (core/stack_file): a key given twice would be copied as its last value.
+        document = stack_file.parse(base_file.read_text())
+    except (OSError, stack_file.StackFileError) as error:
         first = str(error).splitlines()[0]
         raise UsageError(f"cannot read {project.shown(base_file)}: {first}") from None
     if not isinstance(document, Mapping) or not isinstance(document.get("config"), Mapping):
@@ -286,6 +297,9 @@ def ephemeral_document(
         "ephemeral": "true",
         "base-stack": base,
     }
+    config.pop(ALERTS_KEY, None)
+    if alerts_email:
+        config[ALERTS_KEY] = {"emails": [alerts_email]}
     new["config"] = config
     try:
         load_stack_config(project_config_from_stack_file(new))
@@ -304,6 +318,7 @@ def create(
     ttl_hours: int,
     owner: str | None,
     up: bool,
+    alerts_email: str | None = None,
     now: datetime | None = None,
 ) -> str:
     bare, stack = parse_name(name)
@@ -328,7 +343,7 @@ def create(
             f"`make test-stack-destroy NAME={bare}`"
         )
     expires_at = iso_utc((now or datetime.now(UTC)) + timedelta(hours=ttl_hours))
-    document, base_file = ephemeral_document(project, base, owner, expires_at)
+    document, base_file = ephemeral_document(project, base, owner, expires_at, alerts_email)
     pulumi = find_pulumi(project)
 
     header = (
@@ -477,6 +492,13 @@ def _parser() -> argparse.ArgumentParser:
         help=f"hours until `sweep` may destroy it ({DEFAULT_TTL_HOURS})",
     )
     make.add_argument("--owner", help="owner tag (git user.email, else $GITHUB_ACTOR, $USER)")
+    make.add_argument(
+        "--alerts-email",
+        default=os.environ.get(ALERTS_EMAIL_ENV) or None,
+        metavar="ADDRESS",
+        help=f"where the test stack's alarms mail (${ALERTS_EMAIL_ENV}); the base's alerts "
+        "are never copied",
+    )
     make.add_argument("--no-up", action="store_true", help="create the stack, do not deploy it")
     drop = commands.add_parser("destroy", help="destroy test-NAME and remove its stack file")
     drop.add_argument("--name", required=True)
@@ -497,6 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ttl_hours=args.ttl_hours,
                 owner=args.owner,
                 up=not args.no_up,
+                alerts_email=args.alerts_email,
             )
             print(made)
         elif args.command == "destroy":

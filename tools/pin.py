@@ -7,6 +7,11 @@ instance-type offerings in each site's region.
 
 Only the `image` and `availabilityZone` lines of each site change: the rest of the file,
 comments included, stays byte for byte (the result is re-parsed and compared to prove it).
+
+`python -m tools.pin --check STACK` needs nothing but the file: it exits 1 with one line
+naming `make pin` if a site has no `image` (or, for a site whose subnets the program
+makes, no `availabilityZone`). deploy.yml runs it before `pulumi up`, since an unpinned
+site boots Canonical's newest build, and every new build would replace the gateway.
 """
 
 from __future__ import annotations
@@ -23,7 +28,14 @@ import boto3
 import botocore.exceptions
 import yaml
 
-from core.config import PROJECT, ConfigError, load_stack_config, project_config_from_stack_file
+from core import stack_file
+from core.config import (
+    PROJECT,
+    ConfigError,
+    StackConfig,
+    load_stack_config,
+    project_config_from_stack_file,
+)
 from core.facts import CANONICAL_OWNER, architecture, image_serial, ubuntu_ami_parameter
 
 STACKS = Path(__file__).resolve().parent.parent / "stacks"
@@ -35,6 +47,10 @@ ClientFactory = Callable[[str, str], Any]  # (service, region) -> a boto3 client
 
 class PinError(Exception):
     """One line saying what is wrong."""
+
+
+class Unpinned(PinError):
+    """`--check`: a site has no image or zone (exit 1)."""
 
 
 @dataclass(frozen=True)
@@ -145,20 +161,49 @@ def _check_only_pins_changed(before: str, after: str, pins: list[Pin]) -> None:
         raise PinError("the stack file's layout is not one this tool can edit safely")
 
 
+def _read(path: Path) -> tuple[str, StackConfig]:
+    """The file's text and document, its config validated; PinError on any problem."""
+    text = path.read_text()
+    try:
+        document = stack_file.parse(text)
+        config = load_stack_config(project_config_from_stack_file(document))
+    except stack_file.StackFileError as error:
+        raise PinError(f"{path}: {error.problems[0]}") from None
+    except ConfigError as error:
+        raise PinError(f"{path}: {error.problems[0]}") from None
+    return text, config
+
+
+def check_pinned(stack: str, stacks: Path = STACKS) -> str:
+    """One line if every site of `stack` is pinned; PinError (Unpinned) naming those not."""
+    path = stacks / f"Pulumi.{stack}.yaml"
+    shown = f"{stacks.name}/{path.name}"
+    if not path.is_file():
+        raise PinError(f"no config file for stack {stack!r}: {shown} does not exist")
+    _, config = _read(path)
+    missing = []
+    for index, site in enumerate(config.sites):
+        keys = ["image"] * (site.image is None)
+        if site.availability_zone is None and not site.uses_existing_vpc:
+            keys.append("availabilityZone")
+        if keys:
+            missing.append(f"sites[{index}] ({site.name}) has no {' and no '.join(keys)}")
+    if missing:
+        raise Unpinned(f"{shown}: {'; '.join(missing)}: run make pin STACK={stack}")
+    pins = ", ".join(
+        f"{site.name} {site.image}" + f" {site.availability_zone}" * bool(site.availability_zone)
+        for site in config.sites
+    )
+    return f"{shown}: every site pinned ({pins})"
+
+
 def pin_stack(stack: str, client: ClientFactory = _boto3_client, stacks: Path = STACKS) -> str:
     """Resolves and writes the pins of `stack`; returns one line per site."""
     path = stacks / f"Pulumi.{stack}.yaml"
     if not path.is_file():
         raise PinError(f"no config file for stack {stack!r}: {path} does not exist")
-    text = path.read_text()
-    try:
-        document = yaml.safe_load(text)
-        load_stack_config(project_config_from_stack_file(document))
-    except yaml.YAMLError as error:
-        raise PinError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
-    except ConfigError as error:
-        raise PinError(f"{path}: {error.problems[0]}") from None
-    sites = document["config"][SITES_KEY]
+    text, _ = _read(path)
+    sites = yaml.safe_load(text)["config"][SITES_KEY]
     pins = [resolve(site, client) for site in sites]
     path.write_text(write_pins(text, pins))
     return "\n".join(
@@ -171,9 +216,21 @@ def pin_stack(stack: str, client: ClientFactory = _boto3_client, stacks: Path = 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.pin", description=__doc__)
     parser.add_argument("stack", help="a stack with a config file stacks/Pulumi.<stack>.yaml")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="change nothing, exit 1 if a site has no image or zone (no AWS needed)",
+    )
     args = parser.parse_args(argv)
     try:
-        print(pin_stack(args.stack))
+        # The module's STACKS at call time (tests point it at a copy).
+        if args.check:
+            print(check_pinned(args.stack, STACKS))
+        else:
+            print(pin_stack(args.stack, stacks=STACKS))
+    except Unpinned as error:
+        print(f"tools.pin: {error}", file=sys.stderr)
+        return 1
     except PinError as error:
         print(f"tools.pin: {error}", file=sys.stderr)
         return 2
