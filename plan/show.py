@@ -11,6 +11,7 @@ from collections import defaultdict
 from typing import Any
 
 from core.render import decode_user_data
+from plan.cost import monthly_cost, render_lines
 from plan.document import REDACTED, UNKNOWN, Document
 
 _INDENT = "    "
@@ -158,6 +159,8 @@ def render(document: Document) -> str:
         f"{counts['other']} other provider resources, {counts['providers']} providers, "
         f"{counts['components']} components",
     ]
+    # The plan ends with what the stack costs a month (plan.cost).
+    lines += ["", *render_lines(monthly_cost(document))]
     return "\n".join(lines) + "\n"
 
 
