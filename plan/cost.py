@@ -229,8 +229,8 @@ def vpn_monthly_cents(connections: int = 1) -> int:
     return _cents(connections * VPN_CONNECTION_HOURLY * HOURS_PER_MONTH)
 
 
-def render_lines(cost: Cost) -> list[str]:
-    """The cost block that ends a plan or a diff."""
+def render_lines(cost: Cost, *, before: Cost | None = None, ref: str = "") -> list[str]:
+    """The cost block that ends a plan, or a diff (with the cost at `ref` to compare)."""
     width = max(len(line.item) for line in cost.lines)
     qwidth = max(len(line.quantity) for line in cost.lines)
     lines = [
@@ -244,6 +244,9 @@ def render_lines(cost: Cost) -> list[str]:
     total = f"    {'total':<{width}}  {'':<{qwidth}}  {dollars(cost.total_cents):>10}"
     if cost.unpriced:
         total += f"  (without {len(cost.unpriced)} unpriced: {', '.join(cost.unpriced)})"
+    if before is not None:
+        was = before.total_cents
+        total += f"  (as at {ref})" if was == cost.total_cents else f"  (at {ref}: {dollars(was)})"
     lines.append(total)
     lines.append(
         f"    for comparison, one AWS Site-to-Site VPN connection: 1 x "

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from plan.cost import dollars, monthly_cost
+from plan.cost import monthly_cost
 from plan.cost import render_lines as render_cost
 from plan.document import REDACTED, UNKNOWN, Document
 from plan.replacement import force_new_paths, forces_new_on_change
@@ -428,17 +428,8 @@ def render(
         f"{counts['same']} unchanged",
     ]
     if after is not None:
-        now = monthly_cost(after)
-        lines += ["", *render_cost(now)]
-        if before is not None:
-            was = monthly_cost(before).total_cents
-            if was != now.total_cents:
-                lines.append(
-                    f"    the change moves the total from {dollars(was)} to "
-                    f"{dollars(now.total_cents)} a month"
-                )
-            else:
-                lines.append("    the change leaves the monthly total as it is")
+        was = monthly_cost(before) if before is not None else None
+        lines += ["", *render_cost(monthly_cost(after), before=was, ref=ref)]
     return "\n".join(clip(line) for line in lines) + "\n"
 
 
