@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from core.render import decode_user_data
-from plan.show import json_document, scalar, value_lines
+from plan.show import has_text_fields, json_document, scalar, value_lines
 
 if TYPE_CHECKING:
     from plan.diff import ResourceChange
@@ -175,7 +175,7 @@ def readable_text(key: str, value: Any) -> tuple[str, str] | None:
     document = json_document(value)
     if document is None:
         return ("text", value) if "\n" in value else None
-    if _has_text_fields(document):
+    if has_text_fields(document):
         items = sorted(document.items()) if isinstance(document, dict) else document
         lines: list[str] = []
         for child_key, child in (
@@ -184,16 +184,6 @@ def readable_text(key: str, value: Any) -> tuple[str, str] | None:
             lines += value_lines(str(child_key), child)
         return "JSON, text fields shown as blocks", "\n".join(lines) + "\n"
     return "JSON", json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-
-
-def _has_text_fields(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\n" in value
-    if isinstance(value, dict):
-        return any(_has_text_fields(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_text_fields(v) for v in value)
-    return False
 
 
 # ------------------------------------------------------------------- main properties

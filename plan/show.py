@@ -51,6 +51,9 @@ def value_lines(key: str, value: Any, indent: str = "") -> list[str]:
             lines += value_lines("-", item, indent + _INDENT)
         return lines
     document = json_document(value)
+    if isinstance(document, dict) and has_text_fields(document):
+        # The desired state: its config and firewall as text blocks, one line per line.
+        return value_lines(f"{key} (JSON, text fields shown as blocks)", document, indent)
     if document is not None:
         # IAM policies, dashboards: indented, keys sorted, so a reviewer reads (and a
         # diff shows) one statement field per line instead of one escaped line.
@@ -60,6 +63,17 @@ def value_lines(key: str, value: Any, indent: str = "") -> list[str]:
         body = value.removesuffix("\n").split("\n")
         return [f"{indent}{label} |", *(f"{indent}{_INDENT}{line}".rstrip() for line in body)]
     return [f"{indent}{label} {scalar(value)}"]
+
+
+def has_text_fields(value: Any) -> bool:
+    """Whether a JSON value holds multi-line text anywhere."""
+    if isinstance(value, str):
+        return "\n" in value
+    if isinstance(value, dict):
+        return any(has_text_fields(v) for v in value.values())
+    if isinstance(value, list):
+        return any(has_text_fields(v) for v in value)
+    return False
 
 
 def json_document(value: Any) -> Any:
