@@ -129,6 +129,10 @@ def short_value(value: Any) -> str:
         return short_urn(value)
     if isinstance(value, str) and _DIGEST.fullmatch(value):
         return f"digest {value[:12]}..."
+    document = json_document(value)
+    if document is not None:
+        # A JSON document inside a string: as JSON, not as an escaped string.
+        return f"JSON {json.dumps(document, sort_keys=True, ensure_ascii=False)}"
     if (
         isinstance(value, list)
         and value
