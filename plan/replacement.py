@@ -178,7 +178,7 @@ class ForceNewIfChange:
 
 
 def _advanced_to_standard(old: Any, new: Any) -> bool:
-    return old == "Advanced" and new == "Standard"
+    return bool(old == "Advanced" and new == "Standard")
 
 
 CONDITIONAL: dict[str, tuple[ForceNewIfChange, ...]] = {

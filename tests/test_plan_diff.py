@@ -330,10 +330,10 @@ def test_key_rotation_lists_the_four_key_parameters_as_secret_changed(base, dev_
 
 
 @pytest.fixture(scope="module")
-def advanced(base) -> Document:
+def advanced(base: Document) -> Document:
     """dev with alpha's desired state in the Advanced tier (what a long firewall gets:
     core.render.desired_state_tier), the rest as it is."""
-    document = copy.deepcopy(base)
+    document: Document = copy.deepcopy(base)
     state = next(r for r in document["resources"] if r["name"] == "alpha-desired-state")
     assert state["inputs"]["tier"] == "Standard"
     state["inputs"]["tier"] = "Advanced"
