@@ -281,13 +281,16 @@ def test_no_private_key_in_tree_or_json(dev_cli):
     ],
     ids=["unknown-stack", "unknown-ref"],
 )
-def test_bad_input_is_one_line_and_exit_2(args, message):
-    ran = run(*args)
-    assert ran.returncode == 2
-    assert ran.stdout == ""
-    assert ran.stderr.count("\n") == 1
-    assert message in ran.stderr
-    assert "Traceback" not in ran.stderr
+def test_bad_input_is_one_line_and_exit_2(args, message, capsys, monkeypatch):
+    # In this process (no plan is made for either); test_invalid_config_... runs the CLI.
+    monkeypatch.chdir(REPO)
+    status = cli.main(args)
+    out, err = capsys.readouterr()
+    assert status == 2
+    assert out == ""
+    assert err.count("\n") == 1
+    assert message in err
+    assert "Traceback" not in err
 
 
 def test_invalid_config_lists_each_problem_and_exits_2(tmp_path):
