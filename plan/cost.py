@@ -18,8 +18,10 @@ from typing import Any
 from core.health import METRICS
 from plan.document import Document
 
-# The rates below were read from the linked AWS pricing pages in this month; the pages
-# change without notice, so re-check before quoting a figure outside this project.
+# The rates below are those the linked AWS pricing pages published in this month. They
+# were written down from those pages, not fetched where this table was made (no network
+# there): us-east-1's t4g.nano, public IPv4 and VPN rates agree with the project's
+# reference notes; re-check the others against the pages before quoting a figure.
 AS_OF = "2025-06"
 # AWS prices a month of hourly resources as 730 hours (the pricing calculator's month).
 HOURS_PER_MONTH = 730
