@@ -429,10 +429,12 @@ class WireGuardGateway(pulumi.ComponentResource):
                 "WG_S2S_INSTANCE_ID": instance.id,
                 "WG_S2S_DEADLINE_SECONDS": str(args.deadline_seconds),
             },
+            # Plain `name=value` text: the generation as a number, the pre-shared key as
+            # on|off (never a Python repr such as `True`).
             triggers=[
                 self.desired_state_digest,
-                f"key-generation-{facts.key_generation}",
-                f"preshared-key-{facts.preshared_key}",
+                f"key-generation={facts.key_generation:d}",
+                f"preshared-key={'on' if facts.preshared_key else 'off'}",
             ],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[instance, *parameters]),
         )

@@ -13,8 +13,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from core.config import ConfigError, load_stack_config
 from plan import diff, document, show
-from plan.engine import PlanError, plan_stack
+from plan.engine import PlanError, plan_stack, read_stack_file
 
 EXIT_BAD_INPUT = 2
 
@@ -39,6 +40,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_config(stack: str) -> None:
+    """The stack's config errors, as the plan itself would report them."""
+    try:
+        load_stack_config(read_stack_file(stack))
+    except ConfigError as error:
+        raise PlanError(
+            "invalid stack config:\n" + "\n".join(f"  {p}" for p in error.problems)
+        ) from None
+
+
 def _write(path: Path, text: str) -> None:
     try:
         path.write_text(text)
@@ -52,19 +63,28 @@ def main(
     """Runs the CLI; `planted_keys` (RandomBytes name -> key) exists for the secret tests."""
     args = _parser().parse_args(argv)
     try:
-        plan = plan_stack(args.stack, planted_keys=planted_keys)
-        public = document.public_document(plan)
-        secrets = document.secret_values(plan)
+        if args.json is not None and not args.json.parent.is_dir():
+            # Said before the plan is made, not after.
+            raise PlanError(f"cannot write {args.json}: {args.json.parent} is not a directory")
         if args.diff is None:
+            plan = plan_stack(args.stack, planted_keys=planted_keys)
+            public = document.public_document(plan)
             sys.stdout.write(show.render(public))
             if args.json is not None:
                 _write(args.json, document.dumps(public))
             return 0
+        # What can fail fast does, before any plan: the ref (or no git repository), then
+        # the working tree's config; then REF's plan, then the working tree's.
         # Git history is the current directory's, the project's own when run as `make plan`.
+        diff.resolve_ref(Path.cwd(), args.diff)
+        _check_config(args.stack)
         commit, before = diff.plan_at_ref(Path.cwd(), args.stack, args.diff)
+        plan = plan_stack(args.stack, planted_keys=planted_keys)
+        public = document.public_document(plan)
+        secrets = document.secret_values(plan)
         changes = diff.compare(before, public)
         # REF's plan was redacted by REF's code; cut out today's secrets all the same.
-        text = diff.render(args.stack, args.diff, commit, changes)
+        text = diff.render(args.stack, args.diff, commit, changes, after=public, before=before)
         sys.stdout.write(document.redact_text(text, secrets))
         if args.json is not None:
             data = document.dumps(diff.as_document(args.stack, args.diff, commit, changes))

@@ -20,9 +20,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from plan.cost import monthly_cost
+from plan.cost import render_lines as render_cost
 from plan.document import REDACTED, UNKNOWN, Document
-from plan.replacement import force_new_paths
-from plan.show import json_document, scalar
+from plan.replacement import force_new_paths, forces_new_on_change
+from plan.review import (
+    MAX_LINE,
+    SECRET_CHANGED,
+    abbreviate,
+    clip,
+    impact,
+    main_properties,
+    readable_text,
+    short_urn,
+    short_value,
+    summary_paragraph,
+)
 
 Op = Literal["create", "update", "replace", "delete", "same"]
 # How long REF's plan may take; it is normally a second or two.
@@ -43,6 +56,9 @@ class PropertyChange:
     old: Any = None
     new: Any = None
     replaces: bool = False  # the change forces a replacement of the resource
+    # A secret input whose value changed: both sides print as [secret], and the plans'
+    # fingerprints (plan.document) differ. Rendered as `[secret changed]`.
+    secret: bool = False
 
 
 @dataclass(frozen=True)
@@ -167,11 +183,15 @@ def _property_changes(old: Document, new: Document) -> tuple[PropertyChange, ...
     before, after = flatten(old["inputs"]), flatten(new["inputs"])
     ignored = new["options"].get("ignoreChanges", [])
     replace = _replace_paths(new)
+    # A plan made before fingerprints existed has none: its secrets compare equal.
+    was_secret, now_secret = old.get("secrets") or {}, new.get("secrets") or {}
     changes = []
     for key in sorted(before.keys() | after.keys()):
         if any(_covers(path, key) for path in ignored):
             continue
         replaces = any(_covers(path, key) for path in replace)
+        if key in before and key in after:
+            replaces = replaces or forces_new_on_change(new["type"], key, before[key], after[key])
         if key not in before:
             changes.append(PropertyChange(key, "add", new=after[key], replaces=replaces))
         elif key not in after:
@@ -179,6 +199,15 @@ def _property_changes(old: Document, new: Document) -> tuple[PropertyChange, ...
         elif before[key] != after[key]:
             changes.append(
                 PropertyChange(key, "change", before[key], after[key], replaces=replaces)
+            )
+        elif (
+            before[key] == REDACTED
+            and key in was_secret
+            and key in now_secret
+            and was_secret[key] != now_secret[key]
+        ):
+            changes.append(
+                PropertyChange(key, "change", REDACTED, REDACTED, replaces=replaces, secret=True)
             )
     return tuple(changes)
 
@@ -309,48 +338,84 @@ def _property_lines(change: PropertyChange, ref: str) -> Iterator[str]:
     yield from lines
 
 
-def _as_block(value: Any) -> Any:
-    """A JSON document (an IAM policy) as indented text, so its diff is per field."""
-    document = json_document(value)
-    if document is None:
-        return value
-    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+def _list_change_lines(change: PropertyChange) -> list[str] | None:
+    """A list of URNs (dependsOn) as the names that joined and left it, or None."""
+    was, now = change.old or [], change.new or []
+    if not (isinstance(was, list) and isinstance(now, list)):
+        return None
+    if not all(isinstance(v, str) and v.startswith("urn:pulumi:") for v in was + now):
+        return None
+    lines = [f"~ {change.key}:"]
+    lines += [f"    - {short_urn(u)}" for u in sorted(set(was) - set(now), key=short_urn)]
+    lines += [f"    + {short_urn(u)}" for u in sorted(set(now) - set(was), key=short_urn)]
+    return lines
 
 
 def _plain_property_lines(change: PropertyChange, ref: str) -> Iterator[str]:
-    if change.op == "change" and change.new != UNKNOWN_AFTER_REPLACE:
-        change = PropertyChange(
-            change.key, change.op, _as_block(change.old), _as_block(change.new), change.replaces
-        )
+    if change.secret:
+        yield f"~ {change.key}: {SECRET_CHANGED}"
+        return
     if change.op == "add":
-        yield f"+ {change.key}: {scalar(change.new)}"
-    elif change.op == "remove":
-        yield f"- {change.key}: {scalar(change.old)}"
-    elif (
-        isinstance(change.old, str)
-        and isinstance(change.new, str)
-        and ("\n" in change.old or "\n" in change.new)
-    ):
-        yield f"~ {change.key}:"
+        yield f"+ {change.key}: {short_value(change.new)}"
+        return
+    if change.op == "remove":
+        yield f"- {change.key}: {short_value(change.old)}"
+        return
+    listed = _list_change_lines(change)
+    if listed is not None:
+        yield from listed
+        return
+    old = readable_text(change.key, change.old)
+    new = readable_text(change.key, change.new) if change.new != UNKNOWN_AFTER_REPLACE else None
+    if old is not None and new is not None:
+        how = f" ({new[0]})" if new[0] != "text" else ""
+        yield f"~ {change.key}{how}:"
         lines = difflib.unified_diff(
-            change.old.splitlines(),
-            change.new.splitlines(),
+            old[1].splitlines(),
+            new[1].splitlines(),
             fromfile=f"{change.key} ({ref})",
             tofile=f"{change.key} ({WORKING_TREE})",
             lineterm="",
         )
         yield from (f"    {line}".rstrip() for line in lines)
+        return
+    was, now = short_value(change.old), short_value(change.new)
+    # Room on a line: the indent under the resource, the marker and a [forces replacement].
+    room = MAX_LINE - 6 - len(" [forces replacement]")
+    if len(f"~ {change.key}: {was} => {now}") <= room:
+        yield f"~ {change.key}: {was} => {now}"
+    elif change.new == UNKNOWN_AFTER_REPLACE:
+        # What the reviewer needs is which value goes unknown, not all of it.
+        yield f"~ {change.key}: {abbreviate(was, room // 2)} => {now}"
     else:
-        yield f"~ {change.key}: {scalar(change.old)} => {scalar(change.new)}"
+        yield f"~ {change.key}:"
+        yield f"    - {abbreviate(was, room - 6)}"
+        yield f"    + {abbreviate(now, room - 6)}"
 
 
-def render(stack: str, ref: str, commit: str, changes: list[ResourceChange]) -> str:
+def render(
+    stack: str,
+    ref: str,
+    commit: str,
+    changes: list[ResourceChange],
+    *,
+    after: Document | None = None,
+    before: Document | None = None,
+) -> str:
+    """The diff as a reviewer reads it: a summary, each change with what it costs, the
+    counts, and (given the plans) the stack's monthly cost after the change."""
     lines = [f"Diff of stack {stack}: {ref} ({commit[:12]}) => {WORKING_TREE}", ""]
+    lines += summary_paragraph(changes)
+    lines.append("")
+    by_urn = {r["urn"]: r for r in (after or {}).get("resources", [])}
     for change in changes:
         if change.op == "same":
             continue
         region = f" ({change.region})" if change.region else ""
         lines.append(f"{_MARK[change.op]} {change.type} {change.name}{region}")
+        lines.append(f"      = {impact(change)}")
+        if change.op == "create" and change.urn in by_urn:
+            lines += [f"      + {line}" for line in main_properties(by_urn[change.urn])]
         for prop in change.properties:
             lines += [f"      {line}".rstrip() for line in _property_lines(prop, ref)]
     counts = summary(changes)
@@ -362,7 +427,10 @@ def render(stack: str, ref: str, commit: str, changes: list[ResourceChange]) -> 
         f"{counts['replace']} to replace, {counts['delete']} to delete, "
         f"{counts['same']} unchanged",
     ]
-    return "\n".join(lines) + "\n"
+    if after is not None:
+        was = monthly_cost(before) if before is not None else None
+        lines += ["", *render_cost(monthly_cost(after), before=was, ref=ref)]
+    return "\n".join(clip(line) for line in lines) + "\n"
 
 
 def as_document(stack: str, ref: str, commit: str, changes: list[ResourceChange]) -> Document:
@@ -378,6 +446,7 @@ def as_document(stack: str, ref: str, commit: str, changes: list[ResourceChange]
                 "type": c.type,
                 "name": c.name,
                 "region": c.region,
+                "impact": impact(c),
                 "properties": [
                     {
                         "key": p.key,
@@ -385,6 +454,7 @@ def as_document(stack: str, ref: str, commit: str, changes: list[ResourceChange]
                         "old": p.old,
                         "new": p.new,
                         "replaces": p.replaces,
+                        "secret": p.secret,
                     }
                     for p in c.properties
                 ],

@@ -8,11 +8,12 @@ is cut out of it as well.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from typing import Any
 
-from plan.engine import Plan, PlannedResource, Secret, Unknown
+from plan.engine import Plan, PlannedResource, Secret, Unknown, reveal
 
 REDACTED = "[secret]"
 UNKNOWN = "(unknown)"
@@ -21,6 +22,8 @@ UNKNOWN = "(unknown)"
 _MIN_REDACTED_LENGTH = 8
 
 Document = dict[str, Any]
+# Keys a secret's fingerprint, so it names this use only (BLAKE2b, 8 bytes).
+_FINGERPRINT_KEY = b"wg-site-to-site plan: did this secret change?"
 
 
 def _secret_strings(value: Any, inside_secret: bool = False) -> Iterable[str]:
@@ -56,6 +59,31 @@ def redact_text(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
+def fingerprint(value: Any) -> str:
+    """A keyed 64-bit digest of a secret value: equal values, equal fingerprints.
+
+    Two plans (made in two processes, at two git refs) compare their secret inputs by
+    these, so the diff can say `[secret changed]` without either plan holding the value.
+    The values here are 32 random bytes (keys): a digest of one reveals nothing of it.
+    """
+    text = json.dumps(reveal(value), sort_keys=True)
+    return hashlib.blake2b(text.encode(), key=_FINGERPRINT_KEY, digest_size=8).hexdigest()
+
+
+def secret_fingerprints(value: Any, path: str = "") -> dict[str, str]:
+    """Path (as plan.diff.flatten names it) -> fingerprint, for every secret input."""
+    if isinstance(value, Secret):
+        return {path: fingerprint(value.value)} if path else {}
+    found: dict[str, str] = {}
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found.update(secret_fingerprints(item, f"{path}.{key}" if path else str(key)))
+    elif isinstance(value, list) and path:
+        for index, item in enumerate(value):
+            found.update(secret_fingerprints(item, f"{path}[{index}]"))
+    return found
+
+
 def public_value(value: Any, secrets: frozenset[str]) -> Any:
     """A JSON value with Secret and Unknown markers replaced by their printed forms."""
     if isinstance(value, Secret):
@@ -82,6 +110,8 @@ def _resource(plan: Plan, resource: PlannedResource, secrets: frozenset[str]) ->
         "custom": resource.custom,
         "inputs": public_value(resource.inputs, secrets),
         "options": public_value(resource.options, secrets),
+        # Fingerprints of the secret inputs, never the values (see `fingerprint`).
+        "secrets": dict(sorted(secret_fingerprints(resource.inputs).items())),
         # What the provider computes (id, arn, addresses): what a replacement makes
         # unknown to the resources that use it. Not printed in the tree.
         "id": public_value(resource.outputs.get("id"), secrets),

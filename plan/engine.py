@@ -434,7 +434,9 @@ def run_program(
                         options={
                             "dependsOn": sorted(request.dependencies),
                             "ignoreChanges": sorted(request.ignoreChanges),
-                            "additionalSecretOutputs": sorted(request.additionalSecretOutputs),
+                            # The SDK adds a type's own secret outputs (a Parameter's
+                            # `value`) to those the program names: each once.
+                            "additionalSecretOutputs": sorted(set(request.additionalSecretOutputs)),
                             "replaceOnChanges": sorted(request.replaceOnChanges),
                             "deleteBeforeReplace": bool(request.deleteBeforeReplace),
                         },

@@ -13,7 +13,9 @@ new resource type cannot slip into the review with every change shown as an upda
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,42 @@ TABLE: dict[str, ForceNew] = {
     "pulumi:providers:random": ForceNew("pulumi/pulumi-random provider config", ()),
     "pulumi:providers:command": ForceNew("pulumi/pulumi-command provider config", ()),
 }
+
+
+@dataclass(frozen=True)
+class ForceNewIfChange:
+    """A provider's CustomizeDiff `ForceNewIfChange(path, f)`: a change of `path` replaces
+    the resource only when `f(old, new)` holds; any other change of it is in place."""
+
+    source: str
+    path: str
+    condition: Callable[[Any, Any], bool]
+
+
+def _advanced_to_standard(old: Any, new: Any) -> bool:
+    return bool(old == "Advanced" and new == "Standard")
+
+
+CONDITIONAL: dict[str, tuple[ForceNewIfChange, ...]] = {
+    # SSM refuses to downgrade a parameter ("You can't downgrade a parameter from the
+    # advanced-parameter tier to the standard-parameter tier"), so the provider replaces
+    # it: internal/service/ssm/parameter.go, CustomizeDiff,
+    #   customdiff.ForceNewIfChange("tier", func(_ context.Context, old, new, meta any) bool {
+    #       return awstypes.ParameterTier(old.(string)) == awstypes.ParameterTierAdvanced &&
+    #           awstypes.ParameterTier(new.(string)) == awstypes.ParameterTierStandard
+    #   })
+    # (hashicorp/terraform-provider-aws at 0073593e7d6993ba482409f4dc35438daaa79bb3).
+    # Standard -> Advanced is an in-place PutParameter with the new tier.
+    "aws:ssm/parameter:Parameter": (
+        ForceNewIfChange("ssm/parameter.go (CustomizeDiff)", "tier", _advanced_to_standard),
+    ),
+}
+
+
+def forces_new_on_change(type_: str, key: str, old: Any, new: Any) -> bool:
+    """Whether changing input `key` of a `type_` from `old` to `new` replaces it under a
+    conditional rule (CONDITIONAL); the unconditional ones are in TABLE."""
+    return any(rule.path == key and rule.condition(old, new) for rule in CONDITIONAL.get(type_, ()))
 
 
 def force_new_paths(type_: str) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ from collections import defaultdict
 from typing import Any
 
 from core.render import decode_user_data
+from plan.cost import monthly_cost, render_lines
 from plan.document import REDACTED, UNKNOWN, Document
 
 _INDENT = "    "
@@ -50,6 +51,9 @@ def value_lines(key: str, value: Any, indent: str = "") -> list[str]:
             lines += value_lines("-", item, indent + _INDENT)
         return lines
     document = json_document(value)
+    if isinstance(document, dict) and has_text_fields(document):
+        # The desired state: its config and firewall as text blocks, one line per line.
+        return value_lines(f"{key} (JSON, text fields shown as blocks)", document, indent)
     if document is not None:
         # IAM policies, dashboards: indented, keys sorted, so a reviewer reads (and a
         # diff shows) one statement field per line instead of one escaped line.
@@ -59,6 +63,17 @@ def value_lines(key: str, value: Any, indent: str = "") -> list[str]:
         body = value.removesuffix("\n").split("\n")
         return [f"{indent}{label} |", *(f"{indent}{_INDENT}{line}".rstrip() for line in body)]
     return [f"{indent}{label} {scalar(value)}"]
+
+
+def has_text_fields(value: Any) -> bool:
+    """Whether a JSON value holds multi-line text anywhere."""
+    if isinstance(value, str):
+        return "\n" in value
+    if isinstance(value, dict):
+        return any(has_text_fields(v) for v in value.values())
+    if isinstance(value, list):
+        return any(has_text_fields(v) for v in value)
+    return False
 
 
 def json_document(value: Any) -> Any:
@@ -158,6 +173,8 @@ def render(document: Document) -> str:
         f"{counts['other']} other provider resources, {counts['providers']} providers, "
         f"{counts['components']} components",
     ]
+    # The plan ends with what the stack costs a month (plan.cost).
+    lines += ["", *render_lines(monthly_cost(document))]
     return "\n".join(lines) + "\n"
 
 

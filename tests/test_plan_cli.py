@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
+import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +17,7 @@ import pytest
 
 from core.keys import public_key
 from plan import cli
-from plan.document import public_document, public_value
+from plan.document import dumps, public_document, public_value
 from plan.engine import (
     REPO,
     Plan,
@@ -22,7 +25,6 @@ from plan.engine import (
     Secret,
     Unknown,
     plan_private_key,
-    plan_stack,
 )
 from plan.show import tree_lines, value_lines
 
@@ -50,9 +52,22 @@ def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_tree_shows_resources_nested_with_inputs_and_user_data(capsys):
-    assert cli.main(["dev"]) == 0
-    out = capsys.readouterr().out
+@pytest.fixture(scope="module")
+def dev_cli(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """`python -m plan dev --json FILE`, run once in this process: (stdout, the JSON)."""
+    path = tmp_path_factory.mktemp("plan") / "plan.json"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["dev", "--json", str(path)]) == 0
+    return out.getvalue(), path.read_text()
+
+
+def _footer(lines: list[str]) -> str:
+    return next(line for line in lines if re.fullmatch(r"\d+ resources: .*", line))
+
+
+def test_tree_shows_resources_nested_with_inputs_and_user_data(dev_cli):
+    out, plan_json = dev_cli
     lines = out.splitlines()
 
     for type_ in (
@@ -81,12 +96,11 @@ def test_tree_shows_resources_nested_with_inputs_and_user_data(capsys):
     assert any(line.endswith(" sourceDestCheck: false") for line in lines)
     # Secrets are shown as such; the key parameter's value is one.
     assert any(line.endswith(" value: [secret]") for line in lines)
-    assert lines[-1].startswith(f"{len(plan_stack('dev').resources)} resources:")
+    assert _footer(lines).startswith(f"{len(json.loads(plan_json)['resources'])} resources:")
 
 
-def test_iam_policies_print_as_indented_blocks(capsys):
-    assert cli.main(["dev"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+def test_iam_policies_print_as_indented_blocks(dev_cli):
+    lines = dev_cli[0].splitlines()
 
     start = lines.index(
         "    │   ├── aws:iam/rolePolicy:RolePolicy alpha-read-own-parameters (us-east-1)"
@@ -102,9 +116,8 @@ def test_iam_policies_print_as_indented_blocks(capsys):
     assert not any('\\"' in line and not any(s in line for s in scripts) for line in lines)
 
 
-def test_resource_options_show_in_the_tree(capsys):
-    assert cli.main(["dev"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+def test_resource_options_show_in_the_tree(dev_cli):
+    lines = dev_cli[0].splitlines()
 
     start = lines.index("    │   ├── aws:ec2/instance:Instance alpha-gateway (us-east-1)")
     end = next(i for i in range(start + 1, len(lines)) if "├── " in lines[i] or "└── " in lines[i])
@@ -116,23 +129,49 @@ def test_resource_options_show_in_the_tree(capsys):
     assert '- "aws:iam/rolePolicy:RolePolicy alpha-read-own-parameters"' in shown[options:]
 
 
-def test_footer_counts_cloud_other_providers_and_components_apart(capsys):
-    assert cli.main(["dev"]) == 0
-    footer = capsys.readouterr().out.splitlines()[-1]
+def test_footer_counts_cloud_other_providers_and_components_apart(dev_cli):
+    out, plan_json = dev_cli
+    footer = _footer(out.splitlines())
 
-    resources = plan_stack("dev").resources
-    cloud = sum(1 for r in resources if r.custom and r.type.startswith("aws:"))
-    providers = sum(1 for r in resources if r.type.startswith("pulumi:providers:"))
+    resources = json.loads(plan_json)["resources"]
+    cloud = sum(1 for r in resources if r["custom"] and r["type"].startswith("aws:"))
+    providers = sum(1 for r in resources if r["type"].startswith("pulumi:providers:"))
     # RandomBytes (two keys, the pre-shared key) and pulumi-command's Commands.
     random_bytes = sum(
-        1 for r in resources if r.custom and not r.type.startswith(("aws:", "pulumi:providers:"))
+        1
+        for r in resources
+        if r["custom"] and not r["type"].startswith(("aws:", "pulumi:providers:"))
     )
-    components = sum(1 for r in resources if not r.custom)
+    components = sum(1 for r in resources if not r["custom"])
     assert random_bytes == 3 + 3
     assert footer == (
         f"{len(resources)} resources: {cloud} cloud resources, {random_bytes} other provider "
         f"resources, {providers} providers, {components} components"
     )
+
+
+_MONEY = re.compile(r"\$(\d+)\.(\d\d)")
+
+
+def test_plan_ends_with_the_monthly_cost_whose_total_is_the_sum_of_its_lines(dev_cli):
+    lines = dev_cli[0].splitlines()
+
+    start = next(i for i, line in enumerate(lines) if line.startswith("Monthly cost ("))
+    assert start > lines.index(_footer(lines))
+    block = lines[start + 1 :]
+    total = next(i for i, line in enumerate(block) if line.lstrip().startswith("total "))
+    # Every priced line's last figure, in cents; the total is their sum, nothing else.
+    figures = [_MONEY.findall(line)[-1] for line in block[:total]]
+    cents = [int(d) * 100 + int(c) for d, c in figures]
+    (dollars, rest) = _MONEY.findall(block[total])[0]
+    assert int(dollars) * 100 + int(rest) == sum(cents)
+    for what in ("EC2 t4g.nano (us-east-1)", "public IPv4", "EBS gp3", "KMS keys"):
+        assert any(line.lstrip().startswith(what) for line in block[:total]), what
+    for what in ("custom metrics", "alarms", "dashboards", "SSM advanced parameters"):
+        assert any(what in line for line in block[:total]), what
+    # The plan ends there, with the VPN for comparison (not in the total).
+    assert block[total + 1 :] == [block[-1]]
+    assert "AWS Site-to-Site VPN" in block[-1] and "$36.50" in block[-1]
 
 
 def test_children_sorted_by_type_then_name():
@@ -181,19 +220,17 @@ def test_values_print_secret_unknown_nested_and_blocks():
     ]
 
 
-def test_json_is_deterministic_and_complete(tmp_path, capsys):
-    first, second = tmp_path / "1.json", tmp_path / "2.json"
-    assert cli.main(["dev", "--json", str(first)]) == 0
-    assert cli.main(["dev", "--json", str(second)]) == 0
-    capsys.readouterr()
-    assert first.read_bytes() == second.read_bytes()
+def test_json_is_deterministic_and_complete(dev_cli, dev_preview_plan):
+    plan_json = dev_cli[1]
+    # Two plans of the same stack (the session's, and this file's): the same bytes.
+    assert plan_json == dumps(public_document(dev_preview_plan))
 
-    document = json.loads(first.read_text())
+    document = json.loads(plan_json)
     assert sorted(document) == ["exports", "notes", "resources", "stack"]
     assert document["stack"] == "dev"
     urns = [r["urn"] for r in document["resources"]]
     assert urns == sorted(urns)
-    assert len(urns) == len(plan_stack("dev").resources)
+    assert len(urns) == len(dev_preview_plan.resources)
     for resource in document["resources"]:
         assert sorted(resource) == [
             "computed",
@@ -205,12 +242,15 @@ def test_json_is_deterministic_and_complete(tmp_path, capsys):
             "parent",
             "provider",
             "region",
+            "secrets",
             "type",
             "urn",
         ]
     by_name = {(r["type"], r["name"]): r for r in document["resources"]}
     parameter = by_name["aws:ssm/parameter:Parameter", "alpha-wireguard-key"]
     assert parameter["inputs"]["value"] == "[secret]"
+    # A fingerprint of the secret input, so two plans can tell it changed; not the key.
+    assert re.fullmatch(r"[0-9a-f]{16}", parameter["secrets"]["value"])
     assert parameter["region"] == "us-east-1"
     # Computed outputs are public too, but a secret output stays redacted.
     assert parameter["computed"]["arn"].startswith("arn:aws:ssm:us-east-1:")
@@ -224,22 +264,13 @@ def test_json_is_deterministic_and_complete(tmp_path, capsys):
     assert document["exports"]["sites"]["alpha"]["publicIp"] == "203.0.113.10"
 
 
-def test_no_private_key_in_tree_or_json(tmp_path, capsys):
-    path = tmp_path / "plan.json"
-    assert cli.main(["dev", "--json", str(path)], planted_keys=PLANTED) == 0
-    captured = capsys.readouterr()
-    # The planted keys were used: each gateway's config names the other's public key.
-    assert public_key(PLANTED["alpha-wireguard-key"]) in captured.out
-    assert public_key(PLANTED["beta-wireguard-key"]) in captured.out
-    outputs = {"stdout": captured.out, "stderr": captured.err, "json": path.read_text()}
-    assert leaks(outputs, key_forms(PLANTED)) == []
-
-
-def test_default_plan_keys_are_not_shown_either():
-    ran = run("dev")
-    assert ran.returncode == 0
+def test_no_private_key_in_tree_or_json(dev_cli):
+    out, plan_json = dev_cli
     keys = {site: plan_private_key("dev", f"{site}-wireguard-key") for site in ("alpha", "beta")}
-    assert leaks({"stdout": ran.stdout, "stderr": ran.stderr}, key_forms(keys)) == []
+    # These keys were used: each gateway's config names the other's public key.
+    assert public_key(keys["alpha"]) in out
+    assert public_key(keys["beta"]) in out
+    assert leaks({"stdout": out, "json": plan_json}, key_forms(keys)) == []
 
 
 @pytest.mark.parametrize(
@@ -250,13 +281,16 @@ def test_default_plan_keys_are_not_shown_either():
     ],
     ids=["unknown-stack", "unknown-ref"],
 )
-def test_bad_input_is_one_line_and_exit_2(args, message):
-    ran = run(*args)
-    assert ran.returncode == 2
-    assert ran.stdout == ""
-    assert ran.stderr.count("\n") == 1
-    assert message in ran.stderr
-    assert "Traceback" not in ran.stderr
+def test_bad_input_is_one_line_and_exit_2(args, message, capsys, monkeypatch):
+    # In this process (no plan is made for either); test_invalid_config_... runs the CLI.
+    monkeypatch.chdir(REPO)
+    status = cli.main(args)
+    out, err = capsys.readouterr()
+    assert status == 2
+    assert out == ""
+    assert err.count("\n") == 1
+    assert message in err
+    assert "Traceback" not in err
 
 
 def test_invalid_config_lists_each_problem_and_exits_2(tmp_path):
@@ -284,11 +318,12 @@ def test_invalid_config_lists_each_problem_and_exits_2(tmp_path):
     assert any("wg-site-to-site:tunnel.mtu" in line for line in lines[1:])
 
 
-def test_unwritable_json_is_bad_input(tmp_path):
-    ran = run("dev", "--json", str(tmp_path / "missing-dir" / "plan.json"))
-    assert ran.returncode == 2
-    assert "cannot write" in ran.stderr
-    assert "Traceback" not in ran.stderr
+def test_unwritable_json_is_bad_input(tmp_path, capsys):
+    status = cli.main(["dev", "--json", str(tmp_path / "missing-dir" / "plan.json")])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "cannot write" in err
+    assert "Traceback" not in err
 
 
 def test_each_redaction_layer_works_on_its_own():
