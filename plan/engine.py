@@ -228,7 +228,8 @@ class _Recorder:
         prefix = _ID_PREFIX.get(type_, type_.rsplit(":", 1)[-1].lower())
         id_ = f"{prefix}-{_short_hash(self.stack, type_, name)}"
         service = type_.split(":")[1].split("/", maxsplit=1)[0]
-        outputs = dict(plain)
+        # The provider stores its schema defaults for what the program left unset.
+        outputs = provider_model.with_defaults(type_, plain)
         outputs["arn"] = f"arn:aws:{service}:{region}:{ACCOUNT}:{prefix}/{id_}"
         if type_ == "random:index/randomBytes:RandomBytes":
             generation = str((plain.get("keepers") or {}).get("generation", "1"))
