@@ -478,9 +478,27 @@ class WireGuardGateway(pulumi.ComponentResource):
             instance_type=facts.site.instance_type,
             # Device 0 is the standalone interface: subnet, address, security group and
             # source/dest check are its, and stay when the instance is replaced.
-            primary_network_interface=aws.ec2.InstancePrimaryNetworkInterfaceArgs(
-                network_interface_id=interface.id
-            ),
+            #
+            # Attached through the deprecated `network_interfaces` block on purpose, NOT
+            # `primary_network_interface` (whatever the deprecation warning suggests).
+            # hashicorp/terraform-provider-aws internal/service/ec2/ec2_instance.go:
+            # - ResourceInstance: "source_dest_check" is {Optional, Default: true}, and
+            #   its DiffSuppressFunc is `_, ok := d.GetOk("network_interface"); return ok`;
+            # - resourceInstanceRead sets source_dest_check from the device-0 interface
+            #   (here: false);
+            # - resourceInstanceUpdate calls ModifyInstanceAttribute(SourceDestCheck) only
+            #   `if _, ok := d.GetOk("network_interface"); !ok`.
+            # Both guards know only this block. With primary_network_interface the second
+            # `pulumi up` plans source_dest_check false -> true and ModifyInstanceAttribute
+            # writes true to this interface: the VPC then drops every forwarded packet
+            # (terraform-provider-aws#44768, fixes #47082 and #49198 still open). Setting
+            # source_dest_check=False here is no way out: it is in ConflictsWith of both
+            # blocks. plan/provider_model.py models this; tests/test_second_run.py holds it.
+            network_interfaces=[
+                aws.ec2.InstanceNetworkInterfaceArgs(
+                    device_index=0, network_interface_id=interface.id
+                )
+            ],
             iam_instance_profile=profile.name,
             metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
                 http_endpoint="enabled",

@@ -145,7 +145,19 @@ class SiteNetwork(pulumi.ComponentResource):
             opts=child,
         )
         igw = aws.ec2.InternetGateway(
-            f"{name}-igw", vpc_id=vpc.id, tags=self._tags("igw"), opts=child
+            f"{name}-igw",
+            vpc_id=vpc.id,
+            tags=self._tags("igw"),
+            # A new VPC (a site cidr change) gets a new internet gateway, and the old one
+            # is deleted with the old VPC, after the Elastic IP's old association (which
+            # depends on it). Updated in place instead, the provider detaches it from the
+            # old VPC first (terraform-provider-aws internal/service/ec2/
+            # vpc_internet_gateway.go, resourceInternetGatewayUpdate: if
+            # d.HasChange("vpc_id") -> detachInternetGateway, then attach) while the
+            # Elastic IP is still mapped there: AWS answers DependencyViolation "has some
+            # mapped public address(es)", which detachInternetGateway retries for the
+            # 20-minute Update timeout before the update fails, the tunnel down.
+            opts=pulumi.ResourceOptions(parent=self, replace_on_changes=["vpcId"]),
         )
         public, public_routes, public_association = self._subnet(
             vpc, "public", args.layout.public_subnet

@@ -14,7 +14,7 @@ from components.gateway import DEPLOYER, WireGuardGateway, WireGuardGatewayArgs
 from components.site_network import SiteNetwork, SiteNetworkArgs
 from components.tunnel_health import HealthSite, TunnelHealth, TunnelHealthArgs
 from components.wireguard_identity import WireGuardIdentity, WireGuardIdentityArgs
-from core.config import StackConfig, TunnelConfig
+from core.config import PROJECT, StackConfig, TunnelConfig
 from core.facts import GatewayFacts, gateway_facts
 from core.render import limit_problems
 
@@ -64,7 +64,8 @@ class SiteToSite(pulumi.ComponentResource):
         providers = {facts.name: self._regional_provider(facts) for facts in both}
         account = self._account(providers[both[0].name], args.config.deployer)
         networks = {
-            facts.name: self._site_network(facts, providers[facts.name], tags) for facts in both
+            facts.name: self._site_network(index, facts, providers[facts.name], tags)
+            for index, facts in enumerate(both)
         }
         identities = {
             facts.name: WireGuardIdentity(
@@ -226,28 +227,14 @@ class SiteToSite(pulumi.ComponentResource):
         )
 
     def _site_network(
-        self, facts: GatewayFacts, provider: aws.Provider, tags: dict[str, str]
+        self, index: int, facts: GatewayFacts, provider: aws.Provider, tags: dict[str, str]
     ) -> SiteNetwork:
-        zone: pulumi.Input[str] = facts.site.availability_zone or ""
-        if not facts.site.uses_existing_vpc and not facts.site.availability_zone:
-            # Not every zone offers every instance type (us-east-1e has no t4g), so
-            # both subnets go to the first zone that offers the gateway's type.
-            offerings = aws.ec2.get_instance_type_offerings_output(
-                location_type="availability-zone",
-                filters=[
-                    aws.ec2.GetInstanceTypeOfferingsFilterArgs(
-                        name="instance-type", values=[facts.site.instance_type]
-                    )
-                ],
-                opts=pulumi.InvokeOutputOptions(provider=provider, parent=self),
-            )
-            zone = offerings.locations.apply(lambda zones: _first_zone(zones, facts))
         return SiteNetwork(
             facts.name,
             SiteNetworkArgs(
                 site=facts.site,
                 layout=facts.layout,
-                availability_zone=zone,
+                availability_zone=self._zone(index, facts, provider, tags),
                 zone_pinned=facts.site.availability_zone is not None,
                 peer_cidr=str(facts.peer.cidr),
                 peer_tunnel_address=str(facts.peer_tunnel_address),
@@ -256,11 +243,95 @@ class SiteToSite(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, providers=[provider]),
         )
 
+    def _zone(
+        self, index: int, facts: GatewayFacts, provider: aws.Provider, tags: dict[str, str]
+    ) -> str:
+        """The site's zone, checked against what AWS would refuse only after a delete.
 
-def _first_zone(zones: list[str], facts: GatewayFacts) -> str:
+        Blocking invokes, so a refusal stops the program before anything of the site is
+        declared, with one line naming the key.
+        """
+        key = f"{PROJECT}:sites[{index}]"
+        invoke = pulumi.InvokeOptions(provider=provider, parent=self)
+        # Looked up even for a pinned zone: EC2 refuses a type it does not know, or one
+        # the zone does not offer, only at RunInstances, after delete-before-replace has
+        # removed the old gateway. Not every zone offers every type (us-east-1e has no
+        # t4g), and an unknown type is offered nowhere (DescribeInstanceTypeOfferings
+        # answers it with no offering, not an error).
+        offerings = aws.ec2.get_instance_type_offerings(
+            location_type="availability-zone",
+            filters=[
+                aws.ec2.GetInstanceTypeOfferingsFilterArgs(
+                    name="instance-type", values=[facts.site.instance_type]
+                )
+            ],
+            opts=invoke,
+        )
+        zone = _offered_zone(list(offerings.locations), facts, key)
+        if facts.site.availability_zone and not facts.site.uses_existing_vpc:
+            _refuse_moved_zone(zone, _existing_public_subnet(facts, tags, invoke), facts, key)
+        # An existing VPC's subnets are not this program's: the zone is unused there.
+        return zone
+
+
+def _existing_public_subnet(
+    facts: GatewayFacts, tags: dict[str, str], invoke: pulumi.InvokeOptions
+) -> tuple[str, str] | None:
+    """(zone, cidr) of the site's public subnet if an earlier `up` made it, else None.
+
+    The program cannot read its own state; AWS can tell by the tags the program set
+    (project, stack and the subnet's Name, as SiteNetwork writes them).
+    """
+    found = aws.ec2.get_subnets(
+        tags={"project": tags["project"], "stack": tags["stack"], "Name": f"{facts.name}-public"},
+        opts=invoke,
+    )
+    if not found.ids:
+        return None
+    subnet = aws.ec2.get_subnet(id=sorted(found.ids)[0], opts=invoke)
+    return subnet.availability_zone, subnet.cidr_block
+
+
+def _shown(value: str, limit: int = 40) -> str:
+    return value if len(value) <= limit else value[: limit - 3] + "..."
+
+
+def _offered_zone(zones: list[str], facts: GatewayFacts, key: str) -> str:
+    """The pinned zone if it offers the instance type, else the first zone that does."""
+    site, type_ = facts.site, _shown(facts.site.instance_type)
     if not zones:
         raise pulumi.RunError(
-            f"wg-site-to-site:sites: {facts.site.instance_type} is not offered in any zone of "
-            f"{facts.site.region} (site {facts.name}); choose another instanceType"
+            f"{key}.instanceType: {type_} is not offered in any zone of {site.region} "
+            "(a typo, or a type this region lacks); choose another instanceType"
         )
-    return sorted(zones)[0]
+    if site.availability_zone is None:
+        return sorted(zones)[0]
+    if site.availability_zone not in zones:
+        raise pulumi.RunError(
+            f"{key}.availabilityZone: {site.availability_zone} does not offer {type_} "
+            f"(zones that do: {', '.join(sorted(zones))}); pin one of those or choose "
+            "another instanceType"
+        )
+    return site.availability_zone
+
+
+def _refuse_moved_zone(
+    zone: str, existing: tuple[str, str] | None, facts: GatewayFacts, key: str
+) -> None:
+    """Refuses a pinned zone that moves a subnet AWS would refuse to make anew.
+
+    A changed zone replaces the subnets create-before-delete with the same CIDR in the
+    same VPC, which AWS refuses (InvalidSubnet.Conflict), after the old gateway is gone.
+    """
+    if existing is None:
+        return
+    old_zone, cidr = existing
+    if old_zone == zone or cidr != str(facts.layout.public_subnet):
+        # Same zone, or a new site cidr: the subnets go into a new VPC, no conflict.
+        return
+    raise pulumi.RunError(
+        f"{key}.availabilityZone: {zone}, but site {facts.name}'s subnets exist in {old_zone}, "
+        f"and AWS refuses a second subnet {cidr} while the old one exists "
+        f"(InvalidSubnet.Conflict): keep availabilityZone {old_zone}, or change the site's "
+        "cidr as well, or destroy the site first"
+    )

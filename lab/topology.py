@@ -16,6 +16,7 @@ from core.config import load_stack_config
 from core.facts import KEY_PARAMETER_LEAF, GatewayFacts, first_host, gateway_facts, vpc_router
 from core.render import decode_user_data
 from lab import PREFIX, LabError
+from plan import provider_model
 from plan.engine import Plan, PlannedResource, Unknown, reveal
 
 IPv4Address = ipaddress.IPv4Address
@@ -282,8 +283,16 @@ def _gateway_instance(plan: Plan, facts: GatewayFacts, interface_id: str) -> Pla
     """The instance whose device 0 is the gateway's interface."""
     found = []
     for instance in plan.by_type(TYPE_INSTANCE):
-        attached = _value(instance, "primaryNetworkInterface")
-        if isinstance(attached, dict) and attached.get("networkInterfaceId") == interface_id:
+        # Device 0: the deprecated block the program uses (see components/gateway.py),
+        # or primaryNetworkInterface.
+        attached = [
+            a
+            for a in _value(instance, "networkInterfaces") or []
+            if isinstance(a, dict) and a.get("deviceIndex") == 0
+        ] + [_value(instance, "primaryNetworkInterface")]
+        if any(
+            isinstance(a, dict) and a.get("networkInterfaceId") == interface_id for a in attached
+        ):
             found.append(instance)
     if len(found) != 1:
         raise LabError(
@@ -433,8 +442,11 @@ def derive(plan: Plan) -> Topology:
                 f"{_private_ip(interface, facts)}/{facts.layout.public_subnet.prefixlen}"
             ),
             elastic_ip=_elastic_ip(plan, interface_id, facts.name),
-            # AWS turns the check on unless told otherwise.
-            source_dest_check=check is not False,
+            # AWS turns the check on unless told otherwise, and an instance whose check
+            # the provider does not suppress writes it on at the next `pulumi up`.
+            source_dest_check=provider_model.effective_source_dest_check(
+                reveal(instance.inputs), {"sourceDestCheck": check}
+            ),
             ingress=_ingress_rules(plan, group_ids),
             egress=_egress_rules(plan, group_ids),
             user_data=user_data,

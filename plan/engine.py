@@ -22,7 +22,7 @@ import logging
 import os
 import runpy
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ import yaml
 
 from core import stack_file
 from core.config import PROJECT, ConfigError, load_stack_config, project_config_from_stack_file
+from plan import provider_model
 
 REPO = Path(__file__).resolve().parent.parent
 PROGRAM = REPO / "__main__.py"
@@ -188,12 +189,17 @@ class _Recorder:
         site_names: list[str],
         planted_keys: Mapping[str, str],
         caller_role: str = _MOCK_CALLER_ROLE,
+        existing_subnets: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         self.stack = stack
         self.caller_role = caller_role
         self.site_names = site_names
         self.planted_keys = dict(planted_keys)
+        self.existing_subnets = [dict(s) for s in existing_subnets]
         self.resources: list[PlannedResource] = []
+        # Inputs of what was declared, by the id the mocks gave it: what the provider's
+        # Read would find behind an id (an instance reads its interface's check).
+        self.inputs_by_id: dict[str, dict[str, Any]] = {}
         self.provider_regions: dict[str, str] = {}
         self.lock = threading.Lock()
         self.disabled_default_providers: tuple[str, ...] = DISABLED_DEFAULT_PROVIDERS
@@ -226,7 +232,8 @@ class _Recorder:
         prefix = _ID_PREFIX.get(type_, type_.rsplit(":", 1)[-1].lower())
         id_ = f"{prefix}-{_short_hash(self.stack, type_, name)}"
         service = type_.split(":")[1].split("/", maxsplit=1)[0]
-        outputs = dict(plain)
+        # The provider stores its schema defaults for what the program left unset.
+        outputs = provider_model.with_defaults(type_, plain)
         outputs["arn"] = f"arn:aws:{service}:{region}:{ACCOUNT}:{prefix}/{id_}"
         if type_ == "random:index/randomBytes:RandomBytes":
             generation = str((plain.get("keepers") or {}).get("generation", "1"))
@@ -236,12 +243,20 @@ class _Recorder:
         elif type_ == "aws:ec2/eip:Eip":
             outputs["publicIp"] = self.elastic_ip(name)
             outputs["allocationId"] = id_
-        elif type_ == "aws:ec2/instance:Instance":
-            attached = plain.get("primaryNetworkInterface") or {}
-            outputs["primaryNetworkInterfaceId"] = attached.get("networkInterfaceId") or (
-                f"eni-{_short_hash(self.stack, name, 'eni')}"
+        elif type_ == provider_model.INSTANCE:
+            problems = provider_model.conflicts(type_, plain)
+            if problems:
+                with self.lock:
+                    self.problems += [f"{type_} {name}: {problem}" for problem in problems]
+            attached = provider_model.device_zero_interface(plain)
+            outputs["primaryNetworkInterfaceId"] = (
+                attached[1] if attached else f"eni-{_short_hash(self.stack, name, 'eni')}"
             )
             outputs.setdefault("privateIp", "10.0.0.4")
+            # What Read writes into state: the check of the interface at device 0.
+            outputs.update(
+                provider_model.read_back(type_, plain, lambda id_: self.inputs_by_id.get(id_, {}))
+            )
         elif type_ == "aws:ec2/networkInterface:NetworkInterface":
             fixed = plain.get("privateIps") or []
             # An existing VPC's subnet: AWS picks the address; the mock says so plainly.
@@ -261,6 +276,8 @@ class _Recorder:
             outputs["arn"] = f"arn:aws:sns:{region}:{ACCOUNT}:{plain.get('name', name)}"
         elif type_ == "aws:iam/instanceProfile:InstanceProfile":
             outputs["name"] = f"{name}-{_short_hash(name, length=7)}"
+        with self.lock:
+            self.inputs_by_id[id_] = plain
         return id_, outputs
 
     def call(self, token: str, args: dict[str, Any], provider: str) -> dict[str, Any]:
@@ -288,14 +305,33 @@ class _Recorder:
                 "sessionName": "plan",
                 "id": args["arn"],
             }
+        if token.startswith("aws:ec2/"):
+            return self.ec2_call(token, args, region)
+        raise PlanError(f"the offline plan has no stand-in for the invoke {token}")
+
+    def ec2_call(self, token: str, args: dict[str, Any], region: str) -> dict[str, Any]:
+        """EC2's describe calls, answered as AWS would (plan.provider_model)."""
         if token == "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings":
-            zones = [f"{region}{letter}" for letter in "abc"]
-            types = [args["filters"][0]["values"][0]] * 3 if args.get("filters") else []
+            wanted = [str(v) for f in args.get("filters") or [] for v in f["values"]]
+            offered = [
+                (zone, type_)
+                for type_ in wanted
+                for zone in provider_model.zones_offering(region, type_)
+            ]
             return {
-                "locations": zones,
-                "locationTypes": ["availability-zone"] * 3,
-                "instanceTypes": types,
+                "locations": [zone for zone, _ in offered],
+                "locationTypes": ["availability-zone"] * len(offered),
+                "instanceTypes": [type_ for _, type_ in offered],
             }
+        if token == "aws:ec2/getSubnets:getSubnets":
+            found = [
+                s for s in self.existing_subnets if provider_model.subnet_matches(s, region, args)
+            ]
+            return {"ids": [s["id"] for s in found], "filters": args.get("filters"), "id": region}
+        if token == "aws:ec2/getSubnet:getSubnet":
+            for subnet in self.existing_subnets:
+                if subnet["id"] == args.get("id"):
+                    return dict(subnet)
         raise PlanError(f"the offline plan has no stand-in for the invoke {token}")
 
 
@@ -358,12 +394,16 @@ def run_program(
     program: Path = PROGRAM,
     disabled_default_providers: tuple[str, ...] = DISABLED_DEFAULT_PROVIDERS,
     caller_role: str = _MOCK_CALLER_ROLE,
+    existing_subnets: Sequence[Mapping[str, Any]] = (),
 ) -> Plan:
     """Runs the program for `stack` with `config` (the project's keys, unprefixed).
 
     `planted_keys` maps a RandomBytes resource name to the private key the mocks return
     for it, so tests can look for a known key in every output. `caller_role` is the IAM
     role getCallerIdentity and getSessionContext answer with (who runs the program).
+    `existing_subnets` are subnets the stand-in account already has (each as getSubnet
+    answers it: id, region, availabilityZone, cidrBlock, tags), for the invokes that look
+    for them; by default the account has none, as before a stack's first `pulumi up`.
     """
     import pulumi
     from pulumi.runtime import mocks as pulumi_mocks
@@ -384,7 +424,9 @@ def run_program(
             "invalid stack config:\n" + "\n".join(f"  {p}" for p in error.problems)
         ) from None
 
-    recorder = _Recorder(stack, site_names, planted_keys or {}, caller_role)
+    recorder = _Recorder(
+        stack, site_names, planted_keys or {}, caller_role, existing_subnets
+    )
     recorder.disabled_default_providers = disabled_default_providers
 
     class Mocks(pulumi_mocks.Mocks):

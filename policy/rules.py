@@ -304,6 +304,17 @@ def tunnel_port_not_public(type_: str, props: Props) -> list[str]:
     return []
 
 
+def _device_zero(props: Props) -> tuple[str, Any] | None:
+    """(block, interface id) when a standalone interface is the instance's device 0."""
+    for attached in _as_list(props.get("networkInterfaces")):
+        if isinstance(attached, Mapping) and attached.get("deviceIndex") == 0:
+            return "networkInterfaces", attached.get("networkInterfaceId")
+    primary = props.get("primaryNetworkInterface")
+    if isinstance(primary, Mapping):
+        return "primaryNetworkInterface", primary.get("networkInterfaceId")
+    return None
+
+
 def gateway_instance_settings(type_: str, props: Props) -> list[str]:
     """(b) A gateway forwards packets (no source/dest check) and requires IMDSv2."""
     if type_ != INSTANCE:
@@ -313,9 +324,18 @@ def gateway_instance_settings(type_: str, props: Props) -> list[str]:
         return []
     problems = []
     check = props.get("sourceDestCheck")
-    # On a standalone interface the check is the interface's (gateway-interface-forwards).
-    attached = props.get("primaryNetworkInterface") is not None
-    if check is not False and not is_unknown(check) and not attached:
+    # On a standalone interface the check is the interface's (gateway-interface-forwards),
+    # but only the deprecated block keeps it so: with primaryNetworkInterface the
+    # provider's next update writes the instance's default (true) through to the
+    # interface (plan.provider_model; terraform-provider-aws#44768).
+    attached = _device_zero(props)
+    if attached is not None and attached[0] == "primaryNetworkInterface":
+        problems.append(
+            "device 0 is attached with primaryNetworkInterface: the next `pulumi up` writes "
+            "sourceDestCheck true (its default) to the interface (terraform-provider-aws"
+            "#44768); attach it with networkInterfaces at deviceIndex 0"
+        )
+    if check is not False and not is_unknown(check) and attached is None:
         shown = "absent (AWS defaults it to true)" if check is None else repr(check)
         problems.append(
             f"sourceDestCheck is {shown}: a gateway forwards other hosts' packets, which the "
@@ -788,10 +808,10 @@ def gateway_interface_forwards(resources: Sequence[Resource]) -> list[tuple[Reso
     found: list[tuple[Resource, str]] = []
     for instance in (r for r in resources if r.type == INSTANCE):
         data = _user_data(instance.props)
-        attached = instance.props.get("primaryNetworkInterface")
-        if not isinstance(attached, Mapping) or (data is not None and not _is_gateway(data)):
+        attached = _device_zero(instance.props)
+        if attached is None or (data is not None and not _is_gateway(data)):
             continue
-        for interface in _resolve(attached.get("networkInterfaceId"), instance, interfaces):
+        for interface in _resolve(attached[1], instance, interfaces):
             check = interface.props.get("sourceDestCheck")
             if check is not False and not is_unknown(check):
                 shown = "absent (AWS defaults it to true)" if check is None else repr(check)

@@ -13,6 +13,8 @@ import yaml
 from core.config import load_stack_config
 from core.facts import gateway_facts
 from core.render import USER_DATA_LIMIT_BYTES, decode_user_data, limit_problems, parse_user_data
+from plan.diff import compare
+from plan.document import public_document
 from plan.engine import STACKS, Plan, PlanError, run_program
 from tests.conftest import stack_config
 
@@ -215,3 +217,106 @@ def test_day2_changes_leave_every_instance_as_it_was(change: dict[str, Any]) -> 
         name = f"{site}-apply"
         old = before.one("command:local:Command", name).inputs["triggers"]
         assert after.one("command:local:Command", name).inputs["triggers"] != old
+
+
+# --- issue 13, point 4: a site cidr change that AWS accepts ----------------------------
+
+IGW = "aws:ec2/internetGateway:InternetGateway"
+EIP_ASSOCIATION = "aws:ec2/eipAssociation:EipAssociation"
+
+
+@pytest.fixture(scope="module")
+def dev_preview() -> Plan:
+    return run_program("dev", stack_config("dev"))
+
+
+def test_a_site_cidr_change_lets_the_address_go_before_the_internet_gateway(
+    dev_preview: Plan,
+) -> None:
+    # resourceInternetGatewayUpdate detaches the gateway from the old VPC while the
+    # Elastic IP is still mapped there: DependencyViolation for 20 minutes, then failure.
+    # Replaced instead, the old gateway is deleted with the old VPC, after the old
+    # association, which depends on it (Pulumi deletes replaced resources dependents
+    # first, once their replacements exist).
+    config = stack_config("dev")
+    config["sites"][0]["cidr"] = "10.3.0.0/16"
+    after = run_program("dev", config)
+    changes = compare(public_document(dev_preview), public_document(after))
+    by_name = {(c.type, c.name): c for c in changes}
+    igw, association = by_name[(IGW, "alpha-igw")], by_name[(EIP_ASSOCIATION, "alpha-address")]
+    assert igw.op == "replace", [p.key for p in igw.properties]
+    assert association.op == "replace"
+    replaced = {c.urn for c in changes if c.op == "replace"}
+    old_deleted = [urn for urn in dev_preview.destroy_order() if urn in replaced]
+    assert old_deleted.index(association.urn) < old_deleted.index(igw.urn)
+    # Nothing of the site is changed in place while the old VPC still holds the address.
+    alpha = [c for c in changes if c.name.startswith("alpha-") and c.op == "update"]
+    assert [c.type for c in alpha if c.type in (IGW, EIP_ASSOCIATION)] == []
+    # The peer keeps its gateway: only its desired state and routes follow the new cidr.
+    assert by_name[(INSTANCE, "beta-gateway")].op == "same"
+    assert by_name[(INSTANCE, "alpha-gateway")].op == "replace"
+
+
+# --- issue 13, point 8: refuse at plan time what AWS would refuse after a delete --------
+
+
+def _plan_problem(config: dict[str, Any], **kwargs: Any) -> str:
+    with pytest.raises(PlanError) as raised:
+        run_program("dev", config, **kwargs)
+    (line,) = str(raised.value).splitlines()
+    return line
+
+
+def test_an_unknown_instance_type_in_a_pinned_zone_stops_the_plan() -> None:
+    config = stack_config("dev")
+    config["sites"][0].update(instanceType="t4g.nanoo", availabilityZone="us-east-1b")
+    line = _plan_problem(config)
+    assert line.startswith("wg-site-to-site:sites[0].instanceType: t4g.nanoo is not offered")
+
+
+def test_a_type_the_pinned_zone_does_not_offer_stops_the_plan() -> None:
+    # The mock's us-east-1e offers no Graviton type (plan.provider_model).
+    config = stack_config("dev")
+    config["sites"][0]["availabilityZone"] = "us-east-1e"
+    line = _plan_problem(config)
+    assert line.startswith("wg-site-to-site:sites[0].availabilityZone: us-east-1e does not offer")
+    assert "t4g.nano" in line
+
+
+def _beta_public_subnet(zone: str) -> dict[str, Any]:
+    """beta's public subnet as an earlier `pulumi up` of dev left it in eu-west-1."""
+    return {
+        "id": "subnet-0a1b2c3d4e5f60718",
+        "region": "eu-west-1",
+        "vpcId": "vpc-0a1b2c3d4e5f60718",
+        "availabilityZone": zone,
+        "cidrBlock": "10.2.0.0/24",
+        "tags": {"project": "wg-site-to-site", "stack": "dev", "Name": "beta-public"},
+    }
+
+
+def test_a_moved_pinned_zone_of_an_existing_site_is_refused() -> None:
+    # AWS refuses the new subnet with the same CIDR while the old one exists
+    # (InvalidSubnet.Conflict), after the gateway was deleted.
+    config = stack_config("dev")
+    config["sites"][1]["availabilityZone"] = "eu-west-1c"
+    line = _plan_problem(config, existing_subnets=[_beta_public_subnet("eu-west-1a")])
+    assert line.startswith("wg-site-to-site:sites[1].availabilityZone: eu-west-1c, but site beta")
+    assert "exist in eu-west-1a" in line
+    assert "keep availabilityZone eu-west-1a, or change the site's cidr as well" in line
+
+
+@pytest.mark.parametrize(
+    ("zone", "cidr"),
+    [("eu-west-1a", None), ("eu-west-1c", "10.3.0.0/16")],
+    ids=["same-zone", "new-cidr-too"],
+)
+def test_a_pinned_zone_that_moves_no_subnet_plans(zone: str, cidr: str | None) -> None:
+    # With a new cidr the subnets go into a new VPC: no conflict to refuse.
+    config = stack_config("dev")
+    config["sites"][1]["availabilityZone"] = zone
+    if cidr:
+        config["sites"][1]["cidr"] = cidr
+    plan = run_program("dev", config, existing_subnets=[_beta_public_subnet("eu-west-1a")])
+    beta = [s for s in plan.by_type(SUBNET) if s.name.startswith("beta-")]
+    assert {s.inputs["availabilityZone"] for s in beta} == {zone}

@@ -277,6 +277,9 @@ def test_site_cidr_change_replaces_the_network_and_gateway_and_changes_what_uses
     assert ("aws:ec2/instance:Instance", "alpha-gateway") not in ops
     assert ops[("aws:ssm/parameter:Parameter", "alpha-desired-state")] == "~ "
     assert ops[("command:local:Command", "alpha-apply")] == "+-"
+    # The internet gateway is replaced with its VPC: moved in place, its detach would meet
+    # the Elastic IP still mapped in the old VPC (tests/test_lifecycle.py has the order).
+    assert ops[("aws:ec2/internetGateway:InternetGateway", "beta-igw")] == "+-"
     # The property that forces it is marked; what a replacement makes unknown says so.
     assert '      ~ cidrBlock: "10.2.0.0/16" => "10.3.0.0/16" [forces replacement]' in lines
     assert any(

@@ -316,11 +316,26 @@ CASES = [
         "gateway-instance-settings",
         # An instance without a standalone interface carries the check itself.
         lambda document: (
-            set_input(INSTANCE, "alpha-gateway", "primaryNetworkInterface", None)(document),
+            set_input(INSTANCE, "alpha-gateway", "networkInterfaces", None)(document),
             set_input(INSTANCE, "alpha-gateway", "sourceDestCheck", True)(document),
         ),
         "alpha-gateway",
         "sourceDestCheck is True",
+    ),
+    (
+        "gateway-instance-settings",
+        # d82e7db's attachment: the provider's second update turns the check back on.
+        lambda document: (
+            set_input(INSTANCE, "beta-gateway", "networkInterfaces", None)(document),
+            set_input(
+                INSTANCE,
+                "beta-gateway",
+                "primaryNetworkInterface",
+                {"networkInterfaceId": "eni-0123456789abcdef0"},
+            )(document),
+        ),
+        "beta-gateway",
+        "device 0 is attached with primaryNetworkInterface",
     ),
     (
         "key-decrypted-only-by-own-gateway",

@@ -39,6 +39,20 @@ def source_dest_check_on(site: str) -> Callable[[Plan], None]:
     return change
 
 
+def attached_as_primary(site: str) -> Callable[[Plan], None]:
+    """d82e7db's attachment: device 0 through primaryNetworkInterface, whose check the
+    provider writes back on at the next `pulumi up` (plan.provider_model)."""
+
+    def change(plan: Plan) -> None:
+        instance = plan.one(TYPE_INSTANCE, f"{site}-gateway")
+        (attached,) = instance.inputs.pop("networkInterfaces")
+        instance.inputs["primaryNetworkInterface"] = {
+            "networkInterfaceId": attached["networkInterfaceId"]
+        }
+
+    return change
+
+
 def no_routes_to_gateways(plan: Plan) -> None:
     enis = {r.outputs.get("id") for r in plan.by_type(TYPE_INTERFACE)}
     plan.resources = [

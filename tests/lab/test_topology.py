@@ -11,6 +11,7 @@ from lab import PREFIX
 from lab.topology import derive
 from plan.engine import plan_stack
 from tests.lab.mutate import (
+    attached_as_primary,
     mutated,
     no_mtu_line,
     no_routes_to_gateways,
@@ -81,3 +82,11 @@ def test_mutations_reach_the_topology(dev_plan):
     assert "MTU = " not in json.loads(state)["config"]
     # The original plan is untouched.
     assert derive(dev_plan).sites[0].gateway.source_dest_check is False
+
+
+def test_a_gateway_on_primary_network_interface_has_the_check_on(dev_plan):
+    # The lab reads the check AWS holds after the next `pulumi up`: with d82e7db's
+    # attachment the provider writes the instance's default (on) to the interface.
+    alpha, beta = derive(mutated(dev_plan, attached_as_primary("alpha"))).sites
+    assert alpha.gateway.source_dest_check is True
+    assert beta.gateway.source_dest_check is False
