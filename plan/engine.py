@@ -424,9 +424,7 @@ def run_program(
             "invalid stack config:\n" + "\n".join(f"  {p}" for p in error.problems)
         ) from None
 
-    recorder = _Recorder(
-        stack, site_names, planted_keys or {}, caller_role, existing_subnets
-    )
+    recorder = _Recorder(stack, site_names, planted_keys or {}, caller_role, existing_subnets)
     recorder.disabled_default_providers = disabled_default_providers
 
     class Mocks(pulumi_mocks.Mocks):

@@ -226,8 +226,8 @@ EIP_ASSOCIATION = "aws:ec2/eipAssociation:EipAssociation"
 
 
 @pytest.fixture(scope="module")
-def dev_preview() -> Plan:
-    return run_program("dev", stack_config("dev"))
+def dev_preview(dev_preview_plan: Plan) -> Plan:
+    return dev_preview_plan
 
 
 def test_a_site_cidr_change_lets_the_address_go_before_the_internet_gateway(
