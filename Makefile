@@ -4,6 +4,9 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 STACK ?= dev
+# make lab-bench: fresh labs to take the median of, and where the figures go.
+RUNS ?= 5
+BENCH_JSON ?= build/lab-bench.json
 VENV := .venv
 PY := $(VENV)/bin/python
 # Debian packages the tests and the lab use: WireGuard (kernel or wireguard-go),
@@ -69,8 +72,8 @@ lab: deps ## stand up STACK's two sites in network namespaces and check the tunn
 lab-down: deps ## remove everything the lab made
 	$(PY) -m lab down
 
-lab-bench: deps ## lab benchmark: time to first packet, tunnel vs plain throughput, teardown time
-	$(PY) -m lab bench $(STACK)
+lab-bench: deps ## lab benchmark (RUNS=5 fresh labs): first packet, tunnel vs plain throughput, teardown
+	$(PY) -m lab bench $(STACK) --runs $(RUNS) --output $(BENCH_JSON)
 
 test-stack: deps ## create ephemeral stack test-NAME from BASE (default dev): make test-stack NAME=x
 	$(PY) -m tools.ephemeral create --name "$(NAME)" --base "$(or $(BASE),dev)"
