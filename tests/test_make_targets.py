@@ -223,12 +223,25 @@ def test_make_clean_removes_only_the_projects_installs_and_caches(env: dict[str,
 def test_make_test_is_what_ci_runs(env: dict[str, str]) -> None:
     ci = (REPO / ".ci" / "run").read_text()
     assert re.search(r"^exec make test$", ci, re.MULTILINE), ci
+    # `make -n` still runs a recipe line that calls $(MAKE): the test recipe must have none,
+    # or this dry run would run the whole suite (and its lab) inside this test.
+    recipe = re.search(r"^test:.*\n((?:\t.*\n)+)", (REPO / "Makefile").read_text(), re.M)
+    assert recipe, "no test target in the Makefile"
+    assert "MAKE" not in recipe[1], recipe[1]
     dry = make(env, "-n", "-o", "deps", "test")
     assert dry.returncode == 0, dry.stderr
-    commands = dry.stdout.splitlines()
-    expected = [".venv/bin/ruff check .", ".venv/bin/ruff format --check .", ".venv/bin/mypy ."]
-    assert commands[:3] == expected, commands
-    assert commands[-1].startswith(".venv/bin/python -m pytest"), commands
+    script = dry.stdout
+    for command in (
+        ".venv/bin/ruff check .",
+        ".venv/bin/ruff format --check .",
+        ".venv/bin/mypy .",
+        '.venv/bin/python -m pytest -m "not lab"',
+        ".venv/bin/python -m pytest -m lab",
+    ):
+        assert command in script, (command, script)
+    # The two pytest runs split the suite by the marker, so together they run every test,
+    # and the target fails when either does.
+    assert "test $lab -eq 0 && test $rest -eq 0" in script, script
 
 
 # --- the lab's targets: root, the lab marker, and the lab left down -------------------
