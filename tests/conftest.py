@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import json
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 import yaml
 
-from plan.engine import STACKS, Plan, plan_stack
+from plan.engine import STACKS, Plan, plan_stack, run_program
 
 
 def stack_config(stack: str) -> dict[str, Any]:
@@ -22,12 +24,44 @@ def stack_config(stack: str) -> dict[str, Any]:
     }
 
 
+# Plans already made in this process: a plan is a pure function of the program, the stack,
+# its config, preview or update, and the planted keys (the mocks answer from those alone).
+_PLANS: dict[tuple[str, ...], Plan] = {}
+
+
+def planned(
+    stack: str,
+    config: Mapping[str, Any] | None = None,
+    *,
+    preview: bool = True,
+    planted_keys: Mapping[str, str] | None = None,
+) -> Plan:
+    """The plan of `stack`, from its shipped file or from `config` (the project's keys),
+    made once per process for each distinct input; every caller gets its own deep copy,
+    so a test may change it. For a test that changes something else the plan depends on
+    (a monkeypatched limit, another program), call plan_stack or run_program directly."""
+    source = (STACKS / f"Pulumi.{stack}.yaml").read_text() if config is None else ""
+    key = (
+        stack,
+        source,
+        json.dumps(config, sort_keys=True, default=str),
+        str(preview),
+        json.dumps(dict(planted_keys or {}), sort_keys=True),
+    )
+    if key not in _PLANS:
+        if config is None:
+            _PLANS[key] = plan_stack(stack, preview=preview, planted_keys=planted_keys)
+        else:
+            _PLANS[key] = run_program(stack, config, preview=preview, planted_keys=planted_keys)
+    return copy.deepcopy(_PLANS[key])
+
+
 @pytest.fixture(scope="session", params=[True, False], ids=["preview", "update"])
 def dev_plan(request: pytest.FixtureRequest) -> Plan:
     """The dev stack, planned once as `pulumi preview` and once as `pulumi up` would run it."""
-    return plan_stack("dev", preview=request.param)
+    return planned("dev", preview=request.param)
 
 
 @pytest.fixture(scope="session")
 def single_region_plan() -> Plan:
-    return plan_stack("single-region", preview=True)
+    return planned("single-region", preview=True)

@@ -9,7 +9,7 @@ import pytest
 
 from lab import PREFIX
 from lab.topology import derive
-from plan.engine import plan_stack
+from tests.conftest import planned
 from tests.lab.mutate import (
     mutated,
     no_mtu_line,
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.lab
 
 @pytest.fixture(scope="module")
 def dev_plan():
-    return plan_stack("dev")
+    return planned("dev")
 
 
 def test_addresses_come_from_plan_and_facts(dev_plan):
