@@ -62,13 +62,14 @@ typecheck: deps ## mypy, strict, against pulumi-aws's typed SDK
 # The lab tests (marker `lab`) mostly wait on pings, handshakes and timers, and share fixed
 # namespace names: one pytest process runs them in the foreground (Ctrl-C reaches it, and
 # it takes its lab down), while lint, types and every other test run beside it, niced (the
-# lab is the longer path), into build/test-others.log, shown once both are done. Either
-# failing fails the target.
+# lab is the longer path) in a process group of their own (stopped on Ctrl-C), into
+# build/test-others.log, shown once both are done. Either failing fails the target.
 test: deps ## everything CI runs: lint, types, unit, policy and lab tests
 	@mkdir -p build
-	@nice -n 10 bash -c '$(LINT) && $(TYPECHECK) && $(PY) -m pytest -m "not lab" -p no:cacheprovider --durations=10' \
+	@setsid nice -n 10 bash -c '$(LINT) && $(TYPECHECK) && $(PY) -m pytest -m "not lab" -p no:cacheprovider --durations=10' \
 		>build/test-others.log 2>&1 & \
 	others=$$!; \
+	trap 'kill -TERM -- -$$others 2>/dev/null; exit 130' INT TERM; \
 	lab=0; $(PY) -m pytest -m lab --durations=10 || lab=$$?; \
 	rest=0; wait $$others || rest=$$?; \
 	echo "--- lint, types and the tests outside the lab (build/test-others.log) ---"; \
