@@ -4,6 +4,9 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 STACK ?= dev
+# make lab-bench: fresh labs to take the median of, and where the figures go.
+RUNS ?= 5
+BENCH_JSON ?= build/lab-bench.json
 VENV := .venv
 PY := $(VENV)/bin/python
 # Debian packages the tests and the lab use: WireGuard (kernel or wireguard-go),
@@ -34,8 +37,11 @@ $(VENV)/.installed: requirements.lock pyproject.toml | .deps-apt.stamp
 	@command -v python3.11 >/dev/null || { echo "python3.11 is required" >&2; exit 1; }
 	@test -x $(PY) || python3.11 -m venv $(VENV)
 	@# (this machine's pip config names local mirrors that may be absent: not news)
-	@$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock \
+	@$(PY) -m pip install -q --disable-pip-version-check --no-compile -r requirements.lock \
 		2> >(grep -v '^WARNING: Location' >&2)
+	@# Byte-compiled here rather than by pip, which compiles one file at a time: compileall
+	@# uses every core (pulumi-aws alone is thousands of modules).
+	@$(PY) -m compileall -q -j0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" >/dev/null
 	@touch $@
 
 node_modules/.installed: package.json package-lock.json | .deps-apt.stamp
@@ -44,15 +50,32 @@ node_modules/.installed: package.json package-lock.json | .deps-apt.stamp
 
 deps: .deps-apt.stamp $(VENV)/.installed node_modules/.installed ## install Debian, Python and npm dependencies
 
+LINT := $(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+TYPECHECK := $(VENV)/bin/mypy .
+
 lint: deps ## ruff (lint and format check)
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+	$(LINT)
 
 typecheck: deps ## mypy, strict, against pulumi-aws's typed SDK
-	$(VENV)/bin/mypy .
+	$(TYPECHECK)
 
-test: deps lint typecheck ## everything CI runs: lint, types, unit, policy and lab tests
-	$(PY) -m pytest
+# The lab tests (marker `lab`) mostly wait on pings, handshakes and timers, and share fixed
+# namespace names: one pytest process runs them in the foreground (Ctrl-C reaches it, and
+# it takes its lab down), while lint, types and every other test run beside it, niced (the
+# lab is the longer path) in a process group of their own (stopped on Ctrl-C), into
+# build/test-others.log, shown once both are done. Either failing fails the target.
+test: deps ## everything CI runs: lint, types, unit, policy and lab tests
+	@mkdir -p build
+	@setsid nice -n 10 bash -c '$(LINT) && $(TYPECHECK) && $(PY) -m pytest -m "not lab" -p no:cacheprovider --durations=10' \
+		>build/test-others.log 2>&1 & \
+	others=$$!; \
+	trap 'kill -TERM -- -$$others 2>/dev/null; exit 130' INT TERM; \
+	lab=0; $(PY) -m pytest -m lab --durations=10 || lab=$$?; \
+	rest=0; wait $$others || rest=$$?; \
+	echo "--- lint, types and the tests outside the lab (build/test-others.log) ---"; \
+	cat build/test-others.log; \
+	echo "lab tests: exit $$lab; lint, types and the other tests: exit $$rest"; \
+	test $$lab -eq 0 && test $$rest -eq 0
 
 plan: deps ## offline plan of STACK (no credentials): make plan STACK=dev [ARGS="--diff main"]
 	$(PY) -m plan $(STACK) $(ARGS)
@@ -69,8 +92,8 @@ lab: deps ## stand up STACK's two sites in network namespaces and check the tunn
 lab-down: deps ## remove everything the lab made
 	$(PY) -m lab down
 
-lab-bench: deps ## lab benchmark: time to first packet, tunnel vs plain throughput, teardown time
-	$(PY) -m lab bench $(STACK)
+lab-bench: deps ## lab benchmark (RUNS=5 fresh labs): first packet, tunnel vs plain throughput, teardown
+	$(PY) -m lab bench $(STACK) --runs $(RUNS) --output $(BENCH_JSON)
 
 test-stack: deps ## create ephemeral stack test-NAME from BASE (default dev), alerts to ALERTS_EMAIL
 	$(PY) -m tools.ephemeral create --name "$(NAME)" --base "$(or $(BASE),dev)" \

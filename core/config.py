@@ -7,6 +7,7 @@ problem, naming the config key and the offending value.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import re
@@ -98,8 +99,12 @@ class FieldProblem(ValueError):
         self.message = message
 
 
+@functools.cache
 def known_regions() -> frozenset[str]:
     """Every region botocore's endpoint data lists for EC2, in every partition.
+
+    Read once per process (botocore parses its endpoint data, ~0.2 s, twice per plan
+    otherwise); the installed botocore does not change while a process runs.
 
     botocore is the maintained source the AWS SDKs use; a region newer than the installed
     botocore needs `wg-site-to-site:allowUnknownRegions: true` (README).

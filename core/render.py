@@ -284,7 +284,9 @@ def parse_user_data(user_data: str) -> dict[str, Any]:
     """The cloud-config document, as cloud-init will read it."""
     if not user_data.startswith("#cloud-config\n"):
         raise ValueError("user data is not a #cloud-config document")
-    document = yaml.safe_load(user_data)
+    # libyaml's parser with PyYAML's safe constructor, when built in: what yaml.safe_load
+    # reads, at a tenth of the time (the plan parses each gateway's user data twice).
+    document = yaml.load(user_data, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
     if not isinstance(document, dict):
         raise ValueError("user data is not a YAML mapping")
     return document

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lab import LabError, netns
-from lab.build import SG_TABLE, Progress
+from lab.build import SG_INGRESS, SG_TABLE, Progress
 from lab.lifecycle import down, up
 from lab.preflight import preflight
 from lab.topology import Topology
@@ -69,7 +69,9 @@ def iperf(server_ns: str, client_ns: str, address: str, port: int, mss: int | No
 
 def _allow_plain(topology: Topology) -> None:
     # Bench only: the peer's security group admits the tunnel port alone, so the plain
-    # baseline gets its own rule, added to this short-lived lab and gone with it.
+    # baseline gets its own rule at the head of the group's ingress chain (the chain the
+    # lab's build makes, named by the same constant), added to this short-lived lab and
+    # gone with it. `return` as the group's own rules do: the hook's policy accepts.
     a, b = topology.sites
     netns.ns_run(
         b.gateway.namespace,
@@ -79,14 +81,17 @@ def _allow_plain(topology: Topology) -> None:
             "rule",
             "inet",
             SG_TABLE,
-            "rules",
+            SG_INGRESS,
             "ip",
             "saddr",
             str(a.gateway.elastic_ip),
             "tcp",
             "dport",
             str(PLAIN_PORT),
-            "accept",
+            "counter",
+            "return",
+            "comment",
+            '"lab bench: plain path"',
         ],
     )
 

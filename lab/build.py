@@ -318,6 +318,10 @@ def _nft_match(rule: SecurityGroupRule) -> str:
 
 
 SG_TABLE = "aws_security_group"
+# The group's own chains: what it admits (ingress) and lets out (egress); the hooks jump
+# to them. `lab bench` adds its plain-path rule to SG_INGRESS.
+SG_INGRESS = "ingress"
+SG_EGRESS = "egress"
 
 
 def _rule_chain(name: str, rules: tuple[SecurityGroupRule, ...], refused: str) -> str:
@@ -364,20 +368,20 @@ def _security_group(
         )
     ruleset = (
         f"table inet {SG_TABLE} {{\n"
-        f"{_rule_chain('ingress', ingress, 'not admitted')}"
-        f"{_rule_chain('egress', egress, 'not allowed out')}"
+        f"{_rule_chain(SG_INGRESS, ingress, 'not admitted')}"
+        f"{_rule_chain(SG_EGRESS, egress, 'not allowed out')}"
         "  chain input {\n"
         "    type filter hook input priority -10; policy accept;\n"
-        f'    iifname "{LINK_HOST}" jump ingress\n'
+        f'    iifname "{LINK_HOST}" jump {SG_INGRESS}\n'
         "  }\n"
         "  chain forward {\n"
         "    type filter hook forward priority -10; policy accept;\n"
-        f'    iifname "{LINK_HOST}" jump ingress\n'
-        f'    oifname "{LINK_HOST}" jump egress\n'
+        f'    iifname "{LINK_HOST}" jump {SG_INGRESS}\n'
+        f'    oifname "{LINK_HOST}" jump {SG_EGRESS}\n'
         "  }\n"
         "  chain output {\n"
         "    type filter hook output priority -10; policy accept;\n"
-        f'    oifname "{LINK_HOST}" jump egress\n'
+        f'    oifname "{LINK_HOST}" jump {SG_EGRESS}\n'
         "  }\n"
         f"{stranger}"
         "}\n"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import copy
-import functools
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
@@ -25,14 +25,43 @@ def stack_config(stack: str) -> dict[str, Any]:
     }
 
 
+# Plans already made in this process: a plan is a pure function of the program, the stack,
+# its config, preview or update, and the planted keys (the mocks answer from those alone).
+_PLANS: dict[tuple[str, ...], Plan] = {}
+
+
+def planned(
+    stack: str,
+    config: Mapping[str, Any] | None = None,
+    *,
+    preview: bool = True,
+    planted_keys: Mapping[str, str] | None = None,
+    shared: bool = False,
+) -> Plan:
+    """The plan of `stack`, from its shipped file or from `config` (the project's keys),
+    made once per process for each distinct input; every caller gets its own deep copy,
+    so a test may change it. For a test that changes something else the plan depends on
+    (a monkeypatched limit, another program), call plan_stack or run_program directly.
+    `shared` hands out the cached plan itself, for callers that only read it."""
+    source = (STACKS / f"Pulumi.{stack}.yaml").read_text() if config is None else ""
+    key = (
+        stack,
+        source,
+        json.dumps(config, sort_keys=True, default=str),
+        str(preview),
+        json.dumps(dict(planted_keys or {}), sort_keys=True),
+    )
+    if key not in _PLANS:
+        if config is None:
+            _PLANS[key] = plan_stack(stack, preview=preview, planted_keys=planted_keys)
+        else:
+            _PLANS[key] = run_program(stack, config, preview=preview, planted_keys=planted_keys)
+    return _PLANS[key] if shared else copy.deepcopy(_PLANS[key])
+
+
 def shipped_plan(stack: str, preview: bool = True) -> Plan:
-    """A shipped stack, planned once per session: shared, so a test must not change it."""
-    return _planned(stack, preview)
-
-
-@functools.cache
-def _planned(stack: str, preview: bool) -> Plan:
-    return plan_stack(stack, preview=preview)
+    """A shipped stack, planned once per process: shared, so a test must not change it."""
+    return planned(stack, preview=preview, shared=True)
 
 
 @pytest.fixture(scope="session")

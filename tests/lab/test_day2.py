@@ -25,25 +25,22 @@ from lab.checks import ping
 from lab.day2 import Applied, ContinuousPing, apply, check, push
 from lab.lifecycle import Lab
 from lab.topology import Site
-from plan.engine import plan_stack, run_program
-from tests.conftest import stack_config
-from tests.lab.support import built
+from plan.engine import run_program
+from tests.conftest import planned, stack_config
 
 pytestmark = pytest.mark.lab
 
 
 @pytest.fixture(scope="module")
-def lab(root: None) -> Iterator[Lab]:
-    with built(plan_stack("dev")) as lab:
-        assert lab.first_reply is not None, "no reply through the tunnel after the build"
-        yield lab
+def lab(dev_lab: Lab) -> Lab:
+    return dev_lab  # the shared lab, as built (tests/lab/conftest.py)
 
 
 @pytest.fixture
 def baseline(lab: Lab) -> Iterator[None]:
     """Whatever a test pushes, the next one starts from the shipped dev stack again."""
     yield
-    _, results = push(lab, plan_stack("dev"))
+    _, results = push(lab, planned("dev"))
     assert all(r.returncode == 0 for r in results), [r.output for r in results]
 
 

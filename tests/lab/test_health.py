@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,6 @@ from lab.faults import wireguard_go_pids
 from lab.health import ProbeTimer, alarm_state, samples
 from lab.lifecycle import Lab
 from lab.topology import Site
-from plan.engine import plan_stack
-from tests.lab.support import built
 
 pytestmark = pytest.mark.lab
 
@@ -36,10 +34,8 @@ INTERVAL = 4.0
 
 
 @pytest.fixture(scope="module")
-def lab(root: None) -> Iterator[Lab]:
-    with built(plan_stack("dev")) as lab:
-        assert lab.first_reply is not None, "no reply through the tunnel after the build"
-        yield lab
+def lab(dev_lab: Lab) -> Lab:
+    return dev_lab  # the shared lab, as built (tests/lab/conftest.py)
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, step: float = 0.5) -> float | None:

@@ -9,7 +9,7 @@ import pytest
 
 from lab import netns
 from lab.checks import check_mtu, check_ping, check_stranger, check_transfer, directions
-from plan.engine import plan_stack
+from tests.conftest import planned
 from tests.lab.mutate import (
     mutated,
     no_mtu_line,
@@ -27,7 +27,7 @@ SHORT_WAIT = 3.0
 
 @pytest.fixture(scope="module")
 def dev_plan(root):
-    return plan_stack("dev")
+    return planned("dev")
 
 
 def test_source_dest_check_on_breaks_forwarding(dev_plan, record_property):

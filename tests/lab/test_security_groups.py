@@ -18,7 +18,7 @@ from lab.build import SG_TABLE
 from lab.checks import DATA_PORT, agent, send, services, tunnel_mtu
 from lab.lifecycle import Lab
 from lab.topology import EC2_MTU, Host
-from plan.engine import plan_stack
+from tests.conftest import planned
 from tests.lab.mutate import mutated, no_frag_needed_rule, no_workload_egress
 from tests.lab.support import built
 
@@ -31,7 +31,7 @@ FRAG_NEEDED = {"type": 3, "code": 4}  # ICMP destination unreachable, fragmentat
 
 @pytest.fixture(scope="module")
 def dev_plan(root):
-    return plan_stack("dev")
+    return planned("dev")
 
 
 @pytest.fixture(scope="class")

@@ -14,7 +14,7 @@ from lab import NETNS_ETC, REPO, STATE_FILE, WIREGUARD_RUN, LabError
 from lab.build import leftovers
 from lab.faults import wireguard_go_pids
 from lab.lifecycle import down, up
-from plan.engine import plan_stack
+from tests.conftest import planned
 
 pytestmark = pytest.mark.lab
 
@@ -41,7 +41,7 @@ def snapshot() -> dict[str, str]:
 @pytest.fixture
 def dev_plan(root):
     assert not leftovers()
-    return plan_stack("dev")
+    return planned("dev")
 
 
 @pytest.fixture(params=["host dirs present", "host dirs absent"])

@@ -9,7 +9,7 @@ import pytest
 
 from lab import PREFIX
 from lab.topology import derive
-from plan.engine import plan_stack
+from tests.conftest import planned
 from tests.lab.mutate import (
     attached_as_primary,
     mutated,
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.lab
 
 @pytest.fixture(scope="module")
 def dev_plan():
-    return plan_stack("dev")
+    return planned("dev")
 
 
 def test_addresses_come_from_plan_and_facts(dev_plan):
