@@ -144,6 +144,26 @@ class TunnelHealth(pulumi.ComponentResource):
         self, site: HealthSite, rule: health.AlarmRule, actions: list[pulumi.Input[str]]
     ) -> aws.cloudwatch.MetricAlarm:
         facts, stack = site.facts, self._args.stack
+        dimensions: dict[str, pulumi.Input[str]] = {
+            health.DIMENSION_STACK: stack,
+            health.DIMENSION_SITE: facts.name,
+        }
+        opts = self._opts(site.provider)
+        if rule.per_instance:
+            # The instance's own metric, and an alarm of its own: a new instance (a first
+            # deploy, a replacement) gets a new alarm, which CloudWatch creates in
+            # INSUFFICIENT_DATA and leaves there until the instance reports. Updating the
+            # alarm in place would keep the old instance's state (PutMetricAlarm: "When
+            # you update an existing alarm, its state is left unchanged"), so the new
+            # instance's silence would read as "stopped reporting". Same name: the old
+            # alarm goes first.
+            dimensions[health.DIMENSION_INSTANCE] = site.instance_id
+            opts = pulumi.ResourceOptions.merge(
+                opts,
+                pulumi.ResourceOptions(
+                    replace_on_changes=["dimensions"], delete_before_replace=True
+                ),
+            )
         return aws.cloudwatch.MetricAlarm(
             f"{facts.name}-{rule.key}",
             name=health.alarm_name(stack, facts.name, rule),
@@ -151,12 +171,11 @@ class TunnelHealth(pulumi.ComponentResource):
             f"{rule.description}",
             namespace=rule.namespace,
             metric_name=rule.metric,
-            dimensions={health.DIMENSION_STACK: stack, health.DIMENSION_SITE: facts.name},
+            dimensions=dimensions,
             **_evaluation(rule),
-            alarm_actions=actions,
-            ok_actions=actions,
+            **_actions(rule, actions),
             tags={**self._args.tags, GATEWAY_TAG: site.instance_id},
-            opts=self._opts(site.provider),
+            opts=opts,
         )
 
     def _recovery_alarm(
@@ -204,6 +223,15 @@ def _evaluation(rule: health.AlarmRule) -> dict[str, Any]:
     }
 
 
+def _actions(rule: health.AlarmRule, actions: list[pulumi.Input[str]]) -> dict[str, Any]:
+    """The topic on exactly the states the rule notifies (health.notifications models it)."""
+    return {
+        "alarm_actions": actions if "ALARM" in rule.notify else [],
+        "ok_actions": actions if "OK" in rule.notify else [],
+        "insufficient_data_actions": actions if "INSUFFICIENT_DATA" in rule.notify else [],
+    }
+
+
 def _safe(text: str) -> str:
     """Dashboard and topic names allow letters, digits, - and _ (a stack name may hold .)."""
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in text)
@@ -215,6 +243,27 @@ _ROWS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("Probe round trip (ms)", (health.PROBE_RTT,), "Average"),
     ("Bytes per probe interval", (health.RECEIVED_BYTES, health.SENT_BYTES), "Sum"),
 )
+
+
+def _widget_metric(stack: str, site: str, metric: str, stat: str) -> list[Any]:
+    if metric == health.TUNNEL_UP:
+        # TunnelUp names the instance too, which changes with every replacement: a search
+        # over the dimension set shows whichever instances reported, old and new, with no
+        # instance id in the dashboard ("CloudWatch search expression syntax").
+        schema = ",".join(
+            (
+                health.NAMESPACE,
+                health.DIMENSION_STACK,
+                health.DIMENSION_SITE,
+                health.DIMENSION_INSTANCE,
+            )
+        )
+        query = (
+            f'{{{schema}}} MetricName="{metric}" {health.DIMENSION_STACK}="{stack}" '
+            f'{health.DIMENSION_SITE}="{site}"'
+        )
+        return [{"expression": f"SEARCH('{query}', '{stat}', 60)", "id": "up"}]
+    return [health.NAMESPACE, metric, health.DIMENSION_STACK, stack, health.DIMENSION_SITE, site]
 
 
 def dashboard_body(stack: str, sites: list[GatewayFacts]) -> dict[str, Any]:
@@ -229,17 +278,7 @@ def dashboard_body(stack: str, sites: list[GatewayFacts]) -> dict[str, Any]:
                 "view": "timeSeries",
                 "stat": stat,
                 "period": 60,
-                "metrics": [
-                    [
-                        health.NAMESPACE,
-                        metric,
-                        health.DIMENSION_STACK,
-                        stack,
-                        health.DIMENSION_SITE,
-                        facts.name,
-                    ]
-                    for metric in metrics
-                ],
+                "metrics": [_widget_metric(stack, facts.name, metric, stat) for metric in metrics],
             }
             if metrics == (health.HANDSHAKE_AGE,):
                 properties["annotations"] = {
