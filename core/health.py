@@ -256,8 +256,9 @@ def states(
     state, result = initial, []
     width = rule.evaluation_range
     for end in range(1, len(period_values) + 1):
-        window = list(period_values[max(0, end - width) : end])
-        window = [None] * (width - len(window)) + window
+        seen = list(period_values[max(0, end - width) : end])
+        window: list[float | None] = [None] * (width - len(seen))
+        window += seen
         state = evaluate(rule, window, state)
         result.append(state)
     return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
@@ -83,12 +84,12 @@ def test_tunnel_down_is_three_of_three_minutes_below_one_missing_missing():
 
 
 # One value per minute since the alarm was created (None: the gateway sent nothing).
-NEVER_REPORTED = [None] * 30
-REPORTED_THEN_SILENT = [1.0] * 10 + [None] * 20
-PING_FAILING = [1.0] * 10 + [0.0] * 10
+NEVER_REPORTED: list[float | None] = [None] * 30
+REPORTED_THEN_SILENT: list[float | None] = [*([1.0] * 10), *([None] * 20)]
+PING_FAILING: list[float | None] = [*([1.0] * 10), *([0.0] * 10)]
 
 
-def _alerts(rule: AlarmRule, values: list[float | None]) -> list[health.Notification]:
+def _alerts(rule: AlarmRule, values: Sequence[float | None]) -> list[health.Notification]:
     return [n for n in health.notifications(rule, values) if n.alert]
 
 

@@ -145,7 +145,11 @@ def test_dashboard_shows_both_sites_side_by_side(update_plan):
     (dashboard,) = update_plan.by_type("aws:cloudwatch/dashboard:Dashboard")
     body = json.loads(dashboard.inputs["dashboardBody"])
     shown = {
-        (w["properties"]["region"], w["x"], tuple(_metric_name(m) for m in w["properties"]["metrics"]))
+        (
+            w["properties"]["region"],
+            w["x"],
+            tuple(_metric_name(m) for m in w["properties"]["metrics"]),
+        )
         for w in body["widgets"]
     }
     for metrics in [
@@ -162,7 +166,7 @@ def test_dashboard_shows_both_sites_side_by_side(update_plan):
         if isinstance(metric[0], dict):
             # TunnelUp names the instance: a search finds whichever instance reported.
             assert metric[0]["expression"] == (
-                "SEARCH('{WgSiteToSite,Stack,Site,InstanceId} MetricName=\"TunnelUp\" "
+                'SEARCH(\'{WgSiteToSite,Stack,Site,InstanceId} MetricName="TunnelUp" '
                 f'Stack="dev" Site="{site}"\', \'Minimum\', 60)'
             )
         else:
