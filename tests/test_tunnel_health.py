@@ -258,14 +258,23 @@ def test_a_tunnel_alarm_without_action_fails(plan):
     resources = _edit(
         offline.resources_from_plan(plan), ALARM, "alpha-tunnel-down", alarmActions=[]
     )
-    violations = health_violations(resources)
-    # The rule blames every TunnelUp alarm of the gateway (not-reporting has no alarm
-    # action by design: it notifies on INSUFFICIENT_DATA).
-    assert {v[:2] for v in violations} == {
-        ("gateway-has-tunnel-alarm", "alpha-tunnel-down"),
-        ("gateway-has-tunnel-alarm", "alpha-not-reporting"),
-    }
-    assert all("has no alarm action" in v[2] for v in violations)
+    # Only tunnel-down is blamed: not-reporting has no alarm action by design (it pages
+    # on INSUFFICIENT_DATA), so it is not an alarm that tells no one.
+    (violation,) = health_violations(resources)
+    assert violation[:2] == ("gateway-has-tunnel-alarm", "alpha-tunnel-down")
+    assert "has no alarm action" in violation[2]
+
+
+def test_a_not_reporting_alarm_alone_does_not_count(plan):
+    # It pages when the gateway goes silent, never when its tunnel is down.
+    resources = [
+        r
+        for r in offline.resources_from_plan(plan)
+        if not (r.type == ALARM and r.name == "beta-tunnel-down")
+    ]
+    (violation,) = health_violations(resources)
+    assert violation[:2] == ("gateway-has-tunnel-alarm", "beta-gateway")
+    assert "nobody would hear that its tunnel is down" in violation[2]
 
 
 def test_a_tunnel_alarm_that_names_no_gateway_does_not_count(update_plan):
