@@ -224,11 +224,16 @@ def _evaluation(rule: health.AlarmRule) -> dict[str, Any]:
 
 
 def _actions(rule: health.AlarmRule, actions: list[pulumi.Input[str]]) -> dict[str, Any]:
-    """The topic on exactly the states the rule notifies (health.notifications models it)."""
+    """The topic on exactly the states the rule notifies (health.notifications models it);
+    the other states' actions are left unset (none)."""
     return {
-        "alarm_actions": actions if "ALARM" in rule.notify else [],
-        "ok_actions": actions if "OK" in rule.notify else [],
-        "insufficient_data_actions": actions if "INSUFFICIENT_DATA" in rule.notify else [],
+        key: actions
+        for state, key in (
+            ("ALARM", "alarm_actions"),
+            ("OK", "ok_actions"),
+            ("INSUFFICIENT_DATA", "insufficient_data_actions"),
+        )
+        if state in rule.notify
     }
 
 
@@ -245,27 +250,6 @@ _ROWS: tuple[tuple[str, tuple[str, ...], str], ...] = (
 )
 
 
-def _widget_metric(stack: str, site: str, metric: str, stat: str) -> list[Any]:
-    if metric == health.TUNNEL_UP:
-        # TunnelUp names the instance too, which changes with every replacement: a search
-        # over the dimension set shows whichever instances reported, old and new, with no
-        # instance id in the dashboard ("CloudWatch search expression syntax").
-        schema = ",".join(
-            (
-                health.NAMESPACE,
-                health.DIMENSION_STACK,
-                health.DIMENSION_SITE,
-                health.DIMENSION_INSTANCE,
-            )
-        )
-        query = (
-            f'{{{schema}}} MetricName="{metric}" {health.DIMENSION_STACK}="{stack}" '
-            f'{health.DIMENSION_SITE}="{site}"'
-        )
-        return [{"expression": f"SEARCH('{query}', '{stat}', 60)", "id": "up"}]
-    return [health.NAMESPACE, metric, health.DIMENSION_STACK, stack, health.DIMENSION_SITE, site]
-
-
 def dashboard_body(stack: str, sites: list[GatewayFacts]) -> dict[str, Any]:
     """Both sites side by side: one column per site, one row per metric."""
     width = 24 // len(sites)
@@ -278,7 +262,17 @@ def dashboard_body(stack: str, sites: list[GatewayFacts]) -> dict[str, Any]:
                 "view": "timeSeries",
                 "stat": stat,
                 "period": 60,
-                "metrics": [_widget_metric(stack, facts.name, metric, stat) for metric in metrics],
+                "metrics": [
+                    [
+                        health.NAMESPACE,
+                        metric,
+                        health.DIMENSION_STACK,
+                        stack,
+                        health.DIMENSION_SITE,
+                        facts.name,
+                    ]
+                    for metric in metrics
+                ],
             }
             if metrics == (health.HANDSHAKE_AGE,):
                 properties["annotations"] = {

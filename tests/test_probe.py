@@ -7,7 +7,7 @@ import os
 import subprocess
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -265,9 +265,12 @@ def test_the_peer_address_comes_from_the_applied_desired_state(gateway: Gateway)
 
 def test_tunnel_up_names_the_instance_that_measured_it(gateway: Gateway):
     # The alarms watch this instance's own metric: a replacement starts with no data.
+    # The per-site series (the dashboard's) gets the same value.
     assert gateway.run().returncode == 0
     assert gateway.values(health.TUNNEL_UP) == [1.0]
-    assert gateway.values(health.TUNNEL_UP, instance=False) == []
+    assert gateway.values(health.TUNNEL_UP, instance=False) == [1.0]
+    other = replace(gateway, instance_id="i-0123456789abcdef0")
+    assert other.values(health.TUNNEL_UP) == []
 
 
 def test_check_passes_with_the_source_dest_check_off(gateway: Gateway):
