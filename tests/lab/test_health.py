@@ -216,16 +216,23 @@ def test_silence_pages_only_for_a_gateway_that_reported(lab: Lab, record_propert
         return [n for n in found if n.alert]
 
     paged = wait_for(lambda: sent() != [], timeout=6 * INTERVAL)
+    detected = time.time()
     alerts = sent()
+    last = max(t for t, _ in samples(alpha, health.TUNNEL_UP, created))
     # A replacement's alarm (another instance id) over the same minutes: nothing.
     never = sent("i-0replacement0000000")
+    missed = detected - last - INTERVAL  # since the first report that did not come
     figure = (
-        f"probe stopped: not-reporting alert after {paged} s (period {INTERVAL:g} s, "
-        f"{alerts}); a never-reported instance: {len(never)} alerts"
+        f"probe stopped: not-reporting alert {detected - stopped:.1f} s after the stop, "
+        f"{missed:.1f} s after the first missed report (period {INTERVAL:g} s; {alerts}); "
+        f"a never-reported instance: {len(never)} alerts"
     )
     print(figure)
     record_property("silence", figure)
-    assert paged is not None and paged <= 3 * INTERVAL + INTERVAL
+    assert paged is not None
+    # Within 3 periods of the first missed report (3 minutes on AWS), plus the lab's
+    # polling (each look at the samples takes about a second).
+    assert missed <= 3 * INTERVAL + 2.0
     assert [(n.old, n.new) for n in alerts] == [("OK", "INSUFFICIENT_DATA")]
     assert never == []
     assert stopped > created
