@@ -129,8 +129,9 @@ def test_a_failing_ping_while_reporting_is_tunnel_down():
     assert _alerts(NOT_REPORTING, PING_FAILING) == []
 
 
-def test_a_new_gateway_whose_tunnel_never_comes_up_is_tunnel_down():
-    # Reporting from its first minute, but no ping answers: that pages, after 3 minutes.
+def test_failing_pings_from_the_first_report_page_after_three_minutes():
+    # (The probe holds its per-instance TunnelUp back until this boot's tunnel first
+    # answered; a rule fed zeros from its first period still pages, after 3 of them.)
     (alert,) = _alerts(TUNNEL_DOWN, [0.0] * 5)
     assert (alert.period, alert.new) == (2, "ALARM")
 

@@ -332,13 +332,30 @@ def test_missing_interface_runs_apply_and_says_so(gateway: Gateway):
         f"wg-site-to-site-probe: interface {gateway.facts.interface} is missing; running "
         "wg-site-to-site-apply to bring it back"
     ]
-    assert gateway.values(health.TUNNEL_UP) == [0.0]
+    assert gateway.values(health.TUNNEL_UP, instance=False) == [0.0]
     next_second()
 
     # The apply brought it back: the next run is healthy again, without another apply.
     assert gateway.run().returncode == 0
     assert (gateway.fake / "applied").read_text() == "applied\n"
-    assert gateway.values(health.TUNNEL_UP, "Minimum") == [0.0, 1.0]
+    assert gateway.values(health.TUNNEL_UP, "Minimum", instance=False) == [0.0, 1.0]
+
+
+def test_a_new_instance_reports_to_its_alarms_once_its_tunnel_answered(gateway: Gateway):
+    # Booting, or waiting for a peer that boots too: the dashboard's series says 0, the
+    # alarms' (per instance) says nothing, so a deploy pages no one.
+    gateway.set("ping-fails", "")
+    assert gateway.run().returncode == 0
+    next_second()
+    gateway.set("ping-fails", None)
+    assert gateway.run().returncode == 0
+    next_second()
+    # Once it has answered, a failing ping is reported: tunnel-down can fire.
+    gateway.set("ping-fails", "")
+    assert gateway.run().returncode == 0
+
+    assert gateway.values(health.TUNNEL_UP, "Minimum", instance=False) == [0.0, 1.0, 0.0]
+    assert gateway.values(health.TUNNEL_UP, "Minimum") == [1.0, 0.0]
 
 
 def test_a_failed_publish_fails_the_run(gateway: Gateway):
