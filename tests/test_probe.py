@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import datetime
+import http.server
 import os
 import subprocess
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -17,18 +20,10 @@ from core import health
 from core.config import load_stack_config
 from core.facts import PROBE_PATH, PROBE_TIMER_PATH, GatewayFacts, gateway_facts
 from core.render import render_aws_call, render_check, render_probe, render_probe_units
-from tests.aws_stand_in import (
-    CREDENTIALS,
-    REGION,
-    Recorder,
-    boto_client,
-    moto_endpoint,
-    recorder,
-    script_env,
-)
+from tests.aws_stand_in import CREDENTIALS, REGION, boto_client, moto_endpoint, script_env
 from tests.conftest import stack_config
 
-__all__ = ["moto_endpoint", "recorder"]  # fixtures
+__all__ = ["moto_endpoint"]  # fixture
 MAC = "0e:12:34:56:78:9a"
 
 PUBLIC_KEY = "cGVlci1wdWJsaWMta2V5LWZvci10aGUtcHJvYmUtdGVzdA="
@@ -137,6 +132,52 @@ def _executable(path: Path, text: str) -> None:
     path.chmod(0o755)
 
 
+@dataclass
+class Imds:
+    """IMDSv2 on loopback for the module; each test sets the answers of its instance."""
+
+    url: str
+    answers: dict[str, str]  # path under /latest/meta-data/ -> value
+
+
+@pytest.fixture(scope="module")
+def imds() -> Iterator[Imds]:
+    answers: dict[str, str] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _send(self, status: int, text: str) -> None:
+            data = text.encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_PUT(self) -> None:
+            ok = self.path == "/latest/api/token"
+            self._send(200 if ok else 404, "imds-token-probe" if ok else "")
+
+        def do_GET(self) -> None:
+            value = answers.get(self.path.removeprefix("/latest/meta-data/"))
+            if self.headers.get("X-aws-ec2-metadata-token") != "imds-token-probe":
+                self._send(401, "")
+            elif value is None:
+                self._send(404, "")
+            else:
+                self._send(200, value)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield Imds(url=f"http://127.0.0.1:{server.server_address[1]}", answers=answers)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture(scope="module")
 def subnet(moto_endpoint: str) -> str:
     """A public subnet in moto's EC2, once: each gateway gets an interface of its own."""
@@ -148,7 +189,7 @@ def subnet(moto_endpoint: str) -> str:
 
 
 @pytest.fixture
-def gateway(tmp_path: Path, moto_endpoint: str, recorder: Recorder, subnet: str) -> Gateway:
+def gateway(tmp_path: Path, moto_endpoint: str, imds: Imds, subnet: str) -> Gateway:
     # A stack of its own, so each test reads only its own metrics from the shared server.
     stack = f"probe-{uuid.uuid4().hex[:8]}"
     facts, _ = gateway_facts(load_stack_config(stack_config("dev")), stack)
@@ -162,15 +203,12 @@ def gateway(tmp_path: Path, moto_endpoint: str, recorder: Recorder, subnet: str)
     )
     # IMDSv2 on loopback: this instance's id, its device-0 MAC and that interface's id.
     instance_id = f"i-{uuid.uuid4().hex[:17]}"
-    recorder.routes.update(
+    imds.answers.clear()
+    imds.answers.update(
         {
-            ("PUT", "/latest/api/token"): (200, "imds-token-probe"),
-            ("GET", "/latest/meta-data/instance-id"): (200, instance_id),
-            ("GET", "/latest/meta-data/mac"): (200, MAC),
-            ("GET", f"/latest/meta-data/network/interfaces/macs/{MAC}/interface-id"): (
-                200,
-                eni_id,
-            ),
+            "instance-id": instance_id,
+            "mac": MAC,
+            f"network/interfaces/macs/{MAC}/interface-id": eni_id,
         }
     )
     (tmp_path / "peer").write_text(f"{facts.peer_tunnel_address}\n")
@@ -185,7 +223,7 @@ def gateway(tmp_path: Path, moto_endpoint: str, recorder: Recorder, subnet: str)
     env = script_env(
         moto_endpoint,
         WG_S2S_ENDPOINT_EC2=moto_endpoint,
-        WG_S2S_IMDS_ENDPOINT=recorder.url,
+        WG_S2S_IMDS_ENDPOINT=imds.url,
         WG_S2S_PEER_FILE=str(tmp_path / "peer"),
         PATH=f"{bin_dir}:{os.environ['PATH']}",
         FAKE=str(tmp_path),
