@@ -11,6 +11,7 @@ import pulumi_aws as aws
 import pulumi_command as command
 
 from components.tunnel_health import gateway_metrics_policy
+from core import health
 from core.facts import CANONICAL_OWNER, GatewayFacts
 from core.render import (
     PeerEndpoint,
@@ -404,6 +405,13 @@ class WireGuardGateway(pulumi.ComponentResource):
             f"{name}-put-tunnel-metrics",
             role=role.id,
             policy=gateway_metrics_policy(),
+            opts=self._child,
+        )
+        # The probe and the check read the interface's source/dest check (read-only).
+        aws.iam.RolePolicy(
+            f"{name}-read-source-dest-check",
+            role=role.id,
+            policy=json.dumps(health.source_dest_check_policy()),
             opts=self._child,
         )
         profile = aws.iam.InstanceProfile(

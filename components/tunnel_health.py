@@ -144,6 +144,26 @@ class TunnelHealth(pulumi.ComponentResource):
         self, site: HealthSite, rule: health.AlarmRule, actions: list[pulumi.Input[str]]
     ) -> aws.cloudwatch.MetricAlarm:
         facts, stack = site.facts, self._args.stack
+        dimensions: dict[str, pulumi.Input[str]] = {
+            health.DIMENSION_STACK: stack,
+            health.DIMENSION_SITE: facts.name,
+        }
+        opts = self._opts(site.provider)
+        if rule.per_instance:
+            # The instance's own metric, and an alarm of its own: a new instance (a first
+            # deploy, a replacement) gets a new alarm, which CloudWatch creates in
+            # INSUFFICIENT_DATA and leaves there until the instance reports. Updating the
+            # alarm in place would keep the old instance's state (PutMetricAlarm: "When
+            # you update an existing alarm, its state is left unchanged"), so the new
+            # instance's silence would read as "stopped reporting". Same name: the old
+            # alarm goes first.
+            dimensions[health.DIMENSION_INSTANCE] = site.instance_id
+            opts = pulumi.ResourceOptions.merge(
+                opts,
+                pulumi.ResourceOptions(
+                    replace_on_changes=["dimensions"], delete_before_replace=True
+                ),
+            )
         return aws.cloudwatch.MetricAlarm(
             f"{facts.name}-{rule.key}",
             name=health.alarm_name(stack, facts.name, rule),
@@ -151,12 +171,11 @@ class TunnelHealth(pulumi.ComponentResource):
             f"{rule.description}",
             namespace=rule.namespace,
             metric_name=rule.metric,
-            dimensions={health.DIMENSION_STACK: stack, health.DIMENSION_SITE: facts.name},
+            dimensions=dimensions,
             **_evaluation(rule),
-            alarm_actions=actions,
-            ok_actions=actions,
+            **_actions(rule, actions),
             tags={**self._args.tags, GATEWAY_TAG: site.instance_id},
-            opts=self._opts(site.provider),
+            opts=opts,
         )
 
     def _recovery_alarm(
@@ -201,6 +220,20 @@ def _evaluation(rule: health.AlarmRule) -> dict[str, Any]:
         "evaluation_periods": rule.evaluation_periods,
         "datapoints_to_alarm": rule.datapoints_to_alarm,
         "treat_missing_data": rule.treat_missing_data,
+    }
+
+
+def _actions(rule: health.AlarmRule, actions: list[pulumi.Input[str]]) -> dict[str, Any]:
+    """The topic on exactly the states the rule notifies (health.notifications models it);
+    the other states' actions are left unset (none)."""
+    return {
+        key: actions
+        for state, key in (
+            ("ALARM", "alarm_actions"),
+            ("OK", "ok_actions"),
+            ("INSUFFICIENT_DATA", "insufficient_data_actions"),
+        )
+        if state in rule.notify
     }
 
 

@@ -242,6 +242,12 @@ class GatewayFacts:
         return f"/etc/wireguard/{self.interface}.psk"
 
     @property
+    def peer_path(self) -> str:
+        """The peer's tunnel address, one line, written by the apply from the desired
+        state: the probe and the check read it, so a tunnel cidr change is day 2."""
+        return f"/etc/wireguard/{self.interface}.peer"
+
+    @property
     def jumps(self) -> tuple[Jump, ...]:
         return jumps(self.interface)
 

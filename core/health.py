@@ -17,6 +17,10 @@ from core.config import PROJECT
 NAMESPACE = "WgSiteToSite"
 DIMENSION_STACK = "Stack"
 DIMENSION_SITE = "Site"
+# TunnelUp also names the instance that measured it: the tunnel alarms watch one
+# instance's metric and are replaced with it, so a gateway that has never reported (a
+# first deploy, a planned replacement) has an alarm of its own with no data yet.
+DIMENSION_INSTANCE = "InstanceId"
 
 # Each tunnel alarm names its gateway instance (its id) in this tag, so a policy can
 # tell which gateway an alarm watches: the metric's dimensions name only the site.
@@ -27,9 +31,13 @@ HANDSHAKE_AGE = "HandshakeAgeSeconds"
 PROBE_RTT = "ProbeRttMilliseconds"
 RECEIVED_BYTES = "ReceivedBytes"
 SENT_BYTES = "SentBytes"
+# 1 while the gateway interface's source/dest check is on (the VPC then drops every
+# forwarded packet, and TunnelUp is 0), 0 while it is off.
+SOURCE_DEST_CHECK = "SourceDestCheck"
 # Metric name -> CloudWatch unit, as the probe publishes them.
 METRICS: dict[str, str] = {
     TUNNEL_UP: "Count",
+    SOURCE_DEST_CHECK: "Count",
     HANDSHAKE_AGE: "Seconds",
     PROBE_RTT: "Milliseconds",
     RECEIVED_BYTES: "Bytes",
@@ -51,6 +59,13 @@ Comparison = Literal[
 ]
 MissingData = Literal["breaching", "notBreaching", "ignore", "missing"]
 AlarmState = Literal["OK", "ALARM", "INSUFFICIENT_DATA"]
+# CloudWatch creates an alarm in INSUFFICIENT_DATA (PutMetricAlarm: "When this operation
+# creates an alarm, the alarm state is immediately set to INSUFFICIENT_DATA"), and runs
+# an alarm's actions only when its state changes, those of the state it changes to
+# (alarm_actions, ok_actions, insufficient_data_actions).
+INITIAL_STATE: AlarmState = "INSUFFICIENT_DATA"
+# The states whose actions page someone; OK's actions only say that a page is over.
+ALERT_STATES: frozenset[AlarmState] = frozenset({"ALARM", "INSUFFICIENT_DATA"})
 
 
 @dataclass(frozen=True)
@@ -68,6 +83,11 @@ class AlarmRule:
     datapoints_to_alarm: int  # M
     treat_missing_data: MissingData
     namespace: str = NAMESPACE
+    # The states whose actions are set (the topic is notified on entering them).
+    notify: frozenset[AlarmState] = frozenset({"ALARM", "OK"})
+    # Whether the metric names the instance (DIMENSION_INSTANCE): the alarm then belongs
+    # to one instance and is replaced with it.
+    per_instance: bool = False
 
     @property
     def evaluation_range(self) -> int:
@@ -91,7 +111,8 @@ class AlarmRule:
 TUNNEL_DOWN = AlarmRule(
     key="tunnel-down",
     description=(
-        "No successful ping across the tunnel for 3 minutes (or the probe stopped reporting)."
+        "No successful ping across the tunnel (or the gateway's source/dest check is on) "
+        "for 3 minutes."
     ),
     metric=TUNNEL_UP,
     statistic="Minimum",
@@ -100,9 +121,35 @@ TUNNEL_DOWN = AlarmRule(
     period_seconds=60,
     evaluation_periods=3,
     datapoints_to_alarm=3,
-    # A gateway that is down, or whose probe died, sends nothing: silence must page
-    # (AWS advises the same for its own VPN's TunnelState).
-    treat_missing_data="breaching",
+    # Silence is not-reporting's to page: with `breaching` a gateway that never reported
+    # (a first deploy, a replacement still booting) would page within 3 minutes.
+    treat_missing_data="missing",
+    per_instance=True,
+)
+
+NOT_REPORTING = AlarmRule(
+    key="not-reporting",
+    description=(
+        "The gateway reported before and has sent no TunnelUp for about 3 minutes: the "
+        "instance or its probe is down."
+    ),
+    metric=TUNNEL_UP,
+    # Any report is a data point; a period without one is missing. SampleCount is at
+    # least 1 wherever there is data, so this alarm is only ever OK or INSUFFICIENT_DATA.
+    statistic="SampleCount",
+    comparison="LessThanThreshold",
+    threshold=1,
+    period_seconds=60,
+    # One period: with `missing`, the alarm goes to INSUFFICIENT_DATA once every period
+    # of its evaluation range is empty ("Configuring how CloudWatch alarms treat missing
+    # data"); CloudWatch retrieves more periods than N, N + 2 here (see evaluation_range),
+    # so 3 minutes. A new alarm starts in INSUFFICIENT_DATA and stays there without data:
+    # no transition, no notification, for a gateway that has never reported.
+    evaluation_periods=1,
+    datapoints_to_alarm=1,
+    treat_missing_data="missing",
+    notify=frozenset({"INSUFFICIENT_DATA", "OK"}),
+    per_instance=True,
 )
 
 HANDSHAKE_STALE = AlarmRule(
@@ -142,7 +189,7 @@ SYSTEM_CHECK = AlarmRule(
     namespace="AWS/EC2",
 )
 
-TUNNEL_RULES = (TUNNEL_DOWN, HANDSHAKE_STALE)
+TUNNEL_RULES = (TUNNEL_DOWN, NOT_REPORTING, HANDSHAKE_STALE)
 
 
 def alarm_name(stack: str, site: str, rule: AlarmRule) -> str:
@@ -195,6 +242,52 @@ def evaluate(  # noqa: PLR0911 - one outcome per case of the guide's rules
     return "ALARM" if datapoints and datapoints[0] is not None else "INSUFFICIENT_DATA"
 
 
+def states(
+    rule: AlarmRule,
+    period_values: Sequence[float | None],
+    initial: AlarmState = INITIAL_STATE,
+) -> list[AlarmState]:
+    """The alarm's state after each period, as CloudWatch evaluates it at each period's end.
+
+    `period_values` are the rule's statistic per period since the alarm was created,
+    oldest first (None: no data). Each evaluation sees the last `evaluation_range`
+    periods; before the alarm existed there is no data.
+    """
+    state, result = initial, []
+    width = rule.evaluation_range
+    for end in range(1, len(period_values) + 1):
+        seen = list(period_values[max(0, end - width) : end])
+        window: list[float | None] = [None] * (width - len(seen))
+        window += seen
+        state = evaluate(rule, window, state)
+        result.append(state)
+    return result
+
+
+@dataclass(frozen=True)
+class Notification:
+    period: int  # index of the period after which the alarm changed state
+    old: AlarmState
+    new: AlarmState
+
+    @property
+    def alert(self) -> bool:
+        return self.new in ALERT_STATES
+
+
+def notifications(
+    rule: AlarmRule, period_values: Sequence[float | None], initial: AlarmState = INITIAL_STATE
+) -> list[Notification]:
+    """What the alarm's topic receives: one message per state change into a state whose
+    actions are set (rule.notify), and nothing else."""
+    found, previous = [], initial
+    for index, state in enumerate(states(rule, period_values, initial)):
+        if state != previous and state in rule.notify:
+            found.append(Notification(period=index, old=previous, new=state))
+        previous = state
+    return found
+
+
 def aggregate(
     rule: AlarmRule,
     samples: Sequence[tuple[float, float]],
@@ -245,6 +338,29 @@ def put_metric_policy() -> dict[str, Any]:
                 "Action": "cloudwatch:PutMetricData",
                 "Resource": "*",
                 "Condition": {"StringEquals": {"cloudwatch:namespace": NAMESPACE}},
+            }
+        ],
+    }
+
+
+def source_dest_check_policy() -> dict[str, Any]:
+    """The gateway role's read of its interface's source/dest check (probe and check).
+
+    ec2:DescribeNetworkInterfaceAttribute is read-only and, like EC2's other Describe*
+    actions, supports no resource-level permissions: the Service Authorization Reference
+    ("Actions, resources, and condition keys for Amazon EC2",
+    https://docs.aws.amazon.com/service-authorization/latest/reference/list_amazonec2.html)
+    lists no resource type for it, so its Resource must be "*". Its own statement, so
+    nothing else rides on the wildcard.
+    """
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "ReadInterfaceSourceDestCheck",
+                "Effect": "Allow",
+                "Action": "ec2:DescribeNetworkInterfaceAttribute",
+                "Resource": "*",
             }
         ],
     }

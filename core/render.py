@@ -59,7 +59,7 @@ class DesiredState:
 
     wg_config: str
     firewall: str
-    document: str  # JSON {"config", "firewall"}: what goes into SSM
+    document: str  # JSON {"config", "firewall", "presharedKey", "peerAddress"}: into SSM
 
     @property
     def digest(self) -> str:
@@ -161,7 +161,14 @@ def render_desired_state(facts: GatewayFacts, peer: PeerEndpoint) -> DesiredStat
     wg_config = render_wg_config(facts, peer)
     firewall = render_firewall(facts)
     document = json.dumps(
-        {"config": wg_config, "firewall": firewall, "presharedKey": facts.preshared_key},
+        {
+            "config": wg_config,
+            "firewall": firewall,
+            "presharedKey": facts.preshared_key,
+            # What the probe and the check ping: in the desired state, not the user data,
+            # so a tunnel cidr change restarts wg-quick instead of replacing the gateway.
+            "peerAddress": str(facts.peer_tunnel_address),
+        },
         sort_keys=True,
     )
     return DesiredState(wg_config=wg_config, firewall=firewall, document=document)
@@ -187,6 +194,7 @@ def render_apply(facts: GatewayFacts) -> str:
         rules_path=facts.rules_path,
         key_path=facts.key_path,
         psk_path=facts.psk_path,
+        peer_path=facts.peer_path,
         state_parameter=facts.desired_state_parameter_name,
         key_parameter=facts.key_parameter_name,
         # Always named: whether to use it is part of the desired state, so turning the
@@ -201,9 +209,12 @@ def render_check(facts: GatewayFacts) -> str:
     return _render(
         "check.sh.j2",
         name=PurePosixPath(CHECK_PATH).name,
+        sbin=_sbin(),
+        aws_call=PurePosixPath(AWS_CALL_PATH).name,
         interface=facts.interface,
-        peer_address=str(facts.peer_tunnel_address),
-        persistent_keepalive=facts.persistent_keepalive,
+        # The peer's tunnel address is day 2: the apply writes it here from the desired
+        # state, so nothing in the user data changes with the tunnel cidr.
+        peer_path=facts.peer_path,
         # WireGuard drops a session 180 s after its last handshake (REJECT_AFTER_TIME).
         max_handshake_age=health.HANDSHAKE_STALE_SECONDS,
     )
@@ -332,13 +343,15 @@ def render_probe(
         interface=facts.interface,
         site=facts.name,
         peer=facts.peer.name,
-        peer_address=str(facts.peer_tunnel_address),
+        peer_path=facts.peer_path,
         stack=facts.stack,
         state_dir=PROBE_STATE_DIR,
         namespace=health.NAMESPACE,
         dimension_stack=health.DIMENSION_STACK,
         dimension_site=health.DIMENSION_SITE,
+        dimension_instance=health.DIMENSION_INSTANCE,
         tunnel_up=health.TUNNEL_UP,
+        source_dest_check=health.SOURCE_DEST_CHECK,
         handshake_age=health.HANDSHAKE_AGE,
         probe_rtt=health.PROBE_RTT,
         received_bytes=health.RECEIVED_BYTES,

@@ -1,4 +1,5 @@
-"""The AWS APIs a gateway calls (SSM Parameter Store, CloudWatch), served by moto.
+"""The AWS APIs a gateway calls (SSM Parameter Store, CloudWatch, EC2), served by moto,
+and its instance metadata (IMDSv2), served by a stand-in next to it.
 
 moto's server runs in a namespace of its own on the lab's internet, at a documentation
 address, so a gateway reaches it as it reaches AWS: through its security group, its VPC
@@ -8,6 +9,12 @@ router and its internet gateway. The gateway's own scripts make the calls (curl
 
 `python -m lab.aws put` (run inside the namespace) stores parameters read as JSON from
 stdin, so secret values never appear in an argument list.
+
+Each gateway's interface exists in moto's EC2 with the source/dest check the plan gives
+it, so the probe and the check read a real answer (ec2:DescribeNetworkInterfaceAttribute).
+The instance metadata stand-in answers each gateway by the address its requests arrive
+from (its Elastic IP, after the internet gateway's mapping): its instance id (the plan's),
+its MAC and that interface's id in moto, as IMDS answers an instance about itself.
 """
 
 from __future__ import annotations
@@ -16,11 +23,13 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from ipaddress import IPv4Interface
 from pathlib import Path
 from typing import Any
 
 from lab import PREFIX, REPO, LabError, netns
+from lab.topology import Site
 
 NAMESPACE = f"{PREFIX}aws"
 LINK = f"{PREFIX}awsl"  # its link's name on the internet's side
@@ -28,6 +37,8 @@ ADDRESS = IPv4Interface("192.0.2.130/30")
 ROUTER = IPv4Interface("192.0.2.129/30")
 PORT = 80
 ENDPOINT = f"http://{ADDRESS.ip}:{PORT}"
+IMDS_PORT = 8080
+IMDS_ENDPOINT = f"http://{ADDRESS.ip}:{IMDS_PORT}"
 MOTO_SERVER = Path(sys.executable).parent / "moto_server"
 # moto accepts any credentials; these stand in for the instance role's.
 CREDENTIALS = {
@@ -44,6 +55,8 @@ def gateway_env() -> dict[str, str]:
         **CREDENTIALS,
         "WG_S2S_ENDPOINT_SSM": ENDPOINT,
         "WG_S2S_ENDPOINT_MONITORING": ENDPOINT,
+        "WG_S2S_ENDPOINT_EC2": ENDPOINT,
+        "WG_S2S_IMDS_ENDPOINT": IMDS_ENDPOINT,
     }
 
 
@@ -85,6 +98,80 @@ def put_parameters(parameters: list[dict[str, str]]) -> None:
         input_text=json.dumps(parameters),
         env={"PYTHONPATH": str(REPO)},
     )
+
+
+def mac(site: Site) -> str:
+    """The gateway's device-0 MAC, as its IMDS names it (locally administered)."""
+    return f"0e:00:00:00:00:{site.index + 1:02x}"
+
+
+def serve_gateways(sites: Sequence[Site]) -> dict[str, str]:
+    """Each gateway's interface in moto's EC2, and its instance metadata; site -> ENI id."""
+    request = [
+        {
+            "region": site.facts.site.region,
+            "cidr": str(site.facts.site.cidr),
+            "subnet": str(site.facts.layout.public_subnet),
+            "sourceDestCheck": site.gateway.source_dest_check,
+        }
+        for site in sites
+    ]
+    created = netns.ns_run(
+        NAMESPACE,
+        [sys.executable, "-m", "lab.aws", "interfaces"],
+        input_text=json.dumps(request),
+        env={"PYTHONPATH": str(REPO)},
+    )
+    enis: list[str] = json.loads(created.stdout)
+    metadata = {
+        str(site.gateway.elastic_ip): {
+            "instance-id": site.gateway.instance_id,
+            "mac": mac(site),
+            f"network/interfaces/macs/{mac(site)}/interface-id": eni,
+        }
+        for site, eni in zip(sites, enis, strict=True)
+    }
+    process = subprocess.Popen(
+        netns.in_ns(NAMESPACE, [sys.executable, "-m", "lab.aws", "imds", json.dumps(metadata)]),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**netns.clean_env(), "PYTHONPATH": str(REPO)},
+    )
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        probe = netns.ns_run(
+            NAMESPACE,
+            [
+                sys.executable,
+                "-c",
+                f"import socket; socket.create_connection(('{ADDRESS.ip}', {IMDS_PORT}), 1)",
+            ],
+            check=False,
+        )
+        if probe.returncode == 0:
+            return {site.name: eni for site, eni in zip(sites, enis, strict=True)}
+        if process.poll() is not None:
+            raise LabError("the lab's instance metadata stand-in exited at start")
+        time.sleep(0.2)
+    netns.stop(process)
+    raise LabError(f"the lab's instance metadata did not answer within {START_TIMEOUT:g} s")
+
+
+def set_source_dest_check(site: Site, on: bool) -> str:
+    """What ModifyNetworkInterfaceAttribute (or the provider bug, terraform-provider-aws
+    #44768) does to the gateway's interface in moto; returns the interface's id."""
+    request = {
+        "region": site.facts.site.region,
+        "subnet": str(site.facts.layout.public_subnet),
+        "on": on,
+    }
+    result = netns.ns_run(
+        NAMESPACE,
+        [sys.executable, "-m", "lab.aws", "source-dest-check"],
+        input_text=json.dumps(request),
+        env={"PYTHONPATH": str(REPO)},
+    )
+    return result.stdout.strip()
 
 
 def metric_samples(
@@ -142,12 +229,89 @@ def _put_from_stdin() -> None:
         )
 
 
+def _ec2(region: str) -> Any:
+    import boto3
+
+    return boto3.client(  # type: ignore[call-overload]
+        "ec2", region_name=region, endpoint_url=ENDPOINT, **_lower(CREDENTIALS)
+    )
+
+
+def _interfaces_from_stdin() -> None:
+    enis = []
+    for item in json.load(sys.stdin):
+        client = _ec2(item["region"])
+        vpc = client.create_vpc(CidrBlock=item["cidr"])["Vpc"]["VpcId"]
+        subnet = client.create_subnet(VpcId=vpc, CidrBlock=item["subnet"])["Subnet"]
+        eni = client.create_network_interface(SubnetId=subnet["SubnetId"])["NetworkInterface"]
+        client.modify_network_interface_attribute(
+            NetworkInterfaceId=eni["NetworkInterfaceId"],
+            SourceDestCheck={"Value": bool(item["sourceDestCheck"])},
+        )
+        enis.append(eni["NetworkInterfaceId"])
+    json.dump(enis, sys.stdout)
+
+
+def _source_dest_check_from_stdin() -> None:
+    item = json.load(sys.stdin)
+    client = _ec2(item["region"])
+    subnets = client.describe_subnets(Filters=[{"Name": "cidr-block", "Values": [item["subnet"]]}])
+    ids = [subnet["SubnetId"] for subnet in subnets["Subnets"]]
+    found = client.describe_network_interfaces(Filters=[{"Name": "subnet-id", "Values": ids}])
+    (eni,) = [i["NetworkInterfaceId"] for i in found["NetworkInterfaces"]]
+    client.modify_network_interface_attribute(
+        NetworkInterfaceId=eni, SourceDestCheck={"Value": bool(item["on"])}
+    )
+    print(eni)
+
+
+def _imds(metadata: dict[str, dict[str, str]]) -> None:
+    """IMDSv2 for the gateways: a token for a PUT, then the asker's own metadata."""
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _send(self, status: int, text: str) -> None:
+            data = text.encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_PUT(self) -> None:
+            if self.path == "/latest/api/token":
+                self._send(200, "lab-imds-token")
+            else:
+                self._send(404, "")
+
+        def do_GET(self) -> None:
+            mine = metadata.get(self.client_address[0], {})
+            if self.headers.get("X-aws-ec2-metadata-token") != "lab-imds-token":
+                self._send(401, "")
+                return
+            value = mine.get(self.path.removeprefix("/latest/meta-data/"))
+            self._send(200, value) if value is not None else self._send(404, "")
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer((str(ADDRESS.ip), IMDS_PORT), Handler)
+    server.serve_forever()
+
+
 def _lower(credentials: dict[str, str]) -> dict[str, str]:
     return {key.lower(): value for key, value in credentials.items()}
 
 
 if __name__ == "__main__":
-    commands = {"put": _put_from_stdin, "samples": _samples_from_stdin}
-    if len(sys.argv) != 2 or sys.argv[1] not in commands:
-        sys.exit("usage: python -m lab.aws put|samples < request.json")
-    commands[sys.argv[1]]()
+    commands = {
+        "put": _put_from_stdin,
+        "samples": _samples_from_stdin,
+        "interfaces": _interfaces_from_stdin,
+        "source-dest-check": _source_dest_check_from_stdin,
+    }
+    if len(sys.argv) == 3 and sys.argv[1] == "imds":
+        _imds(json.loads(sys.argv[2]))
+    elif len(sys.argv) != 2 or sys.argv[1] not in commands:
+        sys.exit("usage: python -m lab.aws put|samples|interfaces|source-dest-check < request.json")
+    else:
+        commands[sys.argv[1]]()

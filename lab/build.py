@@ -121,6 +121,8 @@ def _aws_stand_in(topology: Topology, state: State) -> None:
     )
     aws.start()
     put_parameters(topology)
+    # The gateways' interfaces (their source/dest check) and instance metadata.
+    aws.serve_gateways(topology.sites)
 
 
 def put_parameters(topology: Topology) -> None:

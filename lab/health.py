@@ -56,14 +56,14 @@ class ProbeTimer:
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
 
-def samples(site: Site, metric: str, since: float) -> list[tuple[float, float]]:
-    return aws.metric_samples(
-        site.facts.site.region,
-        health.NAMESPACE,
-        metric,
-        {health.DIMENSION_STACK: site.facts.stack, health.DIMENSION_SITE: site.name},
-        since,
-    )
+def samples(
+    site: Site, metric: str, since: float, instance_id: str | None = None
+) -> list[tuple[float, float]]:
+    """What the gateway published; TunnelUp is per instance (the site's, unless named)."""
+    dimensions = {health.DIMENSION_STACK: site.facts.stack, health.DIMENSION_SITE: site.name}
+    if metric == health.TUNNEL_UP:
+        dimensions[health.DIMENSION_INSTANCE] = instance_id or site.gateway.instance_id
+    return aws.metric_samples(site.facts.site.region, health.NAMESPACE, metric, dimensions, since)
 
 
 def alarm_state(
@@ -72,3 +72,17 @@ def alarm_state(
     """The state CloudWatch would give `rule`, with its period shortened to `interval`."""
     periods = health.aggregate(rule, points, now, rule.evaluation_range, interval)
     return health.evaluate(rule, periods)
+
+
+def notifications(
+    rule: health.AlarmRule,
+    points: Sequence[tuple[float, float]],
+    interval: float,
+    created: float,
+    now: float,
+) -> list[health.Notification]:
+    """What the alarm's topic got since the alarm was created at `created`: CloudWatch's
+    evaluation at the end of every (shortened) period, from INSUFFICIENT_DATA."""
+    periods = max(1, int((now - created) // interval))
+    values = health.aggregate(rule, points, created + periods * interval, periods, interval)
+    return health.notifications(rule, values)

@@ -132,6 +132,8 @@ class Gateway:
     user_data: str = field(repr=False)  # the cloud-config text (EC2 gets it gzipped)
     # What `pulumi up` puts in SSM for this gateway: name -> (type, value); never printed.
     parameters: dict[str, tuple[str, str]] = field(repr=False, default_factory=dict)
+    # The instance's id (the mocks'): what the lab's IMDS answers, and the probe's metrics name.
+    instance_id: str = ""
 
     @property
     def private_key(self) -> str:
@@ -437,6 +439,7 @@ def derive(plan: Plan) -> Topology:
         gateway = Gateway(
             namespace=f"{PREFIX}{facts.name}-gw",
             instance=instance.name,
+            instance_id=resource_id(instance),
             eni=interface_id,
             private_address=IPv4Interface(
                 f"{_private_ip(interface, facts)}/{facts.layout.public_subnet.prefixlen}"

@@ -1005,13 +1005,26 @@ def gateway_has_tunnel_alarm(resources: Sequence[Resource]) -> list[tuple[Resour
                 )
             )
         elif not any(_has_action(a.props.get("alarmActions")) for a in mine):
+            # An alarm that pages only on INSUFFICIENT_DATA (not-reporting: the gateway went
+            # silent) tells someone, but not that the tunnel is down.
+            silent = [
+                alarm
+                for alarm in mine
+                if not _has_action(alarm.props.get("insufficientDataActions"))
+            ]
             found += [
                 (
                     alarm,
                     f"{health.TUNNEL_UP} alarm of gateway {instance.name} has no alarm action: "
                     "it would change state and tell no one",
                 )
-                for alarm in mine
+                for alarm in silent
+            ] or [
+                (
+                    instance,
+                    f"no {health.TUNNEL_UP} alarm of gateway {instance.name} has an alarm "
+                    "action: nobody would hear that its tunnel is down",
+                )
             ]
     return found
 

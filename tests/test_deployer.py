@@ -378,6 +378,31 @@ def test_verify_fails_a_failed_check_line_even_when_the_script_exits_0(ssm):
     )
 
 
+def test_verify_fails_naming_a_source_dest_check_that_is_on(ssm):
+    # The check's own line (tests/test_probe.py runs the script against moto): pings
+    # across the tunnel answer, yet the VPC drops every forwarded packet.
+    stub = ssm.stub()
+    expect_send(stub, ALPHA, CHECK)
+    expect_status(
+        stub,
+        ALPHA,
+        "Failed",
+        code=1,
+        stdout="check ping ok 10.255.255.1 3/3\ncheck source-dest-check FAILED source/dest "
+        "check on for eni-0abc: the VPC drops forwarded packets\n",
+    )
+    expect_send(stub, ALPHA, [journal_command("wg0")], command_id=CMD2)
+    expect_status(stub, ALPHA, "Success", command_id=CMD2, stdout="-- No entries --\n")
+
+    result = ssm.run("verify", one_gateway_env())
+
+    assert result.code == 1
+    assert result.err_lines[0] == (
+        f"wg-site-to-site: verify on alpha ({ALPHA}) failed: check source-dest-check FAILED "
+        "(source/dest check on for eni-0abc: the VPC drops forwarded packets)"
+    )
+
+
 def test_verify_journal_command_reads_the_project_units_and_the_interface():
     assert journal_command("wg7") == (
         "journalctl -u 'wg-site-to-site-*' -u 'wg-quick@wg7' -n 20 --no-pager"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
@@ -9,7 +10,14 @@ import pytest
 from core import health
 from core.alerts import AlertsConfig, alerts_problems
 from core.config import ConfigError
-from core.health import HANDSHAKE_STALE, TUNNEL_DOWN, AlarmRule, MissingData, evaluate
+from core.health import (
+    HANDSHAKE_STALE,
+    NOT_REPORTING,
+    TUNNEL_DOWN,
+    AlarmRule,
+    MissingData,
+    evaluate,
+)
 
 # A rule whose breaching points are "X" (value 1 > 0) and non-breaching "0".
 RULE = AlarmRule(
@@ -65,27 +73,73 @@ def test_evaluation_follows_the_cloudwatch_guide(m, row):
             assert evaluate(rule, points(data), current) == want, (treatment, current)
 
 
-def test_tunnel_down_is_three_of_three_minutes_below_one_missing_breaching():
+def test_tunnel_down_is_three_of_three_minutes_below_one_missing_missing():
     assert (TUNNEL_DOWN.metric, TUNNEL_DOWN.statistic) == ("TunnelUp", "Minimum")
     assert (TUNNEL_DOWN.evaluation_periods, TUNNEL_DOWN.datapoints_to_alarm) == (3, 3)
     assert TUNNEL_DOWN.period_seconds == 60
+    assert TUNNEL_DOWN.treat_missing_data == "missing"
     assert evaluate(TUNNEL_DOWN, [1, 1, 1, 1, 1]) == "OK"
     assert evaluate(TUNNEL_DOWN, [1, 1, 0, 0, 1]) == "OK"
     assert evaluate(TUNNEL_DOWN, [1, 1, 0, 0, 0]) == "ALARM"
 
 
-def test_a_silent_gateway_is_tunnel_down():
-    # Missing as breaching: a gateway that stops reporting pages like one that is down.
-    assert evaluate(TUNNEL_DOWN, [None] * 5, "OK") == "ALARM"
-    # Real points still in the range count: the guide's "0 - - - -" row stays OK until
-    # they age out of the evaluation range.
-    assert evaluate(TUNNEL_DOWN, [1, 1, None, None, None], "OK") == "OK"
-    assert evaluate(TUNNEL_DOWN, [1, None, None, None, None], "OK") == "OK"
-    assert evaluate(TUNNEL_DOWN, [0, None, None, None, None], "OK") == "ALARM"
-    assert evaluate(TUNNEL_DOWN, [None, None, None, None, 1], "ALARM") == "OK"
-    assert evaluate(replace(TUNNEL_DOWN, treat_missing_data="missing"), [None] * 5) == (
-        "INSUFFICIENT_DATA"
-    )
+# One value per minute since the alarm was created (None: the gateway sent nothing).
+NEVER_REPORTED: list[float | None] = [None] * 30
+REPORTED_THEN_SILENT: list[float | None] = [*([1.0] * 10), *([None] * 20)]
+PING_FAILING: list[float | None] = [*([1.0] * 10), *([0.0] * 10)]
+
+
+def _alerts(rule: AlarmRule, values: Sequence[float | None]) -> list[health.Notification]:
+    return [n for n in health.notifications(rule, values) if n.alert]
+
+
+@pytest.mark.parametrize("rule", health.TUNNEL_RULES, ids=lambda r: r.key)
+def test_a_gateway_that_never_reported_notifies_no_one(rule: AlarmRule):
+    # A first deploy or a planned replacement: a new instance, so a new alarm
+    # (INSUFFICIENT_DATA) on a metric of its own, which has no data yet.
+    assert _alerts(rule, NEVER_REPORTED) == []
+    if rule.per_instance:
+        # Not even an OK message: the alarm stays where CloudWatch created it.
+        assert health.notifications(rule, NEVER_REPORTED) == []
+        assert set(health.states(rule, NEVER_REPORTED)) == {"INSUFFICIENT_DATA"}
+
+
+def test_a_gateway_that_stops_reporting_alerts_within_three_minutes():
+    found = [n for rule in health.TUNNEL_RULES for n in _alerts(rule, REPORTED_THEN_SILENT)]
+    assert found, "nobody hears that the gateway stopped reporting"
+    first = min(n.period for n in found)
+    # Period 10 is the first without a report; the state after period 12 is 3 minutes on.
+    assert first <= 12
+    assert [(n.old, n.new) for n in _alerts(NOT_REPORTING, REPORTED_THEN_SILENT)] == [
+        ("OK", "INSUFFICIENT_DATA")
+    ]
+    # ...and only once: tunnel-down keeps quiet about the same silence.
+    assert _alerts(TUNNEL_DOWN, REPORTED_THEN_SILENT) == []
+
+
+def test_a_gateway_that_resumes_reporting_clears_the_alert():
+    values = REPORTED_THEN_SILENT + [1.0] * 3
+    assert [n.new for n in health.notifications(NOT_REPORTING, values)][-1] == "OK"
+
+
+def test_a_failing_ping_while_reporting_is_tunnel_down():
+    (alert,) = _alerts(TUNNEL_DOWN, PING_FAILING)
+    assert (alert.old, alert.new) == ("OK", "ALARM")
+    assert alert.period == 12  # three failing minutes: 10, 11, 12
+    assert _alerts(NOT_REPORTING, PING_FAILING) == []
+
+
+def test_failing_pings_from_the_first_report_page_after_three_minutes():
+    # (The probe holds its per-instance TunnelUp back until this boot's tunnel first
+    # answered; a rule fed zeros from its first period still pages, after 3 of them.)
+    (alert,) = _alerts(TUNNEL_DOWN, [0.0] * 5)
+    assert (alert.period, alert.new) == (2, "ALARM")
+
+
+def test_the_old_rule_would_have_paged_on_every_deploy():
+    # Negative control: missing data as breaching pages for a gateway that never reported.
+    old = replace(TUNNEL_DOWN, treat_missing_data="breaching", notify=frozenset({"ALARM"}))
+    assert _alerts(old, NEVER_REPORTED) != []
 
 
 def test_handshake_stale_above_180_seconds_two_of_three():

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import http.server
 import os
 import subprocess
+import threading
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +19,12 @@ import pytest
 from core import health
 from core.config import load_stack_config
 from core.facts import PROBE_PATH, PROBE_TIMER_PATH, GatewayFacts, gateway_facts
-from core.render import render_aws_call, render_probe, render_probe_units
-from tests.aws_stand_in import boto_client, moto_endpoint, script_env
+from core.render import render_aws_call, render_check, render_probe, render_probe_units
+from tests.aws_stand_in import CREDENTIALS, REGION, boto_client, moto_endpoint, script_env
 from tests.conftest import stack_config
 
 __all__ = ["moto_endpoint"]  # fixture
+MAC = "0e:12:34:56:78:9a"
 
 PUBLIC_KEY = "cGVlci1wdWJsaWMta2V5LWZvci10aGUtcHJvYmUtdGVzdA="
 
@@ -29,6 +33,7 @@ FAKE_WG = """#!/bin/sh
 [ -e "$FAKE/missing" ] && { echo "Unable to access interface: No such device" >&2; exit 1; }
 [ "$1 $2" = "show $WANT_IFACE" ] || { echo "unexpected: $*" >&2; exit 3; }
 case "$3" in
+    "") exit 0 ;;
     latest-handshakes) printf '%s\\t%s\\n' "$PEER_KEY" "$(cat "$FAKE/handshake")" ;;
     transfer) printf '%s\\t%s\\n' "$PEER_KEY" "$(cat "$FAKE/transfer")" ;;
     *) exit 3 ;;
@@ -55,10 +60,12 @@ class Gateway:
     fake: Path
     env: dict[str, str]
     endpoint: str
+    instance_id: str
+    eni: str
 
-    def run(self) -> subprocess.CompletedProcess[str]:
+    def run(self, script: str = "wg-site-to-site-probe") -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["sh", str(self.fake / "bin" / "wg-site-to-site-probe")],
+            ["bash" if script.endswith("check") else "sh", str(self.fake / "bin" / script)],
             env=self.env,
             capture_output=True,
             text=True,
@@ -73,8 +80,20 @@ class Gateway:
         else:
             path.write_text(value)
 
-    def values(self, metric: str, stat: str = "Maximum") -> list[float]:
+    def source_dest_check(self, on: bool) -> None:
+        """What the provider bug (terraform-provider-aws#44768) does to the interface."""
+        _ec2(self.endpoint).modify_network_interface_attribute(
+            NetworkInterfaceId=self.eni, SourceDestCheck={"Value": on}
+        )
+
+    def values(self, metric: str, stat: str = "Maximum", instance: bool = True) -> list[float]:
         """Every value published for `metric` (one per run: each run is its own period)."""
+        dimensions = [
+            {"Name": health.DIMENSION_STACK, "Value": self.facts.stack},
+            {"Name": health.DIMENSION_SITE, "Value": self.facts.name},
+        ]
+        if metric == health.TUNNEL_UP and instance:
+            dimensions.append({"Name": health.DIMENSION_INSTANCE, "Value": self.instance_id})
         now = datetime.datetime.now(datetime.UTC)
         result = boto_client(self.endpoint, "cloudwatch").get_metric_data(
             MetricDataQueries=[
@@ -84,10 +103,7 @@ class Gateway:
                         "Metric": {
                             "Namespace": health.NAMESPACE,
                             "MetricName": metric,
-                            "Dimensions": [
-                                {"Name": health.DIMENSION_STACK, "Value": self.facts.stack},
-                                {"Name": health.DIMENSION_SITE, "Value": self.facts.name},
-                            ],
+                            "Dimensions": dimensions,
                         },
                         "Period": 1,
                         "Stat": stat,
@@ -101,16 +117,101 @@ class Gateway:
         return list(result["MetricDataResults"][0]["Values"])
 
 
+def _ec2(endpoint: str) -> Any:
+    import boto3
+
+    return boto3.Session(
+        region_name=REGION,
+        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    ).client("ec2", endpoint_url=endpoint)
+
+
 def _executable(path: Path, text: str) -> None:
     path.write_text(text)
     path.chmod(0o755)
 
 
+@dataclass
+class Imds:
+    """IMDSv2 on loopback for the module; each test sets the answers of its instance."""
+
+    url: str
+    answers: dict[str, str]  # path under /latest/meta-data/ -> value
+
+
+@pytest.fixture(scope="module")
+def imds() -> Iterator[Imds]:
+    answers: dict[str, str] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _send(self, status: int, text: str) -> None:
+            data = text.encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_PUT(self) -> None:
+            ok = self.path == "/latest/api/token"
+            self._send(200 if ok else 404, "imds-token-probe" if ok else "")
+
+        def do_GET(self) -> None:
+            value = answers.get(self.path.removeprefix("/latest/meta-data/"))
+            if self.headers.get("X-aws-ec2-metadata-token") != "imds-token-probe":
+                self._send(401, "")
+            elif value is None:
+                self._send(404, "")
+            else:
+                self._send(200, value)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield Imds(url=f"http://127.0.0.1:{server.server_address[1]}", answers=answers)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def subnet(moto_endpoint: str) -> str:
+    """A public subnet in moto's EC2, once: each gateway gets an interface of its own."""
+    facts, _ = gateway_facts(load_stack_config(stack_config("dev")), "dev")
+    ec2 = _ec2(moto_endpoint)
+    vpc = ec2.create_vpc(CidrBlock=str(facts.site.cidr))["Vpc"]["VpcId"]
+    created = ec2.create_subnet(VpcId=vpc, CidrBlock=str(facts.layout.public_subnet))
+    return str(created["Subnet"]["SubnetId"])
+
+
 @pytest.fixture
-def gateway(tmp_path: Path, moto_endpoint: str) -> Gateway:
+def gateway(tmp_path: Path, moto_endpoint: str, imds: Imds, subnet: str) -> Gateway:
     # A stack of its own, so each test reads only its own metrics from the shared server.
     stack = f"probe-{uuid.uuid4().hex[:8]}"
     facts, _ = gateway_facts(load_stack_config(stack_config("dev")), stack)
+    assert facts.site.region == REGION
+    # The gateway's standalone interface, in moto's EC2, with the check off as declared.
+    ec2 = _ec2(moto_endpoint)
+    eni = ec2.create_network_interface(SubnetId=subnet)
+    eni_id = eni["NetworkInterface"]["NetworkInterfaceId"]
+    ec2.modify_network_interface_attribute(
+        NetworkInterfaceId=eni_id, SourceDestCheck={"Value": False}
+    )
+    # IMDSv2 on loopback: this instance's id, its device-0 MAC and that interface's id.
+    instance_id = f"i-{uuid.uuid4().hex[:17]}"
+    imds.answers.clear()
+    imds.answers.update(
+        {
+            "instance-id": instance_id,
+            "mac": MAC,
+            f"network/interfaces/macs/{MAC}/interface-id": eni_id,
+        }
+    )
+    (tmp_path / "peer").write_text(f"{facts.peer_tunnel_address}\n")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     _executable(bin_dir / "wg", FAKE_WG)
@@ -118,15 +219,26 @@ def gateway(tmp_path: Path, moto_endpoint: str) -> Gateway:
     _executable(bin_dir / "wg-site-to-site-apply", FAKE_APPLY)
     _executable(bin_dir / "wg-site-to-site-aws", render_aws_call(facts))
     _executable(bin_dir / "wg-site-to-site-probe", render_probe(facts, 60))
+    _executable(bin_dir / "wg-site-to-site-check", render_check(facts))
     env = script_env(
         moto_endpoint,
+        WG_S2S_ENDPOINT_EC2=moto_endpoint,
+        WG_S2S_IMDS_ENDPOINT=imds.url,
+        WG_S2S_PEER_FILE=str(tmp_path / "peer"),
         PATH=f"{bin_dir}:{os.environ['PATH']}",
         FAKE=str(tmp_path),
         WANT_IFACE=facts.interface,
         PEER_KEY=PUBLIC_KEY,
         WG_S2S_STATE_DIR=str(tmp_path / "run"),
     )
-    g = Gateway(facts=facts, fake=tmp_path, env=env, endpoint=moto_endpoint)
+    g = Gateway(
+        facts=facts,
+        fake=tmp_path,
+        env=env,
+        endpoint=moto_endpoint,
+        instance_id=instance_id,
+        eni=eni_id,
+    )
     g.set("handshake", str(int(time.time()) - 20))
     g.set("transfer", "1000\t2000")
     return g
@@ -150,6 +262,74 @@ def test_healthy_tunnel_publishes_up_age_and_rtt(gateway: Gateway):
     assert gateway.facts.interface in ping_args
     assert result.stderr == ""
     assert "up=1" in result.stdout
+    assert gateway.values(health.SOURCE_DEST_CHECK) == [0.0]
+
+
+def test_source_dest_check_on_is_tunnel_down_with_the_reason(gateway: Gateway):
+    # Pings between the tunnel addresses still answer: only the check tells.
+    assert gateway.run().returncode == 0
+    next_second()
+    gateway.source_dest_check(True)
+
+    result = gateway.run()
+
+    assert result.returncode == 0, result.stderr
+    assert gateway.values(health.TUNNEL_UP, "Minimum") == [1.0, 0.0]
+    assert gateway.values(health.SOURCE_DEST_CHECK) == [0.0, 1.0]
+    assert result.stderr.splitlines() == [
+        f"wg-site-to-site-probe: tunnel down: source/dest check is on for {gateway.eni}: "
+        "the VPC drops forwarded packets"
+    ]
+    assert "up=0 source_dest_check=on" in result.stdout
+    next_second()
+
+    gateway.source_dest_check(False)
+    assert gateway.run().returncode == 0
+    assert gateway.values(health.TUNNEL_UP, "Minimum") == [1.0, 0.0, 1.0]
+
+
+def test_the_peer_address_comes_from_the_applied_desired_state(gateway: Gateway):
+    # A tunnel cidr change is day 2: the apply rewrites this file, the probe follows.
+    (gateway.fake / "peer").write_text("10.200.0.9\n")
+    assert gateway.run().returncode == 0
+    assert (gateway.fake / "ping.args").read_text().split()[-1] == "10.200.0.9"
+    (gateway.fake / "peer").unlink()
+
+    result = gateway.run()
+
+    assert result.returncode == 1
+    assert "the desired state was never applied; tunnel down" in result.stderr
+
+
+def test_tunnel_up_names_the_instance_that_measured_it(gateway: Gateway):
+    # The alarms watch this instance's own metric: a replacement starts with no data.
+    # The per-site series (the dashboard's) gets the same value.
+    assert gateway.run().returncode == 0
+    assert gateway.values(health.TUNNEL_UP) == [1.0]
+    assert gateway.values(health.TUNNEL_UP, instance=False) == [1.0]
+    other = replace(gateway, instance_id="i-0123456789abcdef0")
+    assert other.values(health.TUNNEL_UP) == []
+
+
+def test_check_passes_with_the_source_dest_check_off(gateway: Gateway):
+    result = gateway.run("wg-site-to-site-check")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"check source-dest-check ok off for {gateway.eni}" in result.stdout.splitlines()
+
+
+def test_check_fails_with_a_line_naming_the_source_dest_check(gateway: Gateway):
+    gateway.source_dest_check(True)
+
+    result = gateway.run("wg-site-to-site-check")
+
+    assert result.returncode == 1
+    assert (
+        f"check source-dest-check FAILED source/dest check on for {gateway.eni}: "
+        "the VPC drops forwarded packets"
+    ) in result.stdout.splitlines()
+    # The ping across the tunnel still answered: without this check, verify would pass.
+    assert any(line.startswith("check ping ok") for line in result.stdout.splitlines())
 
 
 def test_bytes_are_published_per_interval(gateway: Gateway):
@@ -190,13 +370,30 @@ def test_missing_interface_runs_apply_and_says_so(gateway: Gateway):
         f"wg-site-to-site-probe: interface {gateway.facts.interface} is missing; running "
         "wg-site-to-site-apply to bring it back"
     ]
-    assert gateway.values(health.TUNNEL_UP) == [0.0]
+    assert gateway.values(health.TUNNEL_UP, instance=False) == [0.0]
     next_second()
 
     # The apply brought it back: the next run is healthy again, without another apply.
     assert gateway.run().returncode == 0
     assert (gateway.fake / "applied").read_text() == "applied\n"
-    assert gateway.values(health.TUNNEL_UP, "Minimum") == [0.0, 1.0]
+    assert gateway.values(health.TUNNEL_UP, "Minimum", instance=False) == [0.0, 1.0]
+
+
+def test_a_new_instance_reports_to_its_alarms_once_its_tunnel_answered(gateway: Gateway):
+    # Booting, or waiting for a peer that boots too: the dashboard's series says 0, the
+    # alarms' (per instance) says nothing, so a deploy pages no one.
+    gateway.set("ping-fails", "")
+    assert gateway.run().returncode == 0
+    next_second()
+    gateway.set("ping-fails", None)
+    assert gateway.run().returncode == 0
+    next_second()
+    # Once it has answered, a failing ping is reported: tunnel-down can fire.
+    gateway.set("ping-fails", "")
+    assert gateway.run().returncode == 0
+
+    assert gateway.values(health.TUNNEL_UP, "Minimum", instance=False) == [0.0, 1.0, 0.0]
+    assert gateway.values(health.TUNNEL_UP, "Minimum") == [1.0, 0.0]
 
 
 def test_a_failed_publish_fails_the_run(gateway: Gateway):
@@ -208,19 +405,22 @@ def test_a_failed_publish_fails_the_run(gateway: Gateway):
     assert "monitoring PutMetricData failed" in result.stderr
 
 
-def test_units_run_the_probe_on_the_interval(gateway: Gateway):
-    units = render_probe_units(gateway.facts, 5)
+ALPHA, _ = gateway_facts(load_stack_config(stack_config("dev")), "dev")
+
+
+def test_units_run_the_probe_on_the_interval():
+    units = render_probe_units(ALPHA, 5)
     timer = units[PROBE_TIMER_PATH]
     assert "OnUnitActiveSec=5s" in timer.splitlines()
     service = next(text for path, text in units.items() if path.endswith(".service"))
     assert f"ExecStart={PROBE_PATH}" in service.splitlines()
     assert "Type=oneshot" in service.splitlines()
-    assert "OnUnitActiveSec=60s" in render_probe_units(gateway.facts)[PROBE_TIMER_PATH]
+    assert "OnUnitActiveSec=60s" in render_probe_units(ALPHA)[PROBE_TIMER_PATH]
 
 
 @pytest.mark.parametrize("interval", [0, -5, 3601, 1.5, True])
-def test_bad_interval_is_refused(gateway: Gateway, interval: Any):
+def test_bad_interval_is_refused(interval: Any):
     with pytest.raises(ValueError, match="probe interval"):
-        render_probe(gateway.facts, interval)
+        render_probe(ALPHA, interval)
     with pytest.raises(ValueError, match="probe interval"):
-        render_probe_units(gateway.facts, interval)
+        render_probe_units(ALPHA, interval)

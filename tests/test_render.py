@@ -95,6 +95,7 @@ def test_user_data_and_desired_state_are_the_core_renderings(dev_plan: Plan) -> 
         "config": state.wg_config,
         "firewall": state.firewall,
         "presharedKey": True,
+        "peerAddress": str(alpha.peer_tunnel_address),
     }
 
 

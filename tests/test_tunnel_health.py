@@ -61,7 +61,11 @@ def test_each_site_has_its_tunnel_alarms_from_the_shared_rules(update_plan, site
     assert inputs["name"] == f"wg-site-to-site-dev-{site}-{rule.key}"
     assert inputs["namespace"] == health.NAMESPACE
     assert inputs["metricName"] == rule.metric
-    assert inputs["dimensions"] == {"Stack": "dev", "Site": site}
+    instance = update_plan.one("aws:ec2/instance:Instance", f"{site}-gateway")
+    expected = {"Stack": "dev", "Site": site}
+    if rule.per_instance:
+        expected["InstanceId"] = instance.outputs["id"]
+    assert inputs["dimensions"] == expected
     assert (inputs["statistic"], inputs["comparisonOperator"], inputs["threshold"]) == (
         rule.statistic,
         rule.comparison,
@@ -74,15 +78,33 @@ def test_each_site_has_its_tunnel_alarms_from_the_shared_rules(update_plan, site
     )
     assert inputs["treatMissingData"] == rule.treat_missing_data
     topic = topic_arn(update_plan, REGIONS[site])
-    assert inputs["alarmActions"] == [topic]
-    assert inputs["okActions"] == [topic]
+    # The topic on exactly the states core.health.notifications models.
+    for state, key in (
+        ("ALARM", "alarmActions"),
+        ("OK", "okActions"),
+        ("INSUFFICIENT_DATA", "insufficientDataActions"),
+    ):
+        assert inputs.get(key) == ([topic] if state in rule.notify else None), key
 
 
-def test_tunnel_down_pages_on_silence(update_plan):
-    inputs = update_plan.one(ALARM, "alpha-tunnel-down").inputs
-    assert (inputs["metricName"], inputs["threshold"]) == ("TunnelUp", 1)
-    assert (inputs["evaluationPeriods"], inputs["datapointsToAlarm"]) == (3, 3)
-    assert inputs["treatMissingData"] == "breaching"
+@pytest.mark.parametrize("site", ["alpha", "beta"])
+def test_silence_of_a_gateway_that_reported_pages_and_a_new_one_starts_quiet(update_plan, site):
+    down = update_plan.one(ALARM, f"{site}-tunnel-down")
+    silent = update_plan.one(ALARM, f"{site}-not-reporting")
+    instance = update_plan.one("aws:ec2/instance:Instance", f"{site}-gateway")
+    topic = topic_arn(update_plan, REGIONS[site])
+    # Missing data is not breaching: a gateway that never reported does not page...
+    assert down.inputs["treatMissingData"] == "missing"
+    # ...one that stops reporting does, through INSUFFICIENT_DATA, after 1 empty range.
+    assert (silent.inputs["metricName"], silent.inputs["statistic"]) == ("TunnelUp", "SampleCount")
+    assert silent.inputs["evaluationPeriods"] == 1
+    assert silent.inputs["insufficientDataActions"] == [topic]
+    # Both watch this instance's metric and are replaced with it (a new alarm starts in
+    # INSUFFICIENT_DATA); the old alarm goes first, since the name is the same.
+    for alarm in (down, silent):
+        assert alarm.inputs["dimensions"]["InstanceId"] == instance.outputs["id"]
+        assert alarm.options["replaceOnChanges"] == ["dimensions"]
+        assert alarm.options["deleteBeforeReplace"] is True
 
 
 @pytest.mark.parametrize("site", ["alpha", "beta"])
@@ -148,6 +170,7 @@ def test_dashboard_shows_both_sites_side_by_side(update_plan):
 def test_outputs_name_each_sites_alarms(update_plan):
     assert update_plan.exports["alarmNames"]["beta"] == {
         "tunnel-down": "wg-site-to-site-dev-beta-tunnel-down",
+        "not-reporting": "wg-site-to-site-dev-beta-not-reporting",
         "handshake-stale": "wg-site-to-site-dev-beta-handshake-stale",
         "system-check": "wg-site-to-site-dev-beta-system-check",
     }
@@ -208,7 +231,7 @@ def test_a_gateway_without_tunnel_alarm_fails(plan):
     resources = [
         r
         for r in offline.resources_from_plan(plan)
-        if not (r.type == ALARM and r.name == "beta-tunnel-down")
+        if not (r.type == ALARM and r.name in ("beta-tunnel-down", "beta-not-reporting"))
     ]
     (violation,) = health_violations(resources)
     assert violation[:2] == ("gateway-has-tunnel-alarm", "beta-gateway")
@@ -219,16 +242,30 @@ def test_a_tunnel_alarm_without_action_fails(plan):
     resources = _edit(
         offline.resources_from_plan(plan), ALARM, "alpha-tunnel-down", alarmActions=[]
     )
+    # Only tunnel-down is blamed: not-reporting has no alarm action by design (it pages
+    # on INSUFFICIENT_DATA), so it is not an alarm that tells no one.
     (violation,) = health_violations(resources)
     assert violation[:2] == ("gateway-has-tunnel-alarm", "alpha-tunnel-down")
     assert "has no alarm action" in violation[2]
+
+
+def test_a_not_reporting_alarm_alone_does_not_count(plan):
+    # It pages when the gateway goes silent, never when its tunnel is down.
+    resources = [
+        r
+        for r in offline.resources_from_plan(plan)
+        if not (r.type == ALARM and r.name == "beta-tunnel-down")
+    ]
+    (violation,) = health_violations(resources)
+    assert violation[:2] == ("gateway-has-tunnel-alarm", "beta-gateway")
+    assert "nobody would hear that its tunnel is down" in violation[2]
 
 
 def test_a_tunnel_alarm_that_names_no_gateway_does_not_count(update_plan):
     resources = offline.resources_from_plan(update_plan)
     untagged = []
     for r in resources:
-        if r.type == ALARM and r.name == "alpha-tunnel-down":
+        if r.type == ALARM and r.name in ("alpha-tunnel-down", "alpha-not-reporting"):
             props = copy.deepcopy(dict(r.props))
             del props["tags"][health.GATEWAY_TAG]
             # Without the tag, the reference (and so the dependency) to the instance is gone.

@@ -178,6 +178,27 @@ def test_mtu_change_restarts_and_the_new_mtu_carries_df_packets(
     assert fits.received == 3
 
 
+def test_tunnel_cidr_change_restarts_and_the_probe_and_check_follow(
+    lab: Lab, baseline: None, record_property: Any
+) -> None:
+    # Nothing of the tunnel's addresses is in the user data: the apply restarts wg-quick
+    # with the new Address and writes the peer's new address for the probe and the check.
+    plan = changed(lambda c: c["tunnel"].update(cidr="10.254.0.4/30"))
+    (_, results), sent, lost = under_ping(lab, lambda: push(lab, plan))
+    ok(results)
+    assert all("restarted" in r.output for r in results)
+    report(record_property, "tunnel cidr 10.255.255.0/31 -> 10.254.0.4/30 (restart)", sent, lost)
+    for site, mine, peer in zip(
+        lab.topology.sites, ("10.254.0.5", "10.254.0.6"), ("10.254.0.6", "10.254.0.5"), strict=True
+    ):
+        shown = netns.ns_run(site.gateway.namespace, ["ip", "-4", "addr", "show", site.interface])
+        assert f"inet {mine}/30 " in shown.stdout
+        assert in_etc(site.gateway.namespace, site.facts.peer_path).read_text() == f"{peer}\n"
+        checked = check(lab, site)
+        assert checked.returncode == 0, checked.stdout
+        assert f"check ping ok {peer} " in checked.stdout
+
+
 def _put_desired_state(site: Site, edit: Callable[[dict[str, str]], None]) -> None:
     name = site.facts.desired_state_parameter_name
     _, value = site.gateway.parameters[name]

@@ -18,12 +18,12 @@ import pytest
 
 from core import health
 from core.facts import PROBE_PATH
-from lab import netns
+from lab import aws, netns
 from lab.build import sbin_dir
 from lab.checks import wait_for_reply
-from lab.day2 import apply
+from lab.day2 import apply, check
 from lab.faults import wireguard_go_pids
-from lab.health import ProbeTimer, alarm_state, samples
+from lab.health import ProbeTimer, alarm_state, notifications, samples
 from lab.lifecycle import Lab
 from lab.topology import Site
 
@@ -139,7 +139,7 @@ def test_negative_control_byte_counters_as_liveness_miss_a_dead_peer(
     alpha, beta = lab.topology.sites
     script = sbin_dir(alpha.gateway.namespace) / Path(PROBE_PATH).name
     original = script.read_text()
-    anchor = f'add_metric {health.TUNNEL_UP} "$up"'
+    anchor = 'add_tunnel_up "$up"'
     assert anchor in original
     script.write_text(
         original.replace(anchor, f'up=0; [ "${{tx:-0}}" -gt 0 ] && up=1\n{anchor}', 1)
@@ -158,3 +158,77 @@ def test_negative_control_byte_counters_as_liveness_miss_a_dead_peer(
     print(f"negative control (bytes as liveness): TunnelUp after the kill {values}")
     record_property("negative control", f"{values}")
     assert missed is None, "a byte-counter probe should not have noticed the dead peer"
+
+
+def test_source_dest_check_on_is_reported_down_with_the_reason(
+    lab: Lab, record_property: Any
+) -> None:
+    """The probe and the check read the interface's check from the lab's EC2 (moto)."""
+    alpha = lab.topology.sites[0]
+    since = time.time()
+    try:
+        with ProbeTimer(lab, alpha, INTERVAL) as probe:
+            assert wait_for(lambda: len(up_values(alpha, since)) >= 1, timeout=30) is not None
+            eni = aws.set_source_dest_check(alpha, True)
+            turned = time.time()
+            zero = wait_for(lambda: 0.0 in up_values(alpha, turned), timeout=4 * INTERVAL)
+            checked = check(lab, alpha)
+            aws.set_source_dest_check(alpha, False)
+            restored = time.time()
+            one = wait_for(lambda: 1.0 in up_values(alpha, restored), timeout=4 * INTERVAL)
+    finally:
+        aws.set_source_dest_check(alpha, False)
+    figure = f"source/dest check on: TunnelUp 0 after {zero} s; off again: 1 after {one} s"
+    print(figure)
+    record_property("source/dest check", figure)
+    reason = f"tunnel down: source/dest check is on for {eni}: the VPC drops forwarded packets"
+    assert any(reason in output for output in probe.outputs), probe.outputs
+    assert zero is not None and one is not None
+    flags = [value for _, value in samples(alpha, health.SOURCE_DEST_CHECK, since)]
+    assert 1.0 in flags and flags[0] == 0.0
+    # verify's check fails naming it, while its ping across the tunnel still answers.
+    assert checked.returncode == 1
+    lines = checked.stdout.splitlines()
+    assert any(line.startswith("check ping ok") for line in lines), lines
+    assert (
+        f"check source-dest-check FAILED source/dest check on for {eni}: "
+        "the VPC drops forwarded packets"
+    ) in lines
+
+
+def test_silence_pages_only_for_a_gateway_that_reported(lab: Lab, record_property: Any) -> None:
+    """The not-reporting rule over what the lab's CloudWatch holds: a gateway that stops
+    reporting pages within 3 periods; a new instance that never reported pages no one."""
+    alpha = lab.topology.sites[0]
+    created = time.time()
+    with ProbeTimer(lab, alpha, INTERVAL):
+        assert wait_for(lambda: len(up_values(alpha, created)) >= 3, timeout=40) is not None
+    stopped = time.time()
+
+    def sent(instance_id: str | None = None) -> list[health.Notification]:
+        points = samples(alpha, health.TUNNEL_UP, created, instance_id)
+        found = notifications(health.NOT_REPORTING, points, INTERVAL, created, time.time())
+        found += notifications(health.TUNNEL_DOWN, points, INTERVAL, created, time.time())
+        return [n for n in found if n.alert]
+
+    paged = wait_for(lambda: sent() != [], timeout=6 * INTERVAL)
+    detected = time.time()
+    alerts = sent()
+    last = max(t for t, _ in samples(alpha, health.TUNNEL_UP, created))
+    # A replacement's alarm (another instance id) over the same minutes: nothing.
+    never = sent("i-0replacement0000000")
+    missed = detected - last - INTERVAL  # since the first report that did not come
+    figure = (
+        f"probe stopped: not-reporting alert {detected - stopped:.1f} s after the stop, "
+        f"{missed:.1f} s after the first missed report (period {INTERVAL:g} s; {alerts}); "
+        f"a never-reported instance: {len(never)} alerts"
+    )
+    print(figure)
+    record_property("silence", figure)
+    assert paged is not None
+    # Within 3 periods of the first missed report (3 minutes on AWS), plus the lab's
+    # polling (each look at the samples takes about a second).
+    assert missed <= 3 * INTERVAL + 2.0
+    assert [(n.old, n.new) for n in alerts] == [("OK", "INSUFFICIENT_DATA")]
+    assert never == []
+    assert stopped > created
