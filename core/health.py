@@ -44,6 +44,10 @@ METRICS: dict[str, str] = {
     SENT_BYTES: "Bytes",
 }
 
+# Published a second time with the instance's id too (the tunnel alarms' series): each is
+# one more custom metric per gateway (cloud-init/probe.sh.j2, add_tunnel_up).
+PER_INSTANCE_METRICS: tuple[str, ...] = (TUNNEL_UP,)
+
 DEFAULT_PROBE_INTERVAL_SECONDS = 60
 # WireGuard rejects a session 180 s after its handshake (REJECT_AFTER_TIME); with
 # keepalive a healthy peer rehandshakes every 120 s, so an age above this is a dead

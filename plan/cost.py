@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.health import METRICS
+from core.health import METRICS, PER_INSTANCE_METRICS
 from plan.document import Document
 
 # The rates below are those the linked AWS pricing pages published in this month. They
@@ -170,16 +170,19 @@ def monthly_cost(document: Document) -> Cost:
     keys = sum(1 for r in resources if r["type"] == _KMS_KEY)
     kms = _cents(keys * KMS_KEY_MONTHLY)
     lines.append(CostLine("KMS keys", f"{keys} x {_price(KMS_KEY_MONTHLY)}/month", kms))
-    # Each gateway's probe publishes every metric once, with one dimension set
-    # (Stack, Site): metrics x gateways custom metrics (cloud-init/probe.sh.j2).
+    # Each gateway's probe publishes every metric once per site (Stack, Site) and the
+    # tunnel alarms' ones again per instance (cloud-init/probe.sh.j2): a custom metric
+    # is a name plus a dimension set.
     gateways = sum(instances.values())
-    metrics = len(METRICS) * gateways
+    per_gateway = len(METRICS) + len(PER_INSTANCE_METRICS)
+    metrics = per_gateway * gateways
     lines.append(
         CostLine(
             "CloudWatch custom metrics",
             f"{metrics} x {_price(CUSTOM_METRIC_MONTHLY)}/month",
             _cents(metrics * CUSTOM_METRIC_MONTHLY),
-            f"{len(METRICS)} metrics x {gateways} gateways (Stack, Site)",
+            f"{len(METRICS)} per site + {len(PER_INSTANCE_METRICS)} per instance"
+            f" x {gateways} gateways",
         )
     )
     standard = high = 0

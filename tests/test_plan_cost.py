@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from core import health
 from plan import cost
 from plan.document import Document, public_document
 from plan.engine import REPO, Plan
@@ -37,8 +38,11 @@ def test_dev_cost_counts_every_billed_resource(base):
     assert lines["public IPv4 (Elastic IP)"].quantity == "2 x $0.005/h"
     assert lines["EBS gp3 root volumes (us-east-1)"].quantity == "8 GB x $0.08/GB-month"
     assert lines["KMS keys"].quantity == "2 x $1.00/month"
-    # What the probes publish: 5 metrics, one dimension set (Stack, Site) per gateway.
-    assert lines["CloudWatch custom metrics"].quantity == "10 x $0.30/month"
+    # What the probes publish: every metric per site (Stack, Site) and TunnelUp again per
+    # instance (the tunnel alarms' series), for each of the two gateways.
+    per_gateway = len(health.METRICS) + len(health.PER_INSTANCE_METRICS)
+    assert per_gateway == 7
+    assert lines["CloudWatch custom metrics"].quantity == f"{2 * per_gateway} x $0.30/month"
     alarms = sum(
         1 for r in base["resources"] if r["type"] == "aws:cloudwatch/metricAlarm:MetricAlarm"
     )
@@ -57,9 +61,9 @@ def test_adding_a_site_or_an_alarm_changes_the_total(base):
     site = _added(site, "aws:ec2/eip:Eip", "gamma-address")
     site = _added(site, "aws:kms/key:Key", "gamma-wireguard-key")
     found = cost.monthly_cost(site)
-    # One more t4g.nano and its 8 GB in us-east-1, an address, a key, 5 metrics.
+    # One more t4g.nano and its 8 GB in us-east-1, an address, a key, 7 metrics.
     hours = cost.HOURS_PER_MONTH
-    more = 0.0042 * hours + 0.005 * hours + 8 * 0.08 + 1.00 + 5 * 0.30
+    more = 0.0042 * hours + 0.005 * hours + 8 * 0.08 + 1.00 + 7 * 0.30
     assert found.total_cents - before == pytest.approx(more * 100, abs=2)
     assert found.total_cents == sum(line.cents or 0 for line in found.lines)
 
