@@ -1047,8 +1047,9 @@ def _topics_of(ref: Any, source: Resource, topics: Sequence[Resource]) -> list[R
 
 
 def alarm_reaches_a_subscriber(resources: Sequence[Resource]) -> list[tuple[Resource, str]]:
-    """(k, advisory) An alarm tells someone: one of its actions is a topic of the plan
-    with a subscription, or a topic from outside the plan (`alerts.topicArn`).
+    """(k, advisory) An alarm tells someone: one of its paging actions (ALARM, or
+    INSUFFICIENT_DATA) is a topic of the plan with a subscription, or a topic from outside
+    the plan (`alerts.topicArn`).
 
     A topic without a subscription takes the notification and tells nobody. Advisory:
     a stack may subscribe by hand, outside the plan, which the plan cannot see.
@@ -1062,8 +1063,11 @@ def alarm_reaches_a_subscriber(resources: Sequence[Resource]) -> list[tuple[Reso
     }
     found: list[tuple[Resource, str]] = []
     for alarm in (r for r in resources if r.type == METRIC_ALARM):
-        actions = _as_list(alarm.props.get("alarmActions"))
-        if is_unknown(alarm.props.get("alarmActions")) or any(is_unknown(a) for a in actions):
+        # What pages: the ALARM actions, and the INSUFFICIENT_DATA ones of an alarm that
+        # pages on silence (not-reporting). OK actions only say a page is over.
+        paging = [alarm.props.get(key) for key in ("alarmActions", "insufficientDataActions")]
+        actions = [a for value in paging for a in _as_list(value)]
+        if any(is_unknown(value) for value in paging) or any(is_unknown(a) for a in actions):
             continue
         notified = [a for a in actions if _is_sns_arn(a)]
         reached = False

@@ -23,6 +23,7 @@ from pulumi_policy import (
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, unknown_checking_proxy
 
 from components.gateway import KEY_ADMINISTRATION_ACTIONS
+from core import health
 from core.render import decode_user_data
 from plan.document import public_document
 from plan.engine import REPO
@@ -644,6 +645,8 @@ def test_create_grant_for_aws_resources_only_passes(dev):
 # ----------------------------------------------------------- advisory: alarm subscribers
 
 SILENT = "notifies only topic tunnel-health-{} (no subscription): nobody hears it"
+# Every alarm a site has, by the last part of its resource name.
+ALARM_RULES = sorted(rule.key for rule in (*health.TUNNEL_RULES, health.SYSTEM_CHECK))
 
 
 def _alarm_findings(document: Document) -> dict[str, str]:
@@ -655,11 +658,7 @@ def _alarm_findings(document: Document) -> dict[str, str]:
 def test_alarms_of_topics_without_subscribers_are_advisory_findings(dev):
     found = _alarm_findings(dev)
 
-    assert sorted(found) == [
-        f"{site}-{rule}"
-        for site in ("alpha", "beta")
-        for rule in ("handshake-stale", "system-check", "tunnel-down")
-    ]
+    assert sorted(found) == [f"{site}-{rule}" for site in ("alpha", "beta") for rule in ALARM_RULES]
     assert found["alpha-tunnel-down"].startswith(SILENT.format("us-east-1"))
     assert found["beta-system-check"].startswith(SILENT.format("eu-west-1"))
 
@@ -679,16 +678,14 @@ def test_a_subscription_or_an_outside_topic_reaches_someone(dev):
     document = copy.deepcopy(dev)
     _subscribe(document, "us-east-1")
     # Only beta's alarms are left: the subscription is to the us-east-1 topic.
-    assert sorted(_alarm_findings(document)) == [
-        "beta-handshake-stale",
-        "beta-system-check",
-        "beta-tunnel-down",
-    ]
+    assert sorted(_alarm_findings(document)) == [f"beta-{rule}" for rule in ALARM_RULES]
 
     pager = "arn:aws:sns:eu-west-1:123456789012:ops-pager"  # alerts.topicArn
-    for rule in ("handshake-stale", "system-check", "tunnel-down"):
+    for rule in ALARM_RULES:
         alarm = resource(document, ALARM, f"beta-{rule}")
-        alarm["inputs"]["alarmActions"] = [*alarm["inputs"]["alarmActions"], pager]
+        # not-reporting pages on silence (INSUFFICIENT_DATA), the others on ALARM.
+        key = "insufficientDataActions" if rule == "not-reporting" else "alarmActions"
+        alarm["inputs"][key] = [*alarm["inputs"].get(key, []), pager]
     assert _alarm_findings(document) == {}
 
 
@@ -796,11 +793,11 @@ def test_offline_runner_passes_shipped_stacks_printing_advisory_findings_apart(
     summaries = [line for line in lines if line.startswith("stack ")]
     advisories = [line for line in lines if not line.startswith("stack ")]
     assert summaries[0].startswith(
-        f"stack dev: all {MANDATORY} mandatory policies pass; 6 advisory findings of 1 of 1 "
-        "advisory policies"
+        f"stack dev: all {MANDATORY} mandatory policies pass; {2 * len(ALARM_RULES)} advisory "
+        "findings of 1 of 1 advisory policies"
     )
     assert summaries[1].startswith(f"stack single-region: all {MANDATORY} mandatory policies pass")
-    assert len(advisories) == 12
+    assert len(advisories) == 2 * 2 * len(ALARM_RULES)
     assert all(
         line.startswith(
             "advisory: alarm-reaches-a-subscriber: aws:cloudwatch/metricAlarm:MetricAlarm "
@@ -872,11 +869,12 @@ def test_offline_runner_bad_plan_json_is_exit_2(tmp_path, capsys, content, messa
 
 
 def test_offline_runner_passes_a_plan_with_only_advisory_findings(dev, tmp_path, capsys):
-    # dev's own plan: six advisory findings, no violation, so exit 0.
+    # dev's own plan: one advisory finding per alarm, no violation, so exit 0.
     assert offline.main(["dev", "--plan-json", write(tmp_path, dev)]) == 0
     out = capsys.readouterr().out
-    assert out.count("\nadvisory: ") + out.startswith("advisory: ") == 6
-    assert "; 6 advisory findings of 1 of 1 advisory policies" in out.splitlines()[-1]
+    findings = 2 * len(ALARM_RULES)
+    assert out.count("\nadvisory: ") + out.startswith("advisory: ") == findings
+    assert f"; {findings} advisory findings of 1 of 1 advisory policies" in out.splitlines()[-1]
 
 
 def test_offline_runner_unknown_stack_is_exit_2(capsys):
