@@ -38,6 +38,8 @@ ROUTER = IPv4Interface("192.0.2.129/30")
 PORT = 80
 ENDPOINT = f"http://{ADDRESS.ip}:{PORT}"
 IMDS_PORT = 8080
+# Whatever the PUT hands out; the gateway scripts send it back as EC2 wants.
+IMDS_TOKEN = "lab-imds-token"  # noqa: S105 - a stand-in session token, no secret
 IMDS_ENDPOINT = f"http://{ADDRESS.ip}:{IMDS_PORT}"
 MOTO_SERVER = Path(sys.executable).parent / "moto_server"
 # moto accepts any credentials; these stand in for the instance role's.
@@ -70,6 +72,12 @@ def start() -> subprocess.Popen[bytes]:
         stderr=subprocess.DEVNULL,
         env=netns.clean_env(),
     )
+    _wait_until_it_answers(process, PORT, "moto's server (the lab's SSM and CloudWatch)")
+    return process
+
+
+def _wait_until_it_answers(process: subprocess.Popen[bytes], port: int, what: str) -> None:
+    """Returns once `what`, started as `process` in NAMESPACE, takes connections on `port`."""
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         probe = netns.ns_run(
@@ -77,17 +85,17 @@ def start() -> subprocess.Popen[bytes]:
             [
                 sys.executable,
                 "-c",
-                f"import socket; socket.create_connection(('{ADDRESS.ip}', {PORT}), 1)",
+                f"import socket; socket.create_connection(('{ADDRESS.ip}', {port}), 1)",
             ],
             check=False,
         )
         if probe.returncode == 0:
-            return process
+            return
         if process.poll() is not None:
-            raise LabError("moto's server (the lab's SSM and CloudWatch) exited at start")
-        time.sleep(0.3)
+            raise LabError(f"{what} exited at start")
+        time.sleep(0.2)
     netns.stop(process)
-    raise LabError(f"moto's server did not answer within {START_TIMEOUT:g} s")
+    raise LabError(f"{what} did not answer within {START_TIMEOUT:g} s")
 
 
 def put_parameters(parameters: list[dict[str, str]]) -> None:
@@ -137,24 +145,8 @@ def serve_gateways(sites: Sequence[Site]) -> dict[str, str]:
         stderr=subprocess.DEVNULL,
         env={**netns.clean_env(), "PYTHONPATH": str(REPO)},
     )
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        probe = netns.ns_run(
-            NAMESPACE,
-            [
-                sys.executable,
-                "-c",
-                f"import socket; socket.create_connection(('{ADDRESS.ip}', {IMDS_PORT}), 1)",
-            ],
-            check=False,
-        )
-        if probe.returncode == 0:
-            return {site.name: eni for site, eni in zip(sites, enis, strict=True)}
-        if process.poll() is not None:
-            raise LabError("the lab's instance metadata stand-in exited at start")
-        time.sleep(0.2)
-    netns.stop(process)
-    raise LabError(f"the lab's instance metadata did not answer within {START_TIMEOUT:g} s")
+    _wait_until_it_answers(process, IMDS_PORT, "the lab's instance metadata stand-in")
+    return {site.name: eni for site, eni in zip(sites, enis, strict=True)}
 
 
 def set_source_dest_check(site: Site, on: bool) -> str:
@@ -266,36 +258,12 @@ def _source_dest_check_from_stdin() -> None:
 
 
 def _imds(metadata: dict[str, dict[str, str]]) -> None:
-    """IMDSv2 for the gateways: a token for a PUT, then the asker's own metadata."""
-    import http.server
+    """IMDSv2 for the gateways: each asks from its Elastic IP and gets its own metadata."""
+    from lab import imds
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def _send(self, status: int, text: str) -> None:
-            data = text.encode()
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_PUT(self) -> None:
-            if self.path == "/latest/api/token":
-                self._send(200, "lab-imds-token")
-            else:
-                self._send(404, "")
-
-        def do_GET(self) -> None:
-            mine = metadata.get(self.client_address[0], {})
-            if self.headers.get("X-aws-ec2-metadata-token") != "lab-imds-token":
-                self._send(401, "")
-                return
-            value = mine.get(self.path.removeprefix("/latest/meta-data/"))
-            self._send(200, value) if value is not None else self._send(404, "")
-
-        def log_message(self, *_: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer((str(ADDRESS.ip), IMDS_PORT), Handler)
-    server.serve_forever()
+    imds.server(
+        (str(ADDRESS.ip), IMDS_PORT), IMDS_TOKEN, lambda client: metadata.get(client, {})
+    ).serve_forever()
 
 
 def _lower(credentials: dict[str, str]) -> dict[str, str]:

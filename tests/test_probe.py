@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import http.server
 import os
 import subprocess
 import threading
@@ -20,6 +19,7 @@ from core import health
 from core.config import load_stack_config
 from core.facts import PROBE_PATH, PROBE_TIMER_PATH, GatewayFacts, gateway_facts
 from core.render import render_aws_call, render_check, render_probe, render_probe_units
+from lab import imds as imds_stand_in
 from tests.aws_stand_in import CREDENTIALS, REGION, boto_client, moto_endpoint, script_env
 from tests.conftest import stack_config
 
@@ -144,31 +144,7 @@ class Imds:
 def imds() -> Iterator[Imds]:
     answers: dict[str, str] = {}
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def _send(self, status: int, text: str) -> None:
-            data = text.encode()
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_PUT(self) -> None:
-            ok = self.path == "/latest/api/token"
-            self._send(200 if ok else 404, "imds-token-probe" if ok else "")
-
-        def do_GET(self) -> None:
-            value = answers.get(self.path.removeprefix("/latest/meta-data/"))
-            if self.headers.get("X-aws-ec2-metadata-token") != "imds-token-probe":
-                self._send(401, "")
-            elif value is None:
-                self._send(404, "")
-            else:
-                self._send(200, value)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = imds_stand_in.server(("127.0.0.1", 0), "imds-token-probe", lambda _client: answers)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
