@@ -42,6 +42,14 @@ _INSTANCE = "aws:ec2/instance:Instance"
 _COMMAND = "command:local:Command"
 _PARAMETER = "aws:ssm/parameter:Parameter"
 
+_SECURITY_GROUP_RULE = (
+    "description",
+    "ipProtocol",
+    "fromPort",
+    "toPort",
+    "cidrIpv4",
+    "referencedSecurityGroupId",
+)
 # What a reviewer needs to see of a resource that is created: a few inputs per type.
 MAIN_PROPERTIES: dict[str, tuple[str, ...]] = {
     "aws:ec2/vpc:Vpc": ("cidrBlock",),
@@ -51,22 +59,8 @@ MAIN_PROPERTIES: dict[str, tuple[str, ...]] = {
     "aws:ec2/routeTableAssociation:RouteTableAssociation": ("routeTableId", "subnetId"),
     "aws:ec2/route:Route": ("routeTableId", "destinationCidrBlock", "networkInterfaceId"),
     "aws:ec2/securityGroup:SecurityGroup": ("name", "description", "vpcId"),
-    "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": (
-        "description",
-        "ipProtocol",
-        "fromPort",
-        "toPort",
-        "cidrIpv4",
-        "referencedSecurityGroupId",
-    ),
-    "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": (
-        "description",
-        "ipProtocol",
-        "fromPort",
-        "toPort",
-        "cidrIpv4",
-        "referencedSecurityGroupId",
-    ),
+    "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": _SECURITY_GROUP_RULE,
+    "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": _SECURITY_GROUP_RULE,
     "aws:ec2/networkInterface:NetworkInterface": ("subnetId", "privateIps", "sourceDestCheck"),
     "aws:ec2/eip:Eip": ("domain",),
     "aws:ec2/eipAssociation:EipAssociation": ("allocationId", "networkInterfaceId"),
