@@ -46,8 +46,8 @@ class SiteToSite(pulumi.ComponentResource):
 
     sites: dict[str, pulumi.Output[dict[str, Any]]]
     """Per site: publicIp, tunnelAddress, publicKey, vpcId, region, cidr, wgConfig,
-    workloadSecurityGroupId, canaryIp (sites with a canary only) and alarms (rule -> alarm
-    name)."""
+    workloadSecurityGroupId, canaryIp and canaryInstanceId (sites with a canary) and
+    alarms (rule -> alarm name)."""
     dashboard_url: pulumi.Output[str]
     """The stack's CloudWatch dashboard: both sites' tunnel health side by side."""
 
@@ -112,7 +112,7 @@ class SiteToSite(pulumi.ComponentResource):
             gateways.append(gateway)
             canary: dict[str, pulumi.Input[str]] = {}
             if facts.canary is not None and network.workload_subnet_id is not None:
-                canary["canaryIp"] = Canary(
+                made = Canary(
                     facts.name,
                     CanaryArgs(
                         facts=facts,
@@ -122,7 +122,9 @@ class SiteToSite(pulumi.ComponentResource):
                         tags=tags,
                     ),
                     opts=pulumi.ResourceOptions(parent=self, providers=[providers[facts.name]]),
-                ).private_ip
+                )
+                # Where `make e2e` sends its checks (SSM Run Command), and what they aim at.
+                canary = {"canaryIp": made.private_ip, "canaryInstanceId": made.instance_id}
             self.sites[facts.name] = pulumi.Output.all(
                 **canary,
                 publicIp=own.public_ip,
