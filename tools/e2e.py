@@ -74,9 +74,10 @@ DAY2_RULE = {
     "action": "reject",
 }
 # Pings at 10/s that may be lost during the change. A firewall reload is one
-# iptables-restore transaction: nothing. A rotation: both applies run at once, and each
-# side's switch costs until the other has its new key (README, "Day 2"): a few seconds.
-LOSS_ALLOWED = {"firewall rule added": 0, "key rotation": 100}
+# iptables-restore transaction (the lab loses none; 0.3 s allows for the internet between
+# regions). A rotation: both applies run at once, and each side's switch costs until the
+# other has its new key (README, "Day 2"): up to 10 s.
+LOSS_ALLOWED = {"firewall rule added": 3, "key rotation": 100}
 BOOT_TIMEOUT = 900.0  # a first boot: cloud-init, the SSM agent registering
 TTL_HOURS = 2  # `make test-stack-sweep` destroys an interrupted run's stack after this
 COMMAND_POLL_SECONDS = 1.0
@@ -728,6 +729,8 @@ class Run:
                 ),
             )
         except E2eError as error:
+            if not report.steps or report.steps[-1].ok:  # stopped between steps
+                report.steps.append(Timed("stopped", False, 0.0, str(error)))
             self.out(f"e2e: stopped: {error}")
         except KeyboardInterrupt:
             interrupted = True
