@@ -360,8 +360,10 @@ done
 """
 
 
-def trace_argv(destination: str) -> list[str]:
-    return ["sh", "-c", _TRACE, "trace", destination]
+def trace_argv(destination: str, mtr: bool = True) -> list[str]:
+    """`mtr=False` always takes the pings with a rising TTL (what a canary has)."""
+    script = _TRACE if mtr else _TRACE.replace("command -v mtr", "false")
+    return ["sh", "-c", script, "trace", destination]
 
 
 def parse_hops(stdout: str) -> list[str]:
@@ -369,12 +371,12 @@ def parse_hops(stdout: str) -> list[str]:
     return [str(hop) for hop in hops]
 
 
-def trace(namespace: str, destination: str, runner: Runner = LAB) -> list[str]:
-    return parse_hops(runner.run(namespace, trace_argv(destination), timeout=30).stdout)
+def trace(namespace: str, destination: str, runner: Runner = LAB, mtr: bool = True) -> list[str]:
+    return parse_hops(runner.run(namespace, trace_argv(destination, mtr), timeout=30).stdout)
 
 
-def check_trace(direction: Direction, runner: Runner = LAB) -> Check:
-    hops = trace(direction.source.namespace, str(direction.target.address.ip), runner)
+def check_trace(direction: Direction, runner: Runner = LAB, mtr: bool = True) -> Check:
+    hops = trace(direction.source.namespace, str(direction.target.address.ip), runner, mtr)
     expected = expected_hops(direction)
     figure = f"hops {' '.join(hops) or 'none'}"
     if hops != expected:
@@ -544,7 +546,7 @@ def continuous_ping_stop_argv(log: str) -> list[str]:
     """Stops it and prints a digest (Run Command returns at most 24,000 characters of
     output, less than minutes of ping lines): answered count, last answered, summary."""
     script = (
-        'sleep 1; kill -INT "$(cat "$1.pid")"; sleep 1;'
+        'sleep 1; kill -INT "$(cat "$1.pid")"; sleep 0.5;'
         " sed -n 's/.*icmp_seq=\\([0-9]*\\) ttl=.*/\\1/p' \"$1\" |"
         ' awk \'{n++; if ($1 > m) m = $1} END {print "answered", n + 0, "last", m + 0}\';'
         ' tail -n 3 "$1"; rm -f "$1" "$1.pid"'

@@ -100,6 +100,24 @@ class Canned:
         return Output(0, json.dumps(answer) + "\n", "")
 
 
+_PLANS: dict[str, Any] = {}
+
+
+@pytest.fixture(autouse=True)
+def one_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The driver plans the test stack for its cost; the same config is planned once for
+    the whole module (the program is the same, only the stand-ins' answers differ)."""
+    real = e2e.run_program
+
+    def planned(stack: str, config: Any, **options: Any) -> Any:
+        key = json.dumps([stack, config], sort_keys=True, default=str)
+        if key not in _PLANS:
+            _PLANS[key] = real(stack, config, **options)
+        return _PLANS[key]
+
+    monkeypatch.setattr(e2e, "run_program", planned)
+
+
 @pytest.fixture
 def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PulumiWorld:
     return pulumi_world(tmp_path, monkeypatch.setenv)

@@ -432,7 +432,7 @@ def site_checks(
     for direction in pairs:
         done += timed_checks(partial(checks.check_ping, direction, runner))
     for direction in pairs:
-        done += timed_checks(partial(checks.check_trace, direction, runner))
+        done += timed_checks(partial(checks.check_trace, direction, runner, mtr=False))
     for direction in pairs:
         done += timed_checks(partial(checks.check_mtu, direction, mtu, runner))
         done += timed_checks(partial(checks.check_pmtu, direction, mtu, runner))
@@ -696,7 +696,10 @@ class Run:
             deadline.check("the checks")
             report.checks += site_checks(sites, runner)
             for line in report.checks:
-                self.out(f"e2e: {'PASS' if line.ok else 'FAIL'} {line.name}: {line.detail}")
+                self.out(
+                    f"e2e: {'PASS' if line.ok else 'FAIL'} {line.name} ({line.seconds:.1f} s):"
+                    f" {line.detail}"
+                )
 
             def add_rule(config: dict[str, Any]) -> None:
                 config[f"{PROJECT}:firewall"] = [
