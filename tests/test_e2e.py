@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import plan.engine
 from lab.checks import Output
 from tests.e2e_stand_ins import (
     CANARY_IPS,
@@ -107,7 +108,7 @@ _PLANS: dict[str, Any] = {}
 def one_plan(monkeypatch: pytest.MonkeyPatch) -> None:
     """The driver plans the test stack for its cost; the same config is planned once for
     the whole module (the program is the same, only the stand-ins' answers differ)."""
-    real = e2e.run_program
+    real = plan.engine.run_program
 
     def planned(stack: str, config: Any, **options: Any) -> Any:
         key = json.dumps([stack, config], sort_keys=True, default=str)
