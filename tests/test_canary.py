@@ -18,6 +18,7 @@ from plan.document import Document, public_document
 from plan.engine import Plan, PlannedResource, read_stack_file, reveal, run_program
 from policy import offline, rules
 from tests.conftest import shipped_plan
+from tests.test_program import desired_state
 
 INSTANCE = "aws:ec2/instance:Instance"
 
@@ -161,3 +162,12 @@ def test_canary_must_be_a_boolean() -> None:
     with pytest.raises(ConfigError) as raised:
         load_stack_config(config)
     assert raised.value.problems[0].startswith("wg-site-to-site:sites[0].canary:")
+
+
+def test_probe_targets_the_peer_canary(canary_plan: Plan, dev_preview_plan: Plan) -> None:
+    # Each gateway's desired state names the other site's canary; the apply writes it as
+    # the peer file's second line, and the probe pings it (tests/lab/test_e2e_lab.py runs it).
+    for site, peer_canary in (("alpha", "10.2.1.10"), ("beta", "10.1.1.10")):
+        assert desired_state(canary_plan, site)["probeTarget"] == peer_canary
+        # Without canaries the document is what it was: the probe pings the tunnel address.
+        assert "probeTarget" not in desired_state(dev_preview_plan, site)

@@ -21,7 +21,10 @@ import pytest
 import yaml
 
 from core.config import project_config_from_stack_file
-from lab.checks import LAB, Output
+from core.facts import PROBE_PATH
+from lab import netns
+from lab.build import gateway_run
+from lab.checks import LAB, Output, ping
 from lab.day2 import push
 from lab.lifecycle import Lab
 from plan.engine import read_stack_file, run_program
@@ -129,3 +132,28 @@ def test_e2e_sequence_with_run_command_answered_by_the_lab(
     # Every command reached a canary's namespace through Run Command.
     assert {instance for instance, _ in aws.ssm.sent} == set(INSTANCES.values())
     assert os.path.exists(options.summary)
+
+
+def test_probe_pings_the_peer_canary_and_sees_it_unreachable(canary_lab: Lab) -> None:
+    """With canaries, TunnelUp means "site to site works": alpha's probe pings beta's
+    canary through the tunnel and beta's forwarding path; a canary that cannot be reached
+    (its echo dropped, the tunnel itself fine) is tunnel down."""
+    alpha, beta = canary_lab.topology.sites
+    canary = beta.hosts[0]
+    assert str(canary.address.ip) == "10.2.1.10"  # the core's canary address
+
+    def probe() -> str:
+        result = gateway_run(alpha, canary_lab.state, [PROBE_PATH], timeout=30, check=False)
+        return result.stdout + result.stderr
+
+    healthy = probe()
+    assert f"target={canary.address.ip} up=1" in healthy, healthy
+    drop = ["iptables", "-I", "INPUT", "-p", "icmp", "--icmp-type", "echo-request", "-j", "DROP"]
+    netns.ns_run(canary.namespace, drop)
+    try:
+        # The tunnel still answers: only the far site's host is out of reach.
+        assert ping(alpha.gateway.namespace, str(alpha.facts.peer_tunnel_address)).received
+        broken = probe()
+    finally:
+        netns.ns_run(canary.namespace, ["iptables", "-D", *drop[2:]])
+    assert f"target={canary.address.ip} up=0" in broken, broken
