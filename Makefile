@@ -15,10 +15,10 @@ APT_PACKAGES := wireguard-tools wireguard-go iproute2 iptables nftables iputils-
 	mtr-tiny iperf3 procps psmisc cloud-init
 
 .PHONY: help deps test lint typecheck unit lab lab-down lab-bench plan pin policy \
-	test-stack test-stack-destroy test-stack-sweep clean
+	test-stack test-stack-destroy test-stack-sweep e2e clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
 
 .deps-apt.stamp: Makefile
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -104,6 +104,9 @@ test-stack-destroy: deps ## destroy ephemeral stack test-NAME, keeping committed
 
 test-stack-sweep: deps ## destroy every test-* stack past its expires-at (DRY_RUN=1 lists them)
 	$(PY) -m tools.ephemeral sweep $(if $(DRY_RUN),--dry-run)
+
+e2e: deps ## the whole proof on a real AWS account with STACK's config (needs AWS; ~45 min max)
+	@$(PY) -m tools.e2e $(STACK) $(ARGS)
 
 clean: ## remove the virtualenv, node_modules and caches
 	rm -rf $(VENV) node_modules .deps-apt.stamp .pytest_cache .mypy_cache .ruff_cache

@@ -45,6 +45,8 @@ class SiteNetwork(pulumi.ComponentResource):
     internet_path: list[pulumi.Resource]
     """The internet gateway, the public default route and its association: what the
     gateway needs at boot and must outlive it on destroy (empty for an existing VPC)."""
+    workload_subnet_id: pulumi.Output[str] | None = None
+    """The private subnet for workloads (None for an existing VPC: the program knows none)."""
     workload_security_group_id: pulumi.Output[str]
     """Attach to hosts that talk with the other site: admits the peer CIDR (no NAT hides
     it) and lets connections out to it."""
@@ -170,8 +172,9 @@ class SiteNetwork(pulumi.ComponentResource):
             opts=child,
         )
         # Workloads have no route to the internet: no NAT anywhere in this design.
-        _, private_routes, _ = self._subnet(vpc, "private", args.layout.private_subnet)
+        private, private_routes, _ = self._subnet(vpc, "private", args.layout.private_subnet)
         self.vpc_id = vpc.id
+        self.workload_subnet_id = private.id
         self.gateway_subnet_id = public.id
         self.route_table_ids = [public_routes.id, private_routes.id]
         self.internet_path = [igw, default_route, public_association]

@@ -10,6 +10,7 @@ import pulumi_aws as aws
 import pulumi_command as command
 import pulumi_random as random
 
+from components.canary import Canary, CanaryArgs
 from components.gateway import DEPLOYER, WireGuardGateway, WireGuardGatewayArgs
 from components.site_network import SiteNetwork, SiteNetworkArgs
 from components.tunnel_health import HealthSite, TunnelHealth, TunnelHealthArgs
@@ -45,7 +46,8 @@ class SiteToSite(pulumi.ComponentResource):
 
     sites: dict[str, pulumi.Output[dict[str, Any]]]
     """Per site: publicIp, tunnelAddress, publicKey, vpcId, region, cidr, wgConfig,
-    workloadSecurityGroupId and alarms (rule -> alarm name)."""
+    workloadSecurityGroupId, canaryIp and canaryInstanceId (sites with a canary) and
+    alarms (rule -> alarm name)."""
     dashboard_url: pulumi.Output[str]
     """The stack's CloudWatch dashboard: both sites' tunnel health side by side."""
 
@@ -108,7 +110,23 @@ class SiteToSite(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self, providers=[providers[facts.name]]),
             )
             gateways.append(gateway)
+            canary: dict[str, pulumi.Input[str]] = {}
+            if facts.canary is not None and network.workload_subnet_id is not None:
+                made = Canary(
+                    facts.name,
+                    CanaryArgs(
+                        facts=facts,
+                        vpc_id=network.vpc_id,
+                        subnet_id=network.workload_subnet_id,
+                        workload_security_group_id=network.workload_security_group_id,
+                        tags=tags,
+                    ),
+                    opts=pulumi.ResourceOptions(parent=self, providers=[providers[facts.name]]),
+                )
+                # Where `make e2e` sends its checks (SSM Run Command), and what they aim at.
+                canary = {"canaryIp": made.private_ip, "canaryInstanceId": made.instance_id}
             self.sites[facts.name] = pulumi.Output.all(
+                **canary,
                 publicIp=own.public_ip,
                 publicKey=own.public_key,
                 vpcId=network.vpc_id,

@@ -265,6 +265,9 @@ class SiteConfig(_Model):
         ]
         | None
     ) = None
+    # A workload host in the private subnet (t4g.nano, SSM-managed): the peer's probe pings
+    # it through the tunnel, and `make e2e` runs its checks on it (components/canary.py).
+    canary: bool = False
 
     @model_validator(mode="after")
     def _existing_vpc_is_complete(self) -> SiteConfig:
@@ -281,6 +284,12 @@ class SiteConfig(_Model):
                 blamed,
                 f"{_shown(value)} needs {' and '.join(missing)} too: an existing VPC needs "
                 "all of vpcId, subnetId and routeTableIds (non-empty)",
+            )
+        if self.canary and self.vpc_id is not None:
+            raise FieldProblem(
+                "canary",
+                "true needs the private subnet this program makes; a site with vpcId has "
+                "none (leave canary off, or let the program make the VPC)",
             )
         if self.availability_zone and not self.availability_zone.startswith(self.region):
             raise FieldProblem(

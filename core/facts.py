@@ -174,6 +174,7 @@ class SiteLayout:
     private_subnet: ipaddress.IPv4Network
     router: ipaddress.IPv4Address  # AWS's VPC router: the subnet's base address + 1
     gateway_private_ip: ipaddress.IPv4Address  # first address AWS does not reserve
+    canary_ip: ipaddress.IPv4Address  # the canary's fixed address in the private subnet
 
 
 def vpc_router(subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
@@ -184,6 +185,13 @@ def vpc_router(subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
 def first_host(subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
     """The first address AWS hands out: it reserves the first four and the last."""
     return subnet.network_address + 4
+
+
+def canary_address(subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
+    """The canary's fixed private address: the subnet's 10th host, clear of AWS's reserved
+    first four and of the first addresses AWS hands out to other instances. Set on the
+    instance (`private_ip`), so the probe, the lab and the e2e checks all know it."""
+    return subnet.network_address + 10
 
 
 def site_layout(cidr: ipaddress.IPv4Network) -> SiteLayout:
@@ -197,6 +205,7 @@ def site_layout(cidr: ipaddress.IPv4Network) -> SiteLayout:
         private_subnet=private,
         router=vpc_router(public),
         gateway_private_ip=first_host(public),
+        canary_ip=canary_address(private),
     )
 
 
@@ -220,6 +229,8 @@ class GatewayFacts:
     architecture: str
     preshared_key: bool
     key_generation: int
+    canary: ipaddress.IPv4Address | None = None  # this site's canary, if it has one
+    peer_canary: ipaddress.IPv4Address | None = None  # the peer's canary: the probe's target
 
     @property
     def name(self) -> str:
@@ -339,6 +350,8 @@ def gateway_facts(config: StackConfig, stack: str) -> tuple[GatewayFacts, Gatewa
                 preshared_key=config.tunnel.preshared_key,
                 key_generation=config.tunnel.key_generation,
                 architecture=architecture(site.instance_type),
+                canary=site_layout(site.cidr).canary_ip if site.canary else None,
+                peer_canary=site_layout(peer.cidr).canary_ip if peer.canary else None,
             )
         )
     return facts[0], facts[1]

@@ -160,17 +160,20 @@ def render_firewall(facts: GatewayFacts) -> str:
 def render_desired_state(facts: GatewayFacts, peer: PeerEndpoint) -> DesiredState:
     wg_config = render_wg_config(facts, peer)
     firewall = render_firewall(facts)
-    document = json.dumps(
-        {
-            "config": wg_config,
-            "firewall": firewall,
-            "presharedKey": facts.preshared_key,
-            # What the probe and the check ping: in the desired state, not the user data,
-            # so a tunnel cidr change restarts wg-quick instead of replacing the gateway.
-            "peerAddress": str(facts.peer_tunnel_address),
-        },
-        sort_keys=True,
-    )
+    state: dict[str, object] = {
+        "config": wg_config,
+        "firewall": firewall,
+        "presharedKey": facts.preshared_key,
+        # What the probe and the check ping: in the desired state, not the user data,
+        # so a tunnel cidr change restarts wg-quick instead of replacing the gateway.
+        "peerAddress": str(facts.peer_tunnel_address),
+    }
+    if facts.peer_canary is not None:
+        # The peer site's canary: the probe pings it through the tunnel and the peer's
+        # forwarding path, so TunnelUp means "site to site works" (source/dest check,
+        # routes and security groups on the far side included).
+        state["probeTarget"] = str(facts.peer_canary)
+    document = json.dumps(state, sort_keys=True)
     return DesiredState(wg_config=wg_config, firewall=firewall, document=document)
 
 

@@ -2,6 +2,11 @@
 
 Every figure comes from a real packet: pings, a trace, TCP connections to services on
 the workload hosts, a 50 MB transfer, and a would-be peer on the internet.
+
+Each check is a command run on a host plus a judgement of what it printed. Where the
+command runs is a `Runner`: the lab's (`ip netns exec <namespace> ...`, the default) or
+SSM Run Command on a canary (tools/e2e.py), so `make e2e` runs these very checks on AWS.
+A host is named by what its runner knows it by: a namespace here, an instance id there.
 """
 
 from __future__ import annotations
@@ -10,21 +15,23 @@ import json
 import os
 import re
 import select
+import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from ipaddress import IPv4Interface
+from typing import Any, Protocol
 
-from core.facts import IptablesRule
+from core.facts import GatewayFacts, IptablesRule
 from core.keys import public_key
 from lab import REPO, STATE_DIR, LabError, netns
 from lab.build import SG_TABLE
 from lab.report import Check
 from lab.state import State
-from lab.topology import PROBE_INTERFACE, STRANGER, Host, Site, Topology
+from lab.topology import PROBE_INTERFACE, STRANGER, Site, Topology
 
 TRANSFER_BYTES = 50 * 1024 * 1024
 DATA_PORT = 5001
@@ -32,6 +39,86 @@ DATA_PORT = 5001
 CONTROL_PORTS = (8080, 8081, 9000, 10080, 20080)
 HANDSHAKE_MAX_AGE = 180  # WireGuard drops a session after 180 s without a handshake
 AGENT_ENV = {"PYTHONPATH": str(REPO)}
+# A path-MTU probe: a 1500-byte DF packet, larger than the tunnel's MTU, so the gateway
+# must answer "fragmentation needed" and the sender's kernel learn the tunnel's MTU.
+PMTU_PROBE_BYTES = 1500
+
+
+@dataclass(frozen=True)
+class Output:
+    """What a command printed on a host, and how it exited."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class Runner(Protocol):
+    """Where a check's commands run."""
+
+    def run(self, host: str, argv: Sequence[str], timeout: float) -> Output:
+        """Runs `argv` on `host`, waits at most `timeout` seconds, never raises for an exit
+        status (the judgement reads it)."""
+        ...
+
+    def agent(self) -> list[str]:
+        """The command that starts lab/agent.py on this runner's hosts."""
+        ...
+
+    def services(self, host: str, tcp: list[int], udp: list[int]) -> AbstractContextManager[Any]:
+        """The agent's servers on `host` for the duration of the block."""
+        ...
+
+
+class NamespaceRunner:
+    """The lab's runner: a command in one of the lab's network namespaces."""
+
+    def run(self, host: str, argv: Sequence[str], timeout: float) -> Output:
+        result = netns.ns_run(host, argv, check=False, timeout=timeout, env=AGENT_ENV)
+        return Output(result.returncode, result.stdout, result.stderr)
+
+    def agent(self) -> list[str]:
+        return [sys.executable, "-m", "lab.agent"]
+
+    def services(self, host: str, tcp: list[int], udp: list[int]) -> AbstractContextManager[Any]:
+        return services(host, tcp, udp)
+
+
+LAB = NamespaceRunner()
+
+
+class HostLike(Protocol):
+    """A workload host: a lab host (lab.topology.Host) or a canary."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def namespace(self) -> str:
+        """What the runner knows the host by (namespace, instance id)."""
+        ...
+
+    @property
+    def address(self) -> IPv4Interface: ...
+
+
+class GatewayLike(Protocol):
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def private_address(self) -> IPv4Interface: ...
+
+
+class SiteLike(Protocol):
+    """A site as the checks see it: a lab site (lab.topology.Site) or one on AWS."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def interface(self) -> str: ...
+    @property
+    def facts(self) -> GatewayFacts: ...
+    @property
+    def gateway(self) -> GatewayLike: ...
 
 
 @dataclass(frozen=True)
@@ -49,6 +136,32 @@ class Ping:
         return f"{self.loss:.0f}% loss ({self.received}/{self.sent}){rtt}"
 
 
+def ping_argv(
+    destination: str,
+    *,
+    count: int = 5,
+    interval: float = 0.2,
+    size: int | None = None,
+    dont_fragment: bool = False,
+    wait: float = 1.0,
+) -> list[str]:
+    argv = ["ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", str(wait)]
+    if size is not None:
+        argv += ["-s", str(size)]
+    if dont_fragment:
+        argv += ["-M", "do"]
+    return [*argv, destination]
+
+
+def parse_ping(stdout: str, count: int) -> Ping:
+    """iputils ping's summary lines -> Ping."""
+    stats = re.search(r"(\d+) packets transmitted, (\d+) received", stdout)
+    rtt = re.search(r"= [\d.]+/([\d.]+)/", stdout)
+    if not stats:
+        return Ping(count, 0, None)
+    return Ping(int(stats[1]), int(stats[2]), float(rtt[1]) if rtt else None)
+
+
 def ping(
     namespace: str,
     destination: str,
@@ -58,39 +171,39 @@ def ping(
     size: int | None = None,
     dont_fragment: bool = False,
     wait: float = 1.0,
+    runner: Runner = LAB,
 ) -> Ping:
-    argv = ["ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", str(wait)]
-    if size is not None:
-        argv += ["-s", str(size)]
-    if dont_fragment:
-        argv += ["-M", "do"]
-    result = netns.ns_run(
-        namespace, [*argv, destination], check=False, timeout=count * (interval + wait) + 5
+    argv = ping_argv(
+        destination,
+        count=count,
+        interval=interval,
+        size=size,
+        dont_fragment=dont_fragment,
+        wait=wait,
     )
-    stats = re.search(r"(\d+) packets transmitted, (\d+) received", result.stdout)
-    rtt = re.search(r"= [\d.]+/([\d.]+)/", result.stdout)
-    if not stats:
-        return Ping(count, 0, None)
-    return Ping(int(stats[1]), int(stats[2]), float(rtt[1]) if rtt else None)
+    result = runner.run(namespace, argv, timeout=count * (interval + wait) + 5)
+    return parse_ping(result.stdout, count)
 
 
-def wait_for_reply(namespace: str, destination: str, timeout: float) -> float | None:
+def wait_for_reply(
+    namespace: str, destination: str, timeout: float, runner: Runner = LAB
+) -> float | None:
     """Seconds until the first echo reply, or None if none came within `timeout`."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        if ping(namespace, destination, count=1, wait=0.5).received:
+        if ping(namespace, destination, count=1, wait=0.5, runner=runner).received:
             return time.monotonic() - started
         time.sleep(0.05)
     return None
 
 
-def agent(namespace: str, *args: str, timeout: float) -> dict[str, Any]:
-    result = netns.ns_run(
-        namespace,
-        [sys.executable, "-m", "lab.agent", *args],
-        env=AGENT_ENV,
-        timeout=timeout + 10,
-    )
+def agent(namespace: str, *args: str, timeout: float, runner: Runner = LAB) -> dict[str, Any]:
+    argv = [*runner.agent(), *args]
+    result = runner.run(namespace, argv, timeout=timeout + 10)
+    if result.returncode != 0:
+        detail = (result.stderr.strip() or result.stdout.strip()).splitlines()
+        last = detail[-1] if detail else f"exit status {result.returncode}"
+        raise LabError(f"`{shlex.join(argv)}` on {namespace} failed: {last}")
     answer: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     return answer
 
@@ -103,6 +216,7 @@ def send(
     *,
     rate: float = 0,
     timeout: float = 10.0,
+    runner: Runner = LAB,
 ) -> dict[str, Any]:
     return agent(
         namespace,
@@ -116,6 +230,7 @@ def send(
         "--timeout",
         str(timeout),
         timeout=timeout,
+        runner=runner,
     )
 
 
@@ -145,7 +260,12 @@ def services(
 
 
 def control_port(topology: Topology) -> int:
-    covered = [rule for rule in topology.sites[0].facts.rules if _rule_port(rule) is not None]
+    return free_control_port(topology.sites[0].facts.rules)
+
+
+def free_control_port(rules: Sequence[IptablesRule]) -> int:
+    """A TCP port no firewall rule covers: the "another port passes" control."""
+    covered = [rule for rule in rules if _rule_port(rule) is not None]
     for port in CONTROL_PORTS:
         if not any(_covers(rule, "tcp", port) for rule in covered):
             return port
@@ -163,7 +283,7 @@ def _covers(rule: IptablesRule, protocol: str, port: int) -> bool:
     return spec is not None and spec[0] == protocol and spec[1] <= port <= spec[2]
 
 
-def _first_match(site: Site, protocol: str, port: int | None) -> str:
+def _first_match(site: SiteLike, protocol: str, port: int | None) -> str:
     """What the receiving gateway's FORWARD chain does with it: its first matching rule."""
     for rule in site.facts.rules:
         if rule.firewall is None:
@@ -181,10 +301,10 @@ _SHOWN = {"done": "open", "refused": "refused", "timeout": "no answer"}
 
 @dataclass(frozen=True)
 class Direction:
-    source_site: Site
-    source: Host
-    target_site: Site
-    target: Host
+    source_site: SiteLike
+    source: HostLike
+    target_site: SiteLike
+    target: HostLike
 
     @property
     def label(self) -> str:
@@ -196,8 +316,8 @@ def directions(topology: Topology) -> list[Direction]:
     return [Direction(a, a.hosts[0], b, b.hosts[0]), Direction(b, b.hosts[0], a, a.hosts[0])]
 
 
-def check_ping(direction: Direction) -> Check:
-    result = ping(direction.source.namespace, str(direction.target.address.ip))
+def check_ping(direction: Direction, runner: Runner = LAB) -> Check:
+    result = ping(direction.source.namespace, str(direction.target.address.ip), runner=runner)
     return Check(f"ping {direction.label}", result.loss == 0, result.figure())
 
 
@@ -224,19 +344,39 @@ def expected_hops(direction: Direction) -> list[str]:
     ]
 
 
-def trace(namespace: str, destination: str) -> list[str]:
-    result = netns.ns_run(
-        namespace,
-        ["mtr", "-n", "-r", "-c", "3", "-i", "0.2", "-Z", "1", destination],
-        check=False,
-        timeout=30,
-    )
-    hops = re.findall(r"^\s*\d+\.\|--\s+(\S+)", result.stdout, flags=re.MULTILINE)
+# mtr's report where mtr is installed (the lab); elsewhere (a canary with no internet to
+# install it from) the same report lines from pings with a rising TTL.
+_TRACE = r"""
+if command -v mtr >/dev/null 2>&1; then exec mtr -n -r -c 3 -i 0.2 -Z 1 "$1"; fi
+ttl=1
+while [ "$ttl" -le 8 ]; do
+  out=$(ping -n -c 1 -W 1 -t "$ttl" "$1" 2>&1)
+  hop=$(printf '%s\n' "$out" | sed -n -e 's/^From \([0-9.]*\).*/\1/p' \
+    -e 's/^[0-9]* bytes from \([0-9.]*\):.*/\1/p' | head -n 1)
+  echo "  $ttl.|-- ${hop:-???}"
+  case "$out" in *" bytes from "*) break ;; esac
+  ttl=$((ttl + 1))
+done
+"""
+
+
+def trace_argv(destination: str, mtr: bool = True) -> list[str]:
+    """`mtr=False` always takes the pings with a rising TTL (what a canary has)."""
+    script = _TRACE if mtr else _TRACE.replace("command -v mtr", "false")
+    return ["sh", "-c", script, "trace", destination]
+
+
+def parse_hops(stdout: str) -> list[str]:
+    hops = re.findall(r"^\s*\d+\.\|--\s+(\S+)", stdout, flags=re.MULTILINE)
     return [str(hop) for hop in hops]
 
 
-def check_trace(direction: Direction) -> Check:
-    hops = trace(direction.source.namespace, str(direction.target.address.ip))
+def trace(namespace: str, destination: str, runner: Runner = LAB, mtr: bool = True) -> list[str]:
+    return parse_hops(runner.run(namespace, trace_argv(destination, mtr), timeout=30).stdout)
+
+
+def check_trace(direction: Direction, runner: Runner = LAB, mtr: bool = True) -> Check:
+    hops = trace(direction.source.namespace, str(direction.target.address.ip), runner, mtr)
     expected = expected_hops(direction)
     figure = f"hops {' '.join(hops) or 'none'}"
     if hops != expected:
@@ -246,8 +386,8 @@ def check_trace(direction: Direction) -> Check:
     return Check(f"mtr {direction.label}", hops == expected, figure)
 
 
-def check_no_nat(direction: Direction, port: int) -> Check:
-    result = send(direction.source.namespace, str(direction.target.address.ip), port)
+def check_no_nat(direction: Direction, port: int, runner: Runner = LAB) -> Check:
+    result = send(direction.source.namespace, str(direction.target.address.ip), port, runner=runner)
     seen = (result.get("server") or {}).get("peer")
     own = str(direction.source.address.ip)
     figure = f"{direction.target.name} sees the peer as {seen}" + (
@@ -258,7 +398,7 @@ def check_no_nat(direction: Direction, port: int) -> Check:
     return Check(f"no-nat {direction.label}", seen == own, figure)
 
 
-def check_firewall(direction: Direction, control: int) -> list[Check]:
+def check_firewall(direction: Direction, control: int, runner: Runner = LAB) -> list[Check]:
     checks = []
     for rule in direction.target_site.facts.rules:
         if rule.firewall is None:
@@ -271,14 +411,16 @@ def check_firewall(direction: Direction, control: int) -> list[Check]:
         source = direction.source.namespace
         wait = 2.0 if configured == "drop" else 5.0
         if protocol == "tcp" and port is not None:
-            outcome = send(source, target, port, timeout=wait)["status"]
+            outcome = send(source, target, port, timeout=wait, runner=runner)["status"]
         elif protocol == "udp" and port is not None:
-            outcome = agent(source, "udp", target, str(port), "--timeout", "2", timeout=2)["status"]
+            outcome = agent(
+                source, "udp", target, str(port), "--timeout", "2", timeout=2, runner=runner
+            )["status"]
         else:
-            reply = ping(source, target, count=2, wait=1.0)
+            reply = ping(source, target, count=2, wait=1.0, runner=runner)
             outcome = "done" if reply.received else "timeout"
             expected = "done" if configured == "accept" else "timeout"
-        control_outcome = send(source, target, control, timeout=5.0)["status"]
+        control_outcome = send(source, target, control, timeout=5.0, runner=runner)["status"]
         what = f"{protocol}/{port}" if port is not None else protocol
         ok = outcome == expected and control_outcome == "done"
         figure = (
@@ -289,7 +431,7 @@ def check_firewall(direction: Direction, control: int) -> list[Check]:
     return checks
 
 
-def tunnel_mtu(site: Site) -> int:
+def tunnel_mtu(site: SiteLike) -> int:
     shown = netns.ns_run(site.gateway.namespace, ["ip", "-o", "link", "show", site.interface])
     match = re.search(r"\bmtu (\d+)", shown.stdout)
     if not match:
@@ -297,8 +439,10 @@ def tunnel_mtu(site: Site) -> int:
     return int(match[1])
 
 
-def check_mtu(direction: Direction) -> Check:
-    mtu = tunnel_mtu(direction.source_site)
+def check_mtu(direction: Direction, mtu: int | None = None, runner: Runner = LAB) -> Check:
+    """`mtu`: the tunnel's MTU where the runner cannot read it from the gateway (AWS);
+    None reads it from the lab gateway's interface."""
+    mtu = tunnel_mtu(direction.source_site) if mtu is None else mtu
     # A full-size packet for the tunnel, not fragmentable: it must fit the 1500-byte path
     # once encapsulated, or it vanishes there.
     result = ping(
@@ -307,6 +451,7 @@ def check_mtu(direction: Direction) -> Check:
         count=3,
         size=mtu - 28,
         dont_fragment=True,
+        runner=runner,
     )
     return Check(
         f"mtu {direction.label}",
@@ -316,7 +461,7 @@ def check_mtu(direction: Direction) -> Check:
 
 
 def check_transfer(
-    direction: Direction, size: int = TRANSFER_BYTES, timeout: float = 60.0
+    direction: Direction, size: int = TRANSFER_BYTES, timeout: float = 60.0, runner: Runner = LAB
 ) -> Check:
     result = send(
         direction.source.namespace,
@@ -324,6 +469,7 @@ def check_transfer(
         DATA_PORT,
         size,
         timeout=timeout,
+        runner=runner,
     )
     return transfer_check(f"transfer {direction.label}", result, size)
 
@@ -352,6 +498,76 @@ def transfer_check(name: str, result: dict[str, Any], size: int) -> Check:
             f" sent, {received}"
         )
     return Check(name, ok, figure)
+
+
+def pmtu_argv(destination: str, size: int = PMTU_PROBE_BYTES) -> list[str]:
+    """A DF ping larger than the tunnel, then what the kernel learned about the path."""
+    script = (
+        'ip route flush cache >/dev/null 2>&1; ping -n -c 3 -i 0.3 -W 1 -M do -s "$2" "$1";'
+        ' ip route get "$1"'
+    )
+    return ["sh", "-c", script, "pmtu", destination, str(size - 28)]
+
+
+def parse_learned_mtu(stdout: str) -> int | None:
+    """The path MTU `ip route get` shows for a destination (None: nothing learned)."""
+    route = [line for line in stdout.splitlines() if " dev " in line or "cache" in line]
+    match = re.search(r"\bmtu (\d+)", " ".join(route))
+    return int(match[1]) if match else None
+
+
+def check_pmtu(direction: Direction, mtu: int, runner: Runner = LAB) -> Check:
+    """Path-MTU discovery through the tunnel: a DF packet too large for it gets the
+    gateway's "fragmentation needed" back (the workload group admits it) and the sender
+    learns the tunnel's MTU."""
+    destination = str(direction.target.address.ip)
+    result = runner.run(direction.source.namespace, pmtu_argv(destination), timeout=20)
+    learned = parse_learned_mtu(result.stdout)
+    figure = (
+        f"{PMTU_PROBE_BYTES}-byte DF ping: path MTU learned {learned}"
+        if learned is not None
+        else f"{PMTU_PROBE_BYTES}-byte DF ping: no path MTU learned"
+    )
+    return Check(
+        f"pmtu {direction.label}", learned == mtu, f"{figure} (tunnel {mtu}, expected {mtu})"
+    )
+
+
+def continuous_ping_start_argv(destination: str, log: str, interval: float = 0.1) -> list[str]:
+    """Pings at 10/s in the background (survives the command that starts it)."""
+    script = (
+        'rm -f "$2"; setsid nohup ping -n -i "$3" -W 1 "$1" >"$2" 2>&1 </dev/null &'
+        ' echo $! >"$2.pid"'
+    )
+    return ["sh", "-c", script, "ping10", destination, log, str(interval)]
+
+
+def continuous_ping_stop_argv(log: str) -> list[str]:
+    """Stops it and prints a digest (Run Command returns at most 24,000 characters of
+    output, less than minutes of ping lines): answered count, last answered, summary."""
+    script = (
+        'sleep 1; kill -INT "$(cat "$1.pid")"; sleep 0.5;'
+        " sed -n 's/.*icmp_seq=\\([0-9]*\\) ttl=.*/\\1/p' \"$1\" |"
+        ' awk \'{n++; if ($1 > m) m = $1} END {print "answered", n + 0, "last", m + 0}\';'
+        ' tail -n 3 "$1"; rm -f "$1" "$1.pid"'
+    )
+    return ["sh", "-c", script, "ping10", log]
+
+
+def ping_loss(output: str) -> tuple[int, int]:
+    """(sent, lost) of a continuous ping. A ping counts as lost when a later one was
+    answered and it was not: the last ones, still in flight when ping is stopped, are not
+    losses (lab/day2.py's ContinuousPing counts the same way). Reads ping's own lines, or
+    the stop command's digest of them (`answered N last M`)."""
+    digest = re.search(r"^answered (\d+) last (\d+)$", output, flags=re.MULTILINE)
+    if digest and int(digest[1]):
+        return int(digest[2]), int(digest[2]) - int(digest[1])
+    answered = {int(seq) for seq in re.findall(r"icmp_seq=(\d+) ttl=", output)}
+    if not answered:
+        sent = re.search(r"(\d+) packets transmitted", output)
+        return (int(sent[1]), int(sent[1])) if sent else (0, 0)
+    last = max(answered)
+    return last, last - len(answered)
 
 
 def _probe_counters(site: Site) -> tuple[int, int]:

@@ -460,7 +460,8 @@ def derive(plan: Plan) -> Topology:
         host = Host(
             name=f"{letter}1",
             namespace=f"{PREFIX}{letter}1",
-            address=IPv4Interface(f"{first_host(private)}/{private.prefixlen}"),
+            # A site's canary (sites[].canary) is its workload host, at the core's address.
+            address=IPv4Interface(f"{facts.canary or first_host(private)}/{private.prefixlen}"),
             router=_vpc_router(private).ip,
             ingress=_ingress_rules(plan, [workload_group]) if workload_group else None,
             egress=_egress_rules(plan, [workload_group]) if workload_group else None,

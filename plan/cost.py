@@ -74,6 +74,14 @@ HIGH_RESOLUTION_ALARM_METRIC_MONTHLY = 0.30  # period under 60 s (CLOUDWATCH)
 DASHBOARD_MONTHLY = 3.00  # per dashboard beyond the account's first 3 (CLOUDWATCH)
 ADVANCED_PARAMETER_MONTHLY = 0.05  # per advanced-tier parameter (SSM_PRICING)
 VPN_CONNECTION_HOURLY = 0.05  # per AWS Site-to-Site VPN connection-hour (VPN_PRICING)
+# Interface VPC endpoints (the canaries' way to SSM), USD per endpoint per zone-hour
+# (PRIVATELINK_PRICING); data processed is not counted.
+PRIVATELINK_PRICING = "https://aws.amazon.com/privatelink/pricing/"
+INTERFACE_ENDPOINT_HOURLY: dict[str, float] = {
+    "us-east-1": 0.01,
+    "eu-west-1": 0.011,
+    "eu-central-1": 0.012,
+}
 
 _INSTANCE = "aws:ec2/instance:Instance"
 _EIP = "aws:ec2/eip:Eip"
@@ -81,6 +89,12 @@ _KMS_KEY = "aws:kms/key:Key"
 _ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
 _DASHBOARD = "aws:cloudwatch/dashboard:Dashboard"
 _PARAMETER = "aws:ssm/parameter:Parameter"
+_ENDPOINT = "aws:ec2/vpcEndpoint:VpcEndpoint"
+
+
+def _is_gateway(resource: dict[str, Any]) -> bool:
+    """A gateway instance (not a canary): it is the one that boots from user data."""
+    return bool(resource["inputs"].get("userDataBase64") or resource["inputs"].get("userData"))
 
 
 @dataclass(frozen=True)
@@ -173,7 +187,8 @@ def monthly_cost(document: Document) -> Cost:
     # Each gateway's probe publishes every metric once per site (Stack, Site) and the
     # tunnel alarms' ones again per instance (cloud-init/probe.sh.j2): a custom metric
     # is a name plus a dimension set.
-    gateways = sum(instances.values())
+    # Canaries publish nothing.
+    gateways = sum(1 for r in resources if r["type"] == _INSTANCE and _is_gateway(r))
     per_gateway = len(METRICS) + len(PER_INSTANCE_METRICS)
     metrics = per_gateway * gateways
     lines.append(
@@ -226,6 +241,26 @@ def monthly_cost(document: Document) -> Cost:
             _cents(advanced * ADVANCED_PARAMETER_MONTHLY),
         )
     )
+    endpoints: dict[str, int] = {}
+    for endpoint in (r for r in resources if r["type"] == _ENDPOINT):
+        region = str(endpoint.get("region"))
+        # One subnet each (components/canary.py): one zone-hour per hour.
+        endpoints[region] = endpoints.get(region, 0) + 1
+    for region, count in sorted(endpoints.items()):
+        item = f"VPC interface endpoints ({region})"
+        hourly = INTERFACE_ENDPOINT_HOURLY.get(region)
+        if hourly is None:
+            lines.append(CostLine(item, f"{count} x ?", None, "region not in the table"))
+            unpriced.append(item)
+            continue
+        lines.append(
+            CostLine(
+                item,
+                f"{count} x {_price(hourly)}/h",
+                _cents(count * hourly * HOURS_PER_MONTH),
+                "the canaries' way to SSM",
+            )
+        )
     return Cost(tuple(lines), tuple(unpriced))
 
 

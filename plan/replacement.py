@@ -41,6 +41,12 @@ TABLE: dict[str, ForceNew] = {
             "ipv6Native",
         ),
     ),
+    # Subnets, security groups and private DNS are updated in place
+    # (ModifyVpcEndpoint); what the endpoint is, and where, is not.
+    "aws:ec2/vpcEndpoint:VpcEndpoint": ForceNew(
+        "ec2/vpc_endpoint.go",
+        ("vpcId", "serviceName", "vpcEndpointType", "serviceRegion", "autoAccept"),
+    ),
     # vpc_id is updated in place (detach, then attach).
     "aws:ec2/internetGateway:InternetGateway": ForceNew("ec2/vpc_internet_gateway.go", ()),
     "aws:ec2/routeTable:RouteTable": ForceNew("ec2/vpc_route_table.go", ("vpcId",)),

@@ -63,6 +63,7 @@ MAIN_PROPERTIES: dict[str, tuple[str, ...]] = {
     "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": _SECURITY_GROUP_RULE,
     "aws:ec2/networkInterface:NetworkInterface": ("subnetId", "privateIps", "sourceDestCheck"),
     "aws:ec2/eip:Eip": ("domain",),
+    "aws:ec2/vpcEndpoint:VpcEndpoint": ("serviceName", "vpcEndpointType", "subnetIds"),
     "aws:ec2/eipAssociation:EipAssociation": ("allocationId", "networkInterfaceId"),
     "aws:ec2/instance:Instance": (
         "instanceType",

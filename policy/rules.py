@@ -171,6 +171,12 @@ def _user_data(props: Props) -> _UserData | None:
     return _parsed_user_data(text) if isinstance(text, str) else None
 
 
+def _without_user_data(props: Props) -> bool:
+    """An instance with no user data at all (known to be absent, not merely unknown)."""
+    values = (props.get("userData"), props.get("userDataBase64"))
+    return all(value is None or value == "" for value in values)
+
+
 # Every rule reads every instance's user data: decode and parse each text once.
 @functools.lru_cache(maxsize=16)
 def _unpacked_user_data(packed: str) -> _UserData | None:
@@ -316,12 +322,12 @@ def _device_zero(props: Props) -> tuple[str, Any] | None:
 
 
 def gateway_instance_settings(type_: str, props: Props) -> list[str]:
-    """(b) A gateway forwards packets (no source/dest check) and requires IMDSv2."""
+    """(b) A gateway forwards packets (no source/dest check); every instance of the stack
+    (gateways and canaries) requires IMDSv2."""
     if type_ != INSTANCE:
         return []
     data = _user_data(props)
-    if data is None or not _is_gateway(data):
-        return []
+    gateway = data is not None and _is_gateway(data)
     problems = []
     check = props.get("sourceDestCheck")
     # On a standalone interface the check is the interface's (gateway-interface-forwards),
@@ -329,13 +335,13 @@ def gateway_instance_settings(type_: str, props: Props) -> list[str]:
     # provider's next update writes the instance's default (true) through to the
     # interface (plan.provider_model; terraform-provider-aws#44768).
     attached = _device_zero(props)
-    if attached is not None and attached[0] == "primaryNetworkInterface":
+    if gateway and attached is not None and attached[0] == "primaryNetworkInterface":
         problems.append(
             "device 0 is attached with primaryNetworkInterface: the next `pulumi up` writes "
             "sourceDestCheck true (its default) to the interface (terraform-provider-aws"
             "#44768); attach it with networkInterfaces at deviceIndex 0"
         )
-    if check is not False and not is_unknown(check) and attached is None:
+    if gateway and check is not False and not is_unknown(check) and attached is None:
         shown = "absent (AWS defaults it to true)" if check is None else repr(check)
         problems.append(
             f"sourceDestCheck is {shown}: a gateway forwards other hosts' packets, which the "
@@ -346,8 +352,12 @@ def gateway_instance_settings(type_: str, props: Props) -> list[str]:
     if not is_unknown(metadata) and tokens != "required" and not is_unknown(tokens):
         shown = "absent" if tokens is None else repr(tokens)
         problems.append(
-            f"metadataOptions.httpTokens is {shown}, not 'required': the instance role can "
-            "read a private key, so its credentials must need IMDSv2"
+            f"metadataOptions.httpTokens is {shown}, not 'required': "
+            + (
+                "the instance role can read a private key, so its credentials must need IMDSv2"
+                if gateway
+                else "an instance's role credentials must need IMDSv2 (no SSRF can read them)"
+            )
         )
     return problems
 
@@ -989,6 +999,8 @@ def gateway_has_tunnel_alarm(resources: Sequence[Resource]) -> list[tuple[Resour
     ]
     found: list[tuple[Resource, str]] = []
     for instance in (r for r in resources if r.type == INSTANCE):
+        if _without_user_data(instance.props):
+            continue  # a canary (components/canary.py): a gateway boots from user data
         data = _user_data(instance.props)
         if data is not None and _USER_DATA_DIGEST.fullmatch(data.text):
             data = None
@@ -1103,7 +1115,7 @@ RESOURCE_RULES: Final = (
     ),
     ResourceRule(
         "gateway-instance-settings",
-        "A gateway instance has sourceDestCheck false and requires IMDSv2 tokens.",
+        "A gateway instance has sourceDestCheck false; every instance requires IMDSv2 tokens.",
         gateway_instance_settings,
     ),
     ResourceRule(

@@ -47,6 +47,7 @@ ARGS = {
     "test-stack": ["NAME=maketargets", "BASE=dev"],
     "test-stack-destroy": ["NAME=maketargets"],
     "test-stack-sweep": [],
+    "e2e": ["STACK=dev"],
 }
 REAL = {"plan", "policy"}
 LAB = {"lab", "lab-down", "lab-bench"}
@@ -56,6 +57,7 @@ REFUSED = {
     "test-stack": re.compile(r"^tools\.ephemeral: the Pulumi CLI is not installed"),
     "test-stack-destroy": re.compile(r"^tools\.ephemeral: the Pulumi CLI is not installed"),
     "test-stack-sweep": re.compile(r"^tools\.ephemeral: the Pulumi CLI is not installed"),
+    "e2e": re.compile(r"^tools\.e2e: no AWS credentials"),
 }
 DRY = {"deps", "clean", "test"}
 TESTED = REAL | LAB | set(REFUSED) | DRY
@@ -72,14 +74,14 @@ def _section(text: str, title: str) -> str:
 
 def table_targets() -> list[str]:
     table = _section(README.read_text(), "Make targets")
-    return re.findall(r"^\| `make ([a-z][a-z-]*)", table, re.MULTILINE)
+    return re.findall(r"^\| `make ([a-z][a-z0-9-]*)", table, re.MULTILINE)
 
 
 def documented_targets() -> list[str]:
     """The table's targets, and those the "Local lab" section shows (inline or as a
     command line of its indented block)."""
     lab = _section(README.read_text(), "Local lab")
-    shown = re.findall(r"(?:`|^ {4})make ([a-z][a-z-]*)", lab, re.MULTILINE)
+    shown = re.findall(r"(?:`|^ {4})make ([a-z][a-z0-9-]*)", lab, re.MULTILINE)
     return sorted(set(table_targets()) | set(shown))
 
 

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = REPO / ".github" / "workflows"
 ACTIONS = REPO / ".github" / "actions"
 LINTER = REPO / "tools" / "actionlint.mjs"
-EXPECTED = {"ci", "preview", "offline-review", "deploy", "test-stack-cleanup"}
+EXPECTED = {"ci", "preview", "offline-review", "deploy", "test-stack-cleanup", "e2e"}
 
 Doc = dict[str, Any]
 
@@ -255,6 +255,49 @@ def check_cleanup(doc: Doc) -> list[str]:
     return problems
 
 
+def check_e2e(doc: Doc) -> list[str]:
+    """Nightly and on demand, OIDC, one at a time, bounded, its report kept and shown."""
+    on = doc.get("on", {})
+    problems = []
+    if not on.get("schedule"):
+        problems.append("e2e: not scheduled")
+    dispatch = on.get("workflow_dispatch") or {}
+    if "stack" not in (dispatch.get("inputs") or {}):
+        problems.append("e2e: no manual dispatch with a stack input")
+    job = doc["jobs"]["e2e"]
+    problems += oidc_role("e2e", job, "AWS_E2E_ROLE_ARN")
+    if (job.get("permissions") or {}).get("contents") != "read":
+        problems.append("e2e: no `contents: read`")
+    concurrency = job.get("concurrency") or {}
+    if not isinstance(concurrency, dict) or not concurrency.get("group"):
+        problems.append("e2e: no concurrency group")
+    elif concurrency.get("cancel-in-progress") is not False:
+        problems.append("e2e: a new run would cancel one before its destroy")
+    deadline = int((job.get("env") or {}).get("DEADLINE_MINUTES", 0))
+    steps = job.get("steps") or []
+    runs = [s for s in steps if "-m tools.e2e" in str(s.get("run", ""))]
+    if not runs or '--deadline-minutes "$DEADLINE_MINUTES"' not in str(runs[0]["run"]):
+        problems.append("e2e: does not run tools.e2e with the job's deadline")
+    aws = steps_using(job, "aws-actions/configure-aws-credentials")
+    session = int((aws[0].get("with") or {}).get("role-duration-seconds", 3600)) if aws else 0
+    # The session must outlast the deadline and the destroy and sweep after it (20 min).
+    if not deadline or session < (deadline + 20) * 60:
+        problems.append(f"e2e: a {session} s session does not cover a {deadline} min deadline")
+    # A timeout of its own (GitHub's default is 6 h), after the deadline, within the session.
+    timeout = job.get("timeout-minutes")
+    if not isinstance(timeout, int) or not deadline < timeout <= session // 60:
+        problems.append(f"e2e: timeout-minutes {timeout} does not fit the deadline and session")
+    uploads = steps_using(job, "actions/upload-artifact")
+    if not uploads or "e2e-report.json" not in str(uploads[0].get("with", {}).get("path")):
+        problems.append("e2e: the report is not uploaded")
+    elif uploads[0].get("if") != "always()":
+        problems.append("e2e: the report is not uploaded when the run fails")
+    summary = [s for s in steps if "$GITHUB_STEP_SUMMARY" in str(s.get("run", ""))]
+    if not summary or summary[0].get("if") != "always()":
+        problems.append("e2e: the summary is not always the job summary")
+    return problems
+
+
 def check_ci(doc: Doc) -> list[str]:
     on = doc.get("on", {})
     runs = [s.get("run") for s in steps_of(doc)]
@@ -298,6 +341,7 @@ CHECKS: dict[str, Check] = {
     "offline-review": check_offline_review,
     "test-stack-cleanup": check_cleanup,
     "ci": check_ci,
+    "e2e": check_e2e,
 }
 
 
@@ -414,6 +458,56 @@ MUTATIONS: dict[str, tuple[str, Check, Callable[[Doc], object]]] = {
             for s in steps_of(d)
             if "run" in s
         ],
+    ),
+    "e2e without schedule": ("e2e", check_e2e, lambda d: d["on"].pop("schedule")),
+    "e2e without stack input": (
+        "e2e",
+        check_e2e,
+        lambda d: d["on"]["workflow_dispatch"].pop("inputs"),
+    ),
+    "e2e without id-token": (
+        "e2e",
+        check_e2e,
+        lambda d: d["jobs"]["e2e"]["permissions"].pop("id-token"),
+    ),
+    "e2e without role": (
+        "e2e",
+        check_e2e,
+        lambda d: _with(d, "e2e", "aws-actions/configure-aws-credentials").pop("role-to-assume"),
+    ),
+    "e2e session shorter than the deadline": (
+        "e2e",
+        check_e2e,
+        lambda d: _with(d, "e2e", "aws-actions/configure-aws-credentials").pop(
+            "role-duration-seconds"
+        ),
+    ),
+    "e2e without concurrency": (
+        "e2e",
+        check_e2e,
+        lambda d: d["jobs"]["e2e"].pop("concurrency"),
+    ),
+    "e2e cancelled by the next run": (
+        "e2e",
+        check_e2e,
+        lambda d: d["jobs"]["e2e"]["concurrency"].update({"cancel-in-progress": True}),
+    ),
+    "e2e without timeout": (
+        "e2e",
+        check_e2e,
+        lambda d: d["jobs"]["e2e"].pop("timeout-minutes"),
+    ),
+    "e2e report not uploaded on failure": (
+        "e2e",
+        check_e2e,
+        lambda d: steps_using(d["jobs"]["e2e"], "actions/upload-artifact")[0].pop("if"),
+    ),
+    "e2e without summary": (
+        "e2e",
+        check_e2e,
+        lambda d: d["jobs"]["e2e"].update(
+            steps=[s for s in d["jobs"]["e2e"]["steps"] if "SUMMARY" not in s.get("run", "")]
+        ),
     ),
     "job without permissions": (
         "ci",

@@ -54,6 +54,7 @@ PREFIX = "test-"
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,29}$")
 TAGS_KEY = f"{PROJECT}:tags"
 ALERTS_KEY = f"{PROJECT}:alerts"
+SITES_KEY = f"{PROJECT}:sites"
 ALERTS_EMAIL_ENV = "TEST_STACK_ALERTS_EMAIL"
 DEFAULT_TTL_HOURS = 24
 # A week: long enough for a soak test, short enough that a forgotten stack still goes.
@@ -258,11 +259,18 @@ def _secret_keys(value: Any, where: str) -> Iterator[str]:
 
 
 def ephemeral_document(
-    project: Project, base: str, owner: str, expires_at: str, alerts_email: str | None = None
+    project: Project,
+    base: str,
+    owner: str,
+    expires_at: str,
+    alerts_email: str | None = None,
+    *,
+    canaries: bool = False,
 ) -> tuple[dict[str, Any], Path]:
     """The new stack file's content from the base stack's, validated like any stack.
 
     The base's alerts (the real on-call) are dropped; `alerts_email` replaces them.
+    `canaries` turns on every site's canary (`make e2e`).
     """
     base_file = project.stack_file(base)
     if not base_file.is_file():
@@ -298,6 +306,12 @@ def ephemeral_document(
         "base-stack": base,
     }
     config.pop(ALERTS_KEY, None)
+    if canaries:
+        sites = config.get(SITES_KEY)
+        if isinstance(sites, list):
+            config[SITES_KEY] = [
+                {**site, "canary": True} if isinstance(site, Mapping) else site for site in sites
+            ]
     if alerts_email:
         config[ALERTS_KEY] = {"emails": [alerts_email]}
     new["config"] = config
@@ -320,6 +334,7 @@ def create(
     up: bool,
     alerts_email: str | None = None,
     now: datetime | None = None,
+    canaries: bool = False,
 ) -> str:
     bare, stack = parse_name(name)
     refuse_committed_name(project, bare)
@@ -343,7 +358,9 @@ def create(
             f"`make test-stack-destroy NAME={bare}`"
         )
     expires_at = iso_utc((now or datetime.now(UTC)) + timedelta(hours=ttl_hours))
-    document, base_file = ephemeral_document(project, base, owner, expires_at, alerts_email)
+    document, base_file = ephemeral_document(
+        project, base, owner, expires_at, alerts_email, canaries=canaries
+    )
     pulumi = find_pulumi(project)
 
     header = (
