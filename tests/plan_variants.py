@@ -34,6 +34,10 @@ def _mtu(config: Config) -> None:
     config["tunnel"]["mtu"] = 1380
 
 
+def _preshared_key_off(config: Config) -> None:
+    config["tunnel"]["presharedKey"] = False
+
+
 def _tunnel_cidr(config: Config) -> None:
     config["tunnel"]["cidr"] = "10.255.254.0/31"
 
@@ -60,13 +64,15 @@ def _site_cidr(config: Config) -> None:
     config["sites"][1]["cidr"] = "10.3.0.0/16"
 
 
-# Every change of the README's "Day 2" table, by a short name.
+# Every change of the README's "Day 2" table (and the pre-shared key switched off), by a
+# short name.
 DAY2: dict[str, Callable[[Config], None]] = {
     "firewall-rule-added": _firewall_rule_added,
     "firewall-rule-changed": _firewall_rule_changed,
     "firewall-rule-removed": _firewall_rule_removed,
     "keepalive": _keepalive,
     "key-rotation": _key_rotation,
+    "preshared-key-off": _preshared_key_off,
     "mtu": _mtu,
     "tunnel-cidr": _tunnel_cidr,
     "port": _port,
