@@ -9,11 +9,21 @@ Each asker gets its own instance's metadata, picked by its address.
 from __future__ import annotations
 
 import http.server
+import socketserver
 from collections.abc import Callable, Mapping
 from typing import Any
 
 TOKEN_PATH = "/latest/api/token"  # noqa: S105 - a URL path
 METADATA_PREFIX = "/latest/meta-data/"
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind names itself with socket.getfqdn(host), a reverse DNS
+        # lookup: in a lab namespace it waits seconds for a resolver that is not there.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
 
 
 def server(
@@ -45,4 +55,4 @@ def server(
         def log_message(self, *_: Any) -> None:
             pass
 
-    return http.server.ThreadingHTTPServer(address, Handler)
+    return _Server(address, Handler)
