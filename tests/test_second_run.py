@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from plan.engine import Plan, PlanError, plan_stack, run_program
+from plan.engine import Plan, PlanError, run_program
 from plan.second_run import changes_between, second_run_changes
-from tests.conftest import stack_config
+from tests.conftest import shipped_plan, stack_config
 
 INSTANCE = "aws:ec2/instance:Instance"
 
@@ -42,8 +42,9 @@ def _program(tmp_path: Path, attach: str) -> Path:
 
 @pytest.fixture(scope="module")
 def dev_runs() -> tuple[Plan, Plan]:
-    """`pulumi up` of dev, then the `pulumi preview` of the next run over its state."""
-    return plan_stack("dev", preview=False), plan_stack("dev", preview=True)
+    """`pulumi up` of dev, then the `pulumi preview` of the next run over its state (the
+    session's shipped plans: neither is changed here)."""
+    return shipped_plan("dev", preview=False), shipped_plan("dev", preview=True)
 
 
 def test_a_second_up_of_the_dev_stack_changes_nothing(dev_runs: tuple[Plan, Plan]) -> None:
