@@ -22,55 +22,10 @@ from botocore.awsrequest import AWSResponse, HTTPHeaders
 from botocore.stub import Stubber
 
 from lab.checks import Output
+from tests.pulumi_stand_in import FAKE_PULUMI
 
 REPO = Path(__file__).resolve().parent.parent
 
-FAKE_PULUMI = """\
-#!{python}
-import json, os, sys
-from pathlib import Path
-
-args = [a for a in sys.argv[1:] if a != "--non-interactive"]
-with open(os.environ["FAKE_PULUMI_LOG"], "a") as log:
-    log.write(json.dumps(args) + "\\n")
-state_file = Path(os.environ["FAKE_PULUMI_STATE"])
-state = json.loads(state_file.read_text()) if state_file.exists() else {{"stacks": {{}}}}
-stacks = state["stacks"]
-
-def option(name):
-    return args[args.index(name) + 1] if name in args else None
-
-def fail(message, status=255):
-    print("error: " + message, file=sys.stderr)
-    sys.exit(status)
-
-stack = option("--stack")
-if os.environ.get("FAKE_PULUMI_FAIL") and " ".join(args).startswith(os.environ["FAKE_PULUMI_FAIL"]):
-    fail("failing as told", 1)
-if args[:2] == ["stack", "ls"]:
-    print(json.dumps([{{"name": "org/wg-site-to-site/" + n}} for n in stacks]))
-elif args[:2] == ["stack", "init"]:
-    if args[2] in stacks:
-        fail("stack '%s' already exists" % args[2])
-    stacks[args[2]] = {{"tags": {{}}, "resources": 0}}
-elif args[:3] == ["stack", "tag", "set"]:
-    stacks[stack]["tags"][args[3]] = args[4]
-elif args[:2] == ["stack", "rm"]:
-    if stacks.get(stack, {{}}).get("resources"):
-        fail("'%s' still has resources; removal rejected" % stack)
-    stacks.pop(stack, None)
-    if "--preserve-config" not in args:
-        Path("stacks", "Pulumi.%s.yaml" % stack).unlink(missing_ok=True)
-elif args[:3] == ["stack", "output", "sites"]:
-    print(Path(os.environ["FAKE_PULUMI_OUTPUTS"]).read_text())
-elif args[0] == "up":
-    stacks[stack]["resources"] = 40
-elif args[0] == "preview":
-    pass  # --expect-no-changes: nothing changed
-elif args[0] == "destroy":
-    stacks[stack]["resources"] = 0
-state_file.write_text(json.dumps(state))
-"""
 
 # The canaries as the stack would export them (the core's addresses).
 INSTANCES = {"alpha": "i-0aaaaaaaaaaaaaaa1", "beta": "i-0bbbbbbbbbbbbbbb2"}
