@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from components.gateway import SSM_AGENT_ACTIONS
+from components.gateway import EC2_ASSUME_ROLE, SSM_AGENT_STATEMENT
 from core.facts import CANONICAL_OWNER, GatewayFacts, ubuntu_ami_parameter, ubuntu_image_name
 
 CANARY_INSTANCE_TYPE = "t4g.nano"
@@ -29,19 +29,6 @@ CANARY_ARCHITECTURE = "arm64"  # Graviton (t4g)
 # userguide/setup-create-vpc.html ("ssm", "ssmmessages", "ec2messages").
 SSM_ENDPOINT_SERVICES = ("ssm", "ssmmessages", "ec2messages")
 HTTPS = 443
-
-_EC2_ASSUME_ROLE = json.dumps(
-    {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Principal": {"Service": "ec2.amazonaws.com"},
-                "Action": "sts:AssumeRole",
-            }
-        ],
-    }
-)
 
 
 @dataclass
@@ -116,7 +103,7 @@ class Canary(pulumi.ComponentResource):
         ]
         role = aws.iam.Role(
             f"{name}-canary",
-            assume_role_policy=_EC2_ASSUME_ROLE,
+            assume_role_policy=EC2_ASSUME_ROLE,
             description=f"wg-site-to-site canary of site {facts.name}: SSM agent only",
             tags=self._tags("canary"),
             opts=self._child,
@@ -129,14 +116,7 @@ class Canary(pulumi.ComponentResource):
             policy=json.dumps(
                 {
                     "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Sid": "SsmAgentForRunCommand",
-                            "Effect": "Allow",
-                            "Action": SSM_AGENT_ACTIONS,
-                            "Resource": "*",
-                        }
-                    ],
+                    "Statement": [SSM_AGENT_STATEMENT],
                 }
             ),
             opts=self._child,

@@ -43,7 +43,15 @@ SSM_AGENT_ACTIONS = [
     "ec2messages:SendReply",
 ]
 
-_EC2_ASSUME_ROLE = json.dumps(
+# The statement that grants them, for every instance Run Command reaches.
+SSM_AGENT_STATEMENT = {
+    "Sid": "SsmAgentForRunCommand",
+    "Effect": "Allow",
+    "Action": SSM_AGENT_ACTIONS,
+    "Resource": "*",
+}
+
+EC2_ASSUME_ROLE = json.dumps(
     {
         "Version": "2012-10-17",
         "Statement": [
@@ -301,7 +309,7 @@ class WireGuardGateway(pulumi.ComponentResource):
         name, args, facts = self._site, self._inputs, self._inputs.facts
         role = aws.iam.Role(
             f"{name}-gateway",
-            assume_role_policy=_EC2_ASSUME_ROLE,
+            assume_role_policy=EC2_ASSUME_ROLE,
             description=f"wg-site-to-site gateway of site {facts.name}",
             tags=self._tags("gateway"),
             opts=self._child,
@@ -389,12 +397,7 @@ class WireGuardGateway(pulumi.ComponentResource):
                             "Action": "ssm:GetParameter",
                             "Resource": [parameter.arn for parameter in parameters],
                         },
-                        {
-                            "Sid": "SsmAgentForRunCommand",
-                            "Effect": "Allow",
-                            "Action": SSM_AGENT_ACTIONS,
-                            "Resource": "*",
-                        },
+                        SSM_AGENT_STATEMENT,
                     ],
                 }
             ),

@@ -136,6 +136,14 @@ def _alarm_metrics(inputs: dict[str, Any]) -> int:
     return 1
 
 
+def _not_priced(
+    lines: list[CostLine], unpriced: list[str], item: str, quantity: str, why: str
+) -> None:
+    """A line the table has no price for: shown without one, and named under the total."""
+    lines.append(CostLine(item, quantity, None, why))
+    unpriced.append(item)
+
+
 def monthly_cost(document: Document) -> Cost:
     """The stack's monthly cost, one line per kind of thing that costs, by region."""
     resources = [r for r in document["resources"] if r.get("custom")]
@@ -158,8 +166,7 @@ def monthly_cost(document: Document) -> Cost:
         item = f"EC2 {type_} ({region})"
         if hourly is None:
             why = "region" if region not in INSTANCE_HOURLY else "instance type"
-            lines.append(CostLine(item, f"{count} x ?", None, f"{why} not in plan/cost.py's table"))
-            unpriced.append(item)
+            _not_priced(lines, unpriced, item, f"{count} x ?", f"{why} not in plan/cost.py's table")
             continue
         cents = _cents(count * hourly * HOURS_PER_MONTH)
         lines.append(CostLine(item, f"{count} x {_price(hourly)}/h", cents))
@@ -175,8 +182,7 @@ def monthly_cost(document: Document) -> Cost:
         item = f"EBS gp3 root volumes ({region})"
         per_gb = GP3_GB_MONTH.get(region)
         if per_gb is None:
-            lines.append(CostLine(item, f"{size} GB x ?", None, "region not in the table"))
-            unpriced.append(item)
+            _not_priced(lines, unpriced, item, f"{size} GB x ?", "region not in the table")
             continue
         lines.append(
             CostLine(item, f"{size} GB x {_price(per_gb)}/GB-month", _cents(size * per_gb))
@@ -250,8 +256,7 @@ def monthly_cost(document: Document) -> Cost:
         item = f"VPC interface endpoints ({region})"
         hourly = INTERFACE_ENDPOINT_HOURLY.get(region)
         if hourly is None:
-            lines.append(CostLine(item, f"{count} x ?", None, "region not in the table"))
-            unpriced.append(item)
+            _not_priced(lines, unpriced, item, f"{count} x ?", "region not in the table")
             continue
         lines.append(
             CostLine(

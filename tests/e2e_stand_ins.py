@@ -22,7 +22,7 @@ from botocore.awsrequest import AWSResponse, HTTPHeaders
 from botocore.stub import Stubber
 
 from lab.checks import Output
-from tests.pulumi_stand_in import FAKE_PULUMI
+from tests.pulumi_stand_in import FAKE_PULUMI, logged_calls
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -52,9 +52,7 @@ class PulumiWorld:
     bin_dir: Path
 
     def calls(self) -> list[list[str]]:
-        if not self.log.exists():
-            return []
-        return [json.loads(line) for line in self.log.read_text().splitlines()]
+        return logged_calls(self.log)
 
     def commands(self) -> list[str]:
         shown = []

@@ -5,6 +5,9 @@ fails a command on request ($FAKE_PULUMI_FAIL, a prefix of the arguments) and an
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 FAKE_PULUMI = """\
 #!{python}
 import json, os, sys
@@ -62,3 +65,10 @@ elif args[0] == "destroy":
     stacks[stack]["resources"] = 0
 state_file.write_text(json.dumps(state))
 """
+
+
+def logged_calls(log: Path) -> list[list[str]]:
+    """Every call the stand-in took, as its argument lists, in order."""
+    if not log.exists():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines()]

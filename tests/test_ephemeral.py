@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from core.config import load_stack_config, project_config_from_stack_file
-from tests.pulumi_stand_in import FAKE_PULUMI
+from tests.pulumi_stand_in import FAKE_PULUMI, logged_calls
 from tools import ephemeral
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,9 +40,7 @@ class World:
         return self.root / "stacks"
 
     def calls(self) -> list[list[str]]:
-        if not self.log.exists():
-            return []
-        return [json.loads(line) for line in self.log.read_text().splitlines()]
+        return logged_calls(self.log)
 
     def commands(self) -> list[str]:
         """The calls without their options: ['stack init', 'up', ...]."""
