@@ -694,12 +694,7 @@ class Run:
                     partial(self.boot_to_tunnel, site, peer, runner),
                 )
             deadline.check("the checks")
-            report.checks += site_checks(sites, runner)
-            for line in report.checks:
-                self.out(
-                    f"e2e: {'PASS' if line.ok else 'FAIL'} {line.name} ({line.seconds:.1f} s):"
-                    f" {line.detail}"
-                )
+            self.record(site_checks(sites, runner))
 
             def add_rule(config: dict[str, Any]) -> None:
                 config[f"{PROJECT}:firewall"] = [
@@ -715,14 +710,15 @@ class Run:
                 "day 2: firewall rule added",
                 lambda: self.change_under_ping("firewall rule added", add_rule, deadline),
             )
-            new_rule = firewall_rule_checks(self.sites(), runner, str(DAY2_RULE["description"]))
-            report.checks += new_rule
+            self.record(firewall_rule_checks(self.sites(), runner, str(DAY2_RULE["description"])))
             self.step(
                 "day 2: key rotation",
                 lambda: self.change_under_ping("key rotation", rotate, deadline),
             )
-            report.checks += timed_checks(
-                lambda: [checks.check_ping(d, runner) for d in aws_directions(self.sites())]
+            self.record(
+                timed_checks(
+                    lambda: [checks.check_ping(d, runner) for d in aws_directions(self.sites())]
+                )
             )
             deadline.check("the drift check")
             self.step(
@@ -751,6 +747,16 @@ class Run:
         if interrupted:
             return 130
         return 0 if report.ok else 1
+
+    def record(self, done: list[Timed]) -> None:
+        """Every check goes into the report and onto the console, pass or fail."""
+        assert self.report is not None
+        self.report.checks += done
+        for line in done:
+            self.out(
+                f"e2e: {'PASS' if line.ok else 'FAIL'} {line.name} ({line.seconds:.1f} s):"
+                f" {line.detail}"
+            )
 
     def _sweep(self, report: Report) -> str:
         report.leftovers = self.sweep(report.regions)
