@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -62,28 +63,58 @@ def check(lab: Lab, site: Site) -> subprocess.CompletedProcess[str]:
 class ContinuousPing:
     """Pings across the tunnel at 10/s until stopped; counts what got lost."""
 
+    # How long `stop` keeps pinging for the replies to flow again: a change that restarts
+    # wg-quick or rotates a key leaves the tunnel without a session, and WireGuard retries
+    # a lost handshake after REKEY_TIMEOUT, 5 s (the WireGuard paper, section 6.4).
+    SETTLE_SECONDS = 8.0
+    # Replies in a row, all newer than the stop request, that say traffic flows again.
+    FLOWING = 10
+
     def __init__(self, namespace: str, destination: str, interval: float = 0.1) -> None:
+        # Closed in stop(), which every user calls in a finally.
+        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115
         self.process = subprocess.Popen(
             netns.in_ns(namespace, ["ping", "-n", "-i", str(interval), "-W", "1", destination]),
-            stdout=subprocess.PIPE,
+            stdout=self.log,
             stderr=subprocess.STDOUT,
             text=True,
             env=netns.clean_env(),
         )
         self.interval = interval
 
+    def _answered(self) -> set[int]:
+        self.log.seek(0)
+        return {int(seq) for seq in re.findall(r"icmp_seq=(\d+) ttl=", self.log.read())}
+
+    def _flowing_since(self, newest_at_stop: int) -> bool:
+        answered = self._answered()
+        last = max(answered, default=0)
+        run = range(last - self.FLOWING + 1, last + 1)
+        return last - self.FLOWING >= newest_at_stop and all(seq in answered for seq in run)
+
     def stop(self) -> tuple[int, int]:
-        """(sent, lost). A ping counts as lost when a later one was answered and it was
-        not: the last few, still in flight when ping is stopped, are not losses (on a
-        loaded machine a reply can take longer than the pause before the stop)."""
-        time.sleep(1.0)
+        """(sent, lost). Pinging goes on after the change until replies flow again (or
+        SETTLE_SECONDS), so that a loss outlasting the change is counted, not cut off.
+        A ping counts as lost when a later one was answered and it was not: the last few,
+        still in flight when ping is stopped, are not losses; if replies never came back,
+        every ping since the last reply is lost."""
+        newest_at_stop = max(self._answered(), default=0)
+        deadline = time.monotonic() + self.SETTLE_SECONDS
+        while not self._flowing_since(newest_at_stop) and time.monotonic() < deadline:
+            time.sleep(0.2)
         self.process.send_signal(signal.SIGINT)
-        output, _ = self.process.communicate(timeout=10)
+        self.process.wait(timeout=10)
+        self.log.seek(0)
+        output = self.log.read()
+        self.log.close()
         answered = {int(seq) for seq in re.findall(r"icmp_seq=(\d+) ttl=", output)}
+        transmitted = re.search(r"(\d+) packets transmitted", output)
+        sent = int(transmitted[1]) if transmitted else max(answered, default=0)
         if not answered:
-            sent = re.search(r"(\d+) packets transmitted", output)
-            return (int(sent[1]), int(sent[1])) if sent else (0, 0)
+            return sent, sent
         last = max(answered)
+        if last - self.FLOWING < newest_at_stop:  # never flowed again: the tail is lost
+            return sent, sent - len(answered)
         return last, last - len(answered)
 
     def lost_seconds(self, lost: int) -> float:
