@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path, PurePosixPath
+from collections.abc import Mapping
 from typing import Any
 
 import jinja2
@@ -35,6 +36,7 @@ from core.facts import (
     SSM_STANDARD_LIMIT_BYTES,
     SYSCTL_PATH,
     GatewayFacts,
+    PeerFacts,
 )
 from core.keys import is_key
 
@@ -47,10 +49,21 @@ USER_DATA_LIMIT_BYTES = 16 * 1024
 
 @dataclass(frozen=True)
 class PeerEndpoint:
-    """What a gateway learns about its peer only at deploy time."""
+    """A peer's public key and the address to dial it on (None: a NATed office, which
+    dials in). For an AWS peer both are known only at deploy time."""
 
     public_key: str
-    public_ip: str
+    public_ip: str | None
+
+
+def configured_endpoint(peer: PeerFacts) -> PeerEndpoint:
+    """An office peer's endpoint, all from the stack config."""
+    if peer.public_key is None:
+        raise ValueError(f"peer {peer.name} is an AWS site: its key is known at deploy time")
+    return PeerEndpoint(
+        public_key=peer.public_key,
+        public_ip=str(peer.static_ip) if peer.static_ip is not None else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -119,23 +132,48 @@ def _render(template: str, **values: Any) -> str:
     return _environment().get_template(template).render(**values)
 
 
-def render_wg_config(facts: GatewayFacts, peer: PeerEndpoint) -> str:
-    """The wg-quick config: no secret, only PostUps that load the keys from 0600 files."""
-    if not is_key(peer.public_key):
-        raise ValueError(f"peer public key for {facts.peer.name} is not a WireGuard key")
-    endpoint = ipaddress.IPv4Address(peer.public_ip)
+def render_wg_config(
+    facts: GatewayFacts,
+    endpoints: Mapping[str, PeerEndpoint],
+    source: str = "SSM Parameter Store",
+) -> str:
+    """The wg-quick config: no secret, only PostUps that load the keys from 0600 files.
+
+    `endpoints` has every peer's key and address, by site name."""
+    peers = []
+    for peer in facts.peers:
+        endpoint = endpoints.get(peer.name)
+        if endpoint is None:
+            raise ValueError(f"no public key and address for peer {peer.name}")
+        if not is_key(endpoint.public_key):
+            raise ValueError(f"peer public key for {peer.name} is not a WireGuard key")
+        address = None
+        if peer.has_endpoint:
+            if endpoint.public_ip is None:
+                raise ValueError(f"peer {peer.name} has a fixed address, but none was given")
+            address = f"{ipaddress.IPv4Address(endpoint.public_ip)}:{peer.port}"
+        peers.append(
+            {
+                "name": peer.name,
+                "where": peer.site.region
+                or ("outside AWS" if peer.has_endpoint else "outside AWS, behind NAT: it dials in"),
+                "public_key": endpoint.public_key,
+                "allowed_ips": [str(net) for net in peer.allowed_ips],
+                "endpoint": address,
+                "psk_path_template": f"/etc/wireguard/%i.{peer.name}.psk",
+            }
+        )
     return _render(
         "wg-quick.conf.j2",
         interface=facts.interface,
         site=facts.name,
-        peer=facts.peer.name,
-        peer_region=facts.peer.region,
+        peers=peers,
         stack=facts.stack,
+        source=source,
         key_path=facts.key_path,
         key_path_template="/etc/wireguard/%i.key",
         preshared_key=facts.preshared_key,
-        psk_path=facts.psk_path,
-        psk_path_template="/etc/wireguard/%i.psk",
+        psk_path_pattern=f"/etc/wireguard/{facts.interface}.<peer>.psk",
         rules_path=facts.rules_path,
         rules_path_template="/etc/wireguard/%i.rules",
         jumps=facts.jumps,
@@ -143,9 +181,6 @@ def render_wg_config(facts: GatewayFacts, peer: PeerEndpoint) -> str:
         address=str(facts.tunnel_address),
         listen_port=facts.listen_port,
         mtu=facts.mtu,
-        peer_public_key=peer.public_key,
-        allowed_ips=[str(net) for net in facts.allowed_ips],
-        peer_endpoint=f"{endpoint}:{facts.peer_port}",
         persistent_keepalive=facts.persistent_keepalive,
     )
 
@@ -157,22 +192,32 @@ def render_firewall(facts: GatewayFacts) -> str:
     )
 
 
-def render_desired_state(facts: GatewayFacts, peer: PeerEndpoint) -> DesiredState:
-    wg_config = render_wg_config(facts, peer)
+def render_desired_state(
+    facts: GatewayFacts, endpoints: Mapping[str, PeerEndpoint]
+) -> DesiredState:
+    wg_config = render_wg_config(facts, endpoints)
     firewall = render_firewall(facts)
+    peers = []
+    for peer in facts.peers:
+        entry = {
+            "name": peer.name,
+            # What the probe and the check ping: in the desired state, not the user
+            # data, so a tunnel cidr change or a new site never replaces the gateway.
+            "address": str(peer.tunnel_address),
+            "publicKey": endpoints[peer.name].public_key,
+        }
+        if peer.canary is not None:
+            # The peer site's canary: the probe pings it through the tunnel and the
+            # peer's forwarding path, so TunnelUp means "site to site works" (source/dest
+            # check, routes and security groups on the far side included).
+            entry["probeTarget"] = str(peer.canary)
+        peers.append(entry)
     state: dict[str, object] = {
         "config": wg_config,
         "firewall": firewall,
         "presharedKey": facts.preshared_key,
-        # What the probe and the check ping: in the desired state, not the user data,
-        # so a tunnel cidr change restarts wg-quick instead of replacing the gateway.
-        "peerAddress": str(facts.peer_tunnel_address),
+        "peers": peers,
     }
-    if facts.peer_canary is not None:
-        # The peer site's canary: the probe pings it through the tunnel and the peer's
-        # forwarding path, so TunnelUp means "site to site works" (source/dest check,
-        # routes and security groups on the far side included).
-        state["probeTarget"] = str(facts.peer_canary)
     document = json.dumps(state, sort_keys=True)
     return DesiredState(wg_config=wg_config, firewall=firewall, document=document)
 
@@ -196,13 +241,13 @@ def render_apply(facts: GatewayFacts) -> str:
         config_path=facts.config_path,
         rules_path=facts.rules_path,
         key_path=facts.key_path,
-        psk_path=facts.psk_path,
+        psk_path=facts.peers[0].psk_path(facts.interface),  # FIXME(N peers): H2
         peer_path=facts.peer_path,
         state_parameter=facts.desired_state_parameter_name,
         key_parameter=facts.key_parameter_name,
         # Always named: whether to use it is part of the desired state, so turning the
         # pre-shared key on or off is a day-2 change, not a new instance.
-        psk_parameter=facts.psk_parameter_name,
+        psk_parameter=facts.peers[0].psk_parameter_name,  # FIXME(N peers): H2
         jumps=facts.jumps,
     )
 
@@ -265,6 +310,10 @@ def render_bootstrap(facts: GatewayFacts) -> Bootstrap:
 _LONGEST_PEER = PeerEndpoint(public_key="A" * 43 + "=", public_ip="255.255.255.255")
 
 
+def _longest_endpoints(facts: GatewayFacts) -> dict[str, PeerEndpoint]:
+    return {peer.name: _LONGEST_PEER for peer in facts.peers}
+
+
 def limit_problems(facts: GatewayFacts) -> list[str]:
     """One line per limit this gateway's rendered files could exceed, else nothing."""
     problems = []
@@ -286,7 +335,7 @@ def limit_problems(facts: GatewayFacts) -> list[str]:
 
 def desired_state_bound(facts: GatewayFacts) -> int:
     """The most bytes this gateway's desired state can take, whoever the peer is."""
-    return len(render_desired_state(facts, _LONGEST_PEER).document.encode())
+    return len(render_desired_state(facts, _longest_endpoints(facts)).document.encode())
 
 
 def desired_state_tier(facts: GatewayFacts) -> str:
@@ -345,7 +394,7 @@ def render_probe(
         interval=_probe_interval(interval_seconds),
         interface=facts.interface,
         site=facts.name,
-        peer=facts.peer.name,
+        peer=", ".join(peer.name for peer in facts.peers),
         peer_path=facts.peer_path,
         stack=facts.stack,
         state_dir=PROBE_STATE_DIR,
@@ -374,7 +423,7 @@ def render_probe_units(
     values = {
         "interface": facts.interface,
         "site": facts.name,
-        "peer": facts.peer.name,
+        "peer": ", ".join(peer.name for peer in facts.peers),
         "probe_path": PROBE_PATH,
         "interval": interval,
         # Longer than pings (3 s) plus the API call (20 s), whatever the interval.
