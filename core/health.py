@@ -67,9 +67,7 @@ PER_INSTANCE_METRICS: tuple[str, ...] = (TUNNEL_UP,)
 
 def custom_metric_count(peers: int) -> int:
     """How many custom metrics (name + dimension set) one gateway's probe publishes."""
-    return (len(PER_PEER_METRICS) + len(PER_INSTANCE_METRICS)) * peers + len(
-        PER_GATEWAY_METRICS
-    )
+    return (len(PER_PEER_METRICS) + len(PER_INSTANCE_METRICS)) * peers + len(PER_GATEWAY_METRICS)
 
 
 def metric_dimensions(

@@ -12,10 +12,10 @@ import gzip
 import hashlib
 import ipaddress
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path, PurePosixPath
-from collections.abc import Mapping
 from typing import Any
 
 import jinja2
@@ -29,10 +29,10 @@ from core.facts import (
     AWS_CALL_PATH,
     AWS_ENV_PATH,
     CHECK_PATH,
+    PRESHARED_KEY_LEAF,
     PROBE_PATH,
     PROBE_SERVICE_PATH,
     PROBE_STATE_DIR,
-    PRESHARED_KEY_LEAF,
     PROBE_TIMER_PATH,
     SSM_ADVANCED_LIMIT_BYTES,
     SSM_STANDARD_LIMIT_BYTES,
