@@ -241,12 +241,11 @@ TUNNEL_RULES = (TUNNEL_DOWN, NOT_REPORTING, HANDSHAKE_STALE)
 
 
 def alarm_name(stack: str, site: str, rule: AlarmRule, peer: str | None = None) -> str:
-    """<project>-<stack>-<site>-<key>; a per-peer rule's alarm names the peer too,
-    <site>.<peer> (a site name has no dot, so no two pairs share a name)."""
-    if rule.per_peer:
-        if peer is None:
-            raise ValueError(f"the {rule.key} alarm is per peer: name the peer")
-        return f"{PROJECT}-{stack}-{site}.{peer}-{rule.key}"
+    """<project>-<stack>-<site>-<key>, the site's alarm; with `peer`, the alarm of one
+    peer's series: <project>-<stack>-<site>-<peer>-<key> (the same rule as the
+    components' per-peer alarms; config refuses site names whose pairs would join alike)."""
+    if peer is not None:
+        return f"{PROJECT}-{stack}-{site}-{peer}-{rule.key}"
     return f"{PROJECT}-{stack}-{site}-{rule.key}"
 
 

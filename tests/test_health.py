@@ -263,18 +263,17 @@ def test_each_tunnel_alarm_watches_one_peer_and_the_recovery_alarm_the_instance(
         )
 
 
-def test_alarm_names_name_the_pair_unambiguously():
+def test_alarm_names_name_the_site_or_the_pair():
     assert (
         health.alarm_name("dev", "alpha", TUNNEL_DOWN, "beta")
-        == "wg-site-to-site-dev-alpha.beta-tunnel-down"
+        == "wg-site-to-site-dev-alpha-beta-tunnel-down"
+    )
+    # Without a peer, the site's own alarm (as for a two-site stack before).
+    assert (
+        health.alarm_name("dev", "alpha", NOT_REPORTING)
+        == "wg-site-to-site-dev-alpha-not-reporting"
     )
     assert (
         health.alarm_name("dev", "alpha", health.SYSTEM_CHECK)
         == "wg-site-to-site-dev-alpha-system-check"
     )
-    # Site names hold no dot: "a-b" -> "c" and "a" -> "b-c" differ.
-    assert health.alarm_name("dev", "a-b", TUNNEL_DOWN, "c") != health.alarm_name(
-        "dev", "a", TUNNEL_DOWN, "b-c"
-    )
-    with pytest.raises(ValueError, match="per peer"):
-        health.alarm_name("dev", "alpha", HANDSHAKE_STALE)
