@@ -12,6 +12,7 @@ import pulumi_command as command
 
 from components.tunnel_health import gateway_metrics_policy
 from core import health
+from core.config import PROJECT
 from core.facts import CANONICAL_OWNER, GatewayFacts
 from core.render import (
     PeerEndpoint,
@@ -253,7 +254,12 @@ class WireGuardGateway(pulumi.ComponentResource):
                     from_port=facts.listen_port,
                     to_port=facts.listen_port,
                     cidr_ipv4=source,
-                    tags=self._tags(f"tunnel-from-{peer.name}{suffix}"),
+                    # Which peer it admits: the port policy accepts an office's
+                    # sourceCidr only on that office's rule (policy/rules.py PEER_TAG).
+                    tags={
+                        **self._tags(f"tunnel-from-{peer.name}{suffix}"),
+                        f"{PROJECT}:peer": peer.name,
+                    },
                     opts=self._renamed(
                         f"{name}-tunnel-from-peer" if position == 0 and index == 0 else None
                     ),

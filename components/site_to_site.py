@@ -56,7 +56,23 @@ class SiteToSite(pulumi.ComponentResource):
     def __init__(
         self, name: str, args: SiteToSiteArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
-        super().__init__("wg-site-to-site:index:SiteToSite", name, None, opts)
+        # Each office's declared sources, for the port policy: it accepts a sourceCidr
+        # only on the rule for the office that declares it (policy/rules.py).
+        external = {
+            site.name: {
+                key: str(value)
+                for key, value in (
+                    ("publicIp", site.external.public_ip),
+                    ("sourceCidr", site.external.source_cidr),
+                )
+                if value is not None
+            }
+            for site in args.config.sites
+            if site.external is not None
+        }
+        super().__init__(
+            "wg-site-to-site:index:SiteToSite", name, {"externalSites": external}, opts
+        )
         tags = {**args.config.tags, "project": args.project, "stack": args.stack}
         every = gateway_facts(args.config, args.stack)
         index_of = {facts.name: index for index, facts in enumerate(every)}
