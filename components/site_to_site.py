@@ -74,6 +74,9 @@ class SiteToSite(pulumi.ComponentResource):
             "wg-site-to-site:index:SiteToSite", name, {"externalSites": external}, opts
         )
         tags = {**args.config.tags, "project": args.project, "stack": args.stack}
+        clashes = name_clashes([site.name for site in args.config.sites])
+        if clashes:
+            raise pulumi.RunError("\n".join(clashes))
         every = gateway_facts(args.config, args.stack)
         index_of = {facts.name: index for index, facts in enumerate(every)}
         aws_sites = tuple(facts for facts in every if facts.is_aws)
@@ -364,6 +367,28 @@ class SiteToSite(pulumi.ComponentResource):
             _refuse_moved_zone(zone, _existing_public_subnet(facts, tags, invoke), facts, key)
         # An existing VPC's subnets are not this program's: the zone is unused there.
         return zone
+
+
+def name_clashes(names: list[str]) -> list[str]:
+    """Pairs of sites whose joined names are the same ("a" + "b-c" and "a-b" + "c"): the
+    resources of one pair (routes, alarms, keys: "<site>-<peer>-...") would take the
+    other's names. One line per clash, naming the key."""
+    seen: dict[str, tuple[str, str]] = {}
+    problems = []
+    for first in names:
+        for second in names:
+            if first == second:
+                continue
+            joined = f"{first}-{second}"
+            if joined in seen and seen[joined] != (first, second):
+                other = seen[joined]
+                problems.append(
+                    f"{PROJECT}:sites: the names {other[0]} and {other[1]} and the names "
+                    f"{first} and {second} both join to {joined}, which would give two "
+                    "pairs' resources the same names: rename one of these sites"
+                )
+            seen.setdefault(joined, (first, second))
+    return problems
 
 
 def _existing_public_subnet(
