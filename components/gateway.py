@@ -12,7 +12,6 @@ import pulumi_command as command
 
 from components.tunnel_health import gateway_metrics_policy
 from core import health
-from core.config import PROJECT
 from core.facts import CANONICAL_OWNER, GatewayFacts
 from core.render import (
     PeerEndpoint,
@@ -112,6 +111,12 @@ KEY_ADMINISTRATION_ACTIONS = [
 # (terraform-provider-aws internal/service/ssm/parameter.go: WithDecryption: true). The
 # deployer holds the key in Pulumi state anyway, so this exposes nothing new.
 DEPLOYER_KEY_ACTIONS = ["kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey*", "kms:DescribeKey"]
+
+
+def tunnel_rule_name(site: str, peer: str, index: int = 0) -> str:
+    """The gateway security group's rule admitting `peer`'s index-th source on the tunnel
+    port (the port policy finds an office's rules by these names)."""
+    return f"{site}-tunnel-from-{peer}" + (f"-{index}" if index else "")
 
 
 @dataclass
@@ -245,21 +250,16 @@ class WireGuardGateway(pulumi.ComponentResource):
         for position, peer in enumerate(facts.peers):
             sources = args.peers[peer.name].sources
             for index, source in enumerate(sources):
-                suffix = "" if index == 0 else f"-{index}"
+                rule = tunnel_rule_name(name, peer.name, index)
                 aws.vpc.SecurityGroupIngressRule(
-                    f"{name}-tunnel-from-{peer.name}{suffix}",
+                    rule,
                     security_group_id=group.id,
                     description=f"WireGuard from the {peer.name} gateway",
                     ip_protocol="udp",
                     from_port=facts.listen_port,
                     to_port=facts.listen_port,
                     cidr_ipv4=source,
-                    # Which peer it admits: the port policy accepts an office's
-                    # sourceCidr only on that office's rule (policy/rules.py PEER_TAG).
-                    tags={
-                        **self._tags(f"tunnel-from-{peer.name}{suffix}"),
-                        f"{PROJECT}:peer": peer.name,
-                    },
+                    tags=self._tags(rule.removeprefix(f"{name}-")),
                     opts=self._renamed(
                         f"{name}-tunnel-from-peer" if position == 0 and index == 0 else None
                     ),

@@ -11,12 +11,18 @@ import pulumi_command as command
 import pulumi_random as random
 
 from components.canary import Canary, CanaryArgs
-from components.gateway import DEPLOYER, PeerInputs, WireGuardGateway, WireGuardGatewayArgs
+from components.gateway import (
+    DEPLOYER,
+    PeerInputs,
+    WireGuardGateway,
+    WireGuardGatewayArgs,
+    tunnel_rule_name,
+)
 from components.site_network import RemoteSite, SiteNetwork, SiteNetworkArgs
 from components.tunnel_health import HealthSite, TunnelHealth, TunnelHealthArgs
 from components.wireguard_identity import WireGuardIdentity, WireGuardIdentityArgs
 from core.config import PROJECT, StackConfig
-from core.facts import GatewayFacts, PeerFacts, gateway_facts
+from core.facts import GatewayFacts, PeerFacts, gateway_facts, peer_names
 from core.render import configured_endpoint, limit_problems
 
 
@@ -56,16 +62,24 @@ class SiteToSite(pulumi.ComponentResource):
     def __init__(
         self, name: str, args: SiteToSiteArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
-        # Each office's declared sources, for the port policy: it accepts a sourceCidr
-        # only on the rule for the office that declares it (policy/rules.py).
+        # Each office's declared sources and the tunnel rules that admit them, for the
+        # port policy: it accepts a sourceCidr only on that office's own rules.
         external = {
             site.name: {
-                key: str(value)
-                for key, value in (
-                    ("publicIp", site.external.public_ip),
-                    ("sourceCidr", site.external.source_cidr),
-                )
-                if value is not None
+                **{
+                    key: str(value)
+                    for key, value in (
+                        ("publicIp", site.external.public_ip),
+                        ("sourceCidr", site.external.source_cidr),
+                    )
+                    if value is not None
+                },
+                "tunnelRules": sorted(
+                    tunnel_rule_name(other.name, site.name, index)
+                    for other in args.config.sites
+                    if other.is_aws and site.name in peer_names(args.config, other)
+                    for index in range(2)
+                ),
             }
             for site in args.config.sites
             if site.external is not None

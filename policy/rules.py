@@ -288,40 +288,40 @@ def _udp_from_internet(protocol: Any, cidrs: list[Any], what: str) -> list[str]:
 
 
 # The component that declares the whole deployment, and where in its props it names each
-# office's declared sources (`sites[].external`: publicIp, sourceCidr), and the tag that
-# names the peer a gateway's tunnel rule admits (components/gateway.py).
+# office's declared sources (`sites[].external`: publicIp, sourceCidr) and the gateways'
+# tunnel rules that admit them (components/site_to_site.py).
 SITE_TO_SITE = "wg-site-to-site:index:SiteToSite"
 EXTERNAL_SITES_PROP = "externalSites"
-PEER_TAG = f"{PROJECT}:peer"
+
+
+def _network(text: str) -> str:
+    return str(ipaddress.ip_network(text if "/" in text else f"{text}/32", strict=False))
 
 
 def declared_sources(resources: Sequence[Resource]) -> dict[str, set[str]]:
-    """Office name -> the CIDRs its config declares (publicIp /32, sourceCidr)."""
+    """Tunnel rule name -> the CIDRs its office declares (publicIp /32, sourceCidr)."""
     declared: dict[str, set[str]] = {}
     for component in (r for r in resources if r.type == SITE_TO_SITE):
         sites = component.props.get(EXTERNAL_SITES_PROP)
-        for name, site in sites.items() if isinstance(sites, Mapping) else []:
-            if isinstance(site, Mapping):
-                declared.setdefault(str(name), set()).update(
-                    str(site[key]) for key in ("publicIp", "sourceCidr") if site.get(key)
-                )
-    return {
-        name: {str(ipaddress.ip_network(c if "/" in c else f"{c}/32")) for c in cidrs}
-        for name, cidrs in declared.items()
-    }
+        for site in sites.values() if isinstance(sites, Mapping) else []:
+            if not isinstance(site, Mapping):
+                continue
+            cidrs = {
+                _network(str(site[key])) for key in ("publicIp", "sourceCidr") if site.get(key)
+            }
+            for rule in _as_list(site.get("tunnelRules")):
+                declared.setdefault(str(rule), set()).update(cidrs)
+    return declared
 
 
 def tunnel_port_admits_only_peers(resources: Sequence[Resource]) -> list[tuple[Resource, str]]:
     """(a) UDP (so the WireGuard port) is open only to single internet addresses, or to
-    the sourceCidr an office behind NAT declares, on the rule for that office (its
-    `wg-site-to-site:peer` tag): never another site's, never a wider one."""
+    the sourceCidr an office behind NAT declares, on that office's own tunnel rules:
+    never on another peer's rule, never a wider one."""
     declared = declared_sources(resources)
     found: list[tuple[Resource, str]] = []
     for resource in resources:
-        allowed: set[str] = set()
-        if resource.type == INGRESS_RULE:
-            peer = _tag(resource, PEER_TAG)
-            allowed = declared.get(peer, set()) if isinstance(peer, str) else set()
+        allowed = declared.get(resource.name, set()) if resource.type == INGRESS_RULE else set()
         found += [
             (resource, problem)
             for problem in tunnel_port_not_public(resource.type, resource.props, allowed)
