@@ -23,8 +23,9 @@ DIMENSION_SITE = "Site"
 # instance's metric and are replaced with it, so a gateway that has never reported (a
 # first deploy, a planned replacement) has an alarm of its own with no data yet.
 DIMENSION_INSTANCE = "InstanceId"
-# The peer a per-peer metric is about: the peer site's name. A gateway has one series per
-# peer, so each peer has its own TunnelUp, its own alarms and its own line on the dashboard.
+# A gateway with several peers publishes its tunnel metrics once per peer, named here by
+# the peer's site name (issue 15): each peer has its own TunnelUp, its own alarms and its
+# own line on the dashboard.
 DIMENSION_PEER = "Peer"
 
 # Each tunnel alarm names its gateway instance (its id) in this tag, so a policy can
