@@ -209,7 +209,7 @@ def _put_desired_state(site: Site, edit: Callable[[dict[str, str]], None]) -> No
     aws.put_parameters(
         [
             {
-                "region": site.facts.site.region,
+                "region": site.facts.site.aws_region,
                 "name": name,
                 "type": "String",
                 "value": json.dumps(state),
