@@ -70,7 +70,9 @@ def samples(
         if metric in health.PER_INSTANCE_METRICS
         else None,
     )
-    return aws.metric_samples(site.facts.site.aws_region, health.NAMESPACE, metric, dimensions, since)
+    return aws.metric_samples(
+        site.facts.site.aws_region, health.NAMESPACE, metric, dimensions, since
+    )
 
 
 def alarm_state(
