@@ -30,6 +30,7 @@ from core.stack_file import clip
 PROJECT = "wg-site-to-site"
 CONFIG_KEYS = (
     "tunnel",
+    "topology",
     "sites",
     "firewall",
     "tags",
@@ -156,16 +157,64 @@ Cidr = Annotated[ipaddress.IPv4Network, BeforeValidator(_network), AfterValidato
 
 
 def _tunnel_prefix(net: ipaddress.IPv4Network) -> ipaddress.IPv4Network:
-    if net.prefixlen not in (30, 31):
-        raise ValueError("must be a /31 (RFC 3021) or a /30")
+    # One address per site; whether the prefix holds every site is a cross check.
+    if not 16 <= net.prefixlen <= 31:
+        raise ValueError("must be between /16 and /31 (one address per site; /31 for two)")
     return net
 
 
+def tunnel_capacity(net: ipaddress.IPv4Network) -> int:
+    """How many sites a tunnel cidr holds: both addresses of a /31 (RFC 3021), else its
+    usable hosts."""
+    return 2 if net.prefixlen == 31 else net.num_addresses - 2
+
+
+# An office's `sourceCidr` is where its NATed packets come from: its ISP's pool, at most
+# a /24, so the tunnel port is never open to the internet at large.
+SOURCE_CIDR_WIDEST = 24
+
+
 def _site_prefix(net: ipaddress.IPv4Network) -> ipaddress.IPv4Network:
-    # A VPC is /16../28, and the site is split into a public and a private subnet of
-    # at least /28 each, so the site itself can be at most /27.
-    if not 16 <= net.prefixlen <= 27:
-        raise ValueError("must be between /16 and /27 (a VPC split into two subnets)")
+    # The widest a VPC may be is /16; an office network outside AWS may be narrower than
+    # a VPC can (SiteConfig checks /27 for AWS sites, which need two subnets).
+    if not 16 <= net.prefixlen <= 32:
+        raise ValueError("must be between /16 and /32")
+    return net
+
+
+def _public_key(value: str) -> str:
+    from core.keys import is_key
+
+    if not is_key(value):
+        raise ValueError("is not a WireGuard public key (32 bytes of base64, 44 characters)")
+    return value
+
+
+def _public_address(value: Any) -> ipaddress.IPv4Address:
+    try:
+        address = ipaddress.IPv4Address(value.strip() if isinstance(value, str) else value)
+    except ValueError:
+        raise ValueError("is not an IPv4 address such as 198.51.100.7") from None
+    if address.is_private and not _documentation(address) or address.is_unspecified:
+        raise ValueError("is not a public address (peers reach the office on it)")
+    return address
+
+
+def _documentation(address: ipaddress.IPv4Address) -> bool:
+    # RFC 5737's ranges: the examples' and the lab's "public" addresses.
+    return any(
+        address in ipaddress.IPv4Network(net)
+        for net in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
+    )
+
+
+def _source_cidr(value: Any) -> ipaddress.IPv4Network:
+    net = _network(value)
+    if net.prefixlen < SOURCE_CIDR_WIDEST:
+        raise ValueError(
+            f"is wider than a /{SOURCE_CIDR_WIDEST}: it opens the tunnel port to "
+            f"{net.num_addresses} addresses; name the office's NAT pool"
+        )
     return net
 
 
@@ -213,7 +262,7 @@ class _Model(BaseModel):
 
 
 class TunnelConfig(_Model):
-    """`wg-site-to-site:tunnel`: the transfer net between the two gateways."""
+    """`wg-site-to-site:tunnel`: the transfer net, one address per site in site order."""
 
     cidr: Annotated[Cidr, AfterValidator(_tunnel_prefix)]
     port: Annotated[int, Field(ge=1, le=65535)]
@@ -222,16 +271,65 @@ class TunnelConfig(_Model):
     # Raising it makes new private keys (and a new pre-shared key) for both gateways,
     # applied in place.
     key_generation: Annotated[int, Field(ge=1, le=1_000_000)] = 1
-    # One pre-shared key for the pair (post-quantum resistance for recorded traffic),
-    # in its own SecureString readable by exactly the two gateways.
+    # One pre-shared key per pair of peers (post-quantum resistance for recorded traffic),
+    # in its own SecureString per gateway, readable by exactly that gateway.
     preshared_key: bool = True
+
+
+class ExternalSite(_Model):
+    """`sites[].external`: a site outside AWS (an office) with its own gateway host.
+
+    The office makes its key with `wg genkey` and gives only the public half: its
+    private key never enters the stack. It is reached on `publicIp`, or, behind NAT,
+    dials out from `sourceCidr` (its peers then have no Endpoint for it)."""
+
+    public_key: Annotated[str, AfterValidator(_public_key)]
+    public_ip: Annotated[ipaddress.IPv4Address, BeforeValidator(_public_address)] | None = None
+    source_cidr: Annotated[ipaddress.IPv4Network, BeforeValidator(_source_cidr)] | None = None
+
+    @model_validator(mode="after")
+    def _reachable(self) -> ExternalSite:
+        if self.public_ip is None and self.source_cidr is None:
+            raise FieldProblem(
+                "publicIp",
+                "is missing, and so is sourceCidr: give the office's static address, or "
+                "where its packets come from when it is behind NAT",
+            )
+        return self
+
+    @property
+    def admitted(self) -> ipaddress.IPv4Network:
+        """What the AWS security groups admit on the tunnel port for this office."""
+        if self.source_cidr is not None:
+            return self.source_cidr
+        assert self.public_ip is not None
+        return ipaddress.IPv4Network(f"{self.public_ip}/32")
+
+    @property
+    def behind_nat(self) -> bool:
+        """It dials out: no peer has an Endpoint for it."""
+        return self.public_ip is None
+
+
+# Keys of an AWS site's gateway that mean nothing for a site outside AWS.
+AWS_ONLY_KEYS = (
+    "region",
+    "instanceType",
+    "image",
+    "availabilityZone",
+    "vpcId",
+    "subnetId",
+    "routeTableIds",
+    "canary",
+)
 
 
 class SiteConfig(_Model):
     """One entry of `wg-site-to-site:sites`: a network and its gateway."""
 
     name: Annotated[str, _matches(SITE_NAME, "a lowercase name (a-z, 0-9, -; at most 23)")]
-    region: Annotated[str, _matches(REGION, "an AWS region name such as us-east-1")]
+    # Required for an AWS site; none for a site outside AWS (`external`).
+    region: Annotated[str, _matches(REGION, "an AWS region name such as us-east-1")] | None = None
     cidr: Annotated[Cidr, AfterValidator(_site_prefix)]
     interface: Annotated[
         str,
@@ -268,8 +366,32 @@ class SiteConfig(_Model):
     # A workload host in the private subnet (t4g.nano, SSM-managed): the peer's probe pings
     # it through the tunnel, and `make e2e` runs its checks on it (components/canary.py).
     canary: bool = False
+    external: ExternalSite | None = None
 
     @model_validator(mode="after")
+    def _external_or_aws(self) -> SiteConfig:
+        if self.external is not None:
+            given = [
+                key
+                for key in AWS_ONLY_KEYS
+                if (key if key in type(self).model_fields else _snake(key)) in self.model_fields_set
+            ]
+            if given:
+                raise FieldProblem(
+                    given[0],
+                    "is set on a site outside AWS (external); "
+                    f"{', '.join(AWS_ONLY_KEYS)} are for AWS sites only",
+                )
+            return self
+        if self.region is None:
+            raise FieldProblem("region", "is missing: an AWS site needs a region (or external)")
+        if self.cidr.prefixlen > 27:
+            raise FieldProblem(
+                "cidr",
+                f"{self.cidr} is narrower than /27: an AWS site is a VPC split into two subnets",
+            )
+        return self._existing_vpc_is_complete()
+
     def _existing_vpc_is_complete(self) -> SiteConfig:
         fields = {
             "vpcId": self.vpc_id,
@@ -291,7 +413,7 @@ class SiteConfig(_Model):
                 "true needs the private subnet this program makes; a site with vpcId has "
                 "none (leave canary off, or let the program make the VPC)",
             )
-        if self.availability_zone and not self.availability_zone.startswith(self.region):
+        if self.availability_zone and not self.availability_zone.startswith(self.region or "-"):
             raise FieldProblem(
                 "availabilityZone",
                 f"{_shown(self.availability_zone)} is not in region {self.region}",
@@ -301,6 +423,28 @@ class SiteConfig(_Model):
     @property
     def uses_existing_vpc(self) -> bool:
         return self.vpc_id is not None
+
+    @property
+    def is_aws(self) -> bool:
+        return self.external is None
+
+    @property
+    def aws_region(self) -> str:
+        """The region of an AWS site (an external site has none)."""
+        if self.region is None:
+            raise ValueError(f"site {self.name} is outside AWS and has no region")
+        return self.region
+
+
+def _snake(key: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", key).lower()
+
+
+class TopologyConfig(_Model):
+    """`wg-site-to-site:topology`: absent, a full mesh; with `hub`, hub and spokes."""
+
+    # Every spoke's only peer; it forwards spoke to spoke, subject to the firewall.
+    hub: Annotated[str, _matches(SITE_NAME, "a site name")] | None = None
 
 
 def _port_spec(value: Any) -> int | str:
@@ -390,6 +534,7 @@ class StackConfig(_Model):
 
     tunnel: TunnelConfig
     sites: list[SiteConfig]
+    topology: TopologyConfig = TopologyConfig()
     firewall: list[FirewallRule] = []
     # Extra tags for every resource (ephemeral test stacks add owner and expiry).
     tags: Annotated[dict[TagKey, TagValue], AfterValidator(_tag_count)] = {}
@@ -486,14 +631,22 @@ def _cross_checks(config: StackConfig) -> list[str]:
     sites = config.sites
     regions = frozenset() if config.allow_unknown_regions else known_regions()
     for i, site in enumerate(sites):
-        if regions and site.region not in regions:
+        if regions and site.region is not None and site.region not in regions:
             problems.append(
                 f"{_key(('sites', i, 'region'))}: {site.region!r} is not an AWS region "
                 f"(botocore knows {len(regions)}); for a region newer than botocore set "
                 f"{PROJECT}:allowUnknownRegions: true"
             )
-    if len(sites) != 2:
-        problems.append(f"{_key(('sites',))}: exactly two sites are needed, got {len(sites)}")
+    if len(sites) < 2:
+        problems.append(f"{_key(('sites',))}: at least two sites are needed, got {len(sites)}")
+    if not any(site.is_aws for site in sites):
+        problems.append(f"{_key(('sites',))}: every site is external; at least one must be in AWS")
+    capacity = tunnel_capacity(config.tunnel.cidr)
+    if len(sites) > capacity:
+        problems.append(
+            f"{_key(('tunnel', 'cidr'))}: {config.tunnel.cidr} holds {capacity} gateway "
+            f"addresses, too few for {len(sites)} sites (one each); use a shorter prefix"
+        )
     for i, site in enumerate(sites):
         for j in range(i):
             other = sites[j]
@@ -504,17 +657,43 @@ def _cross_checks(config: StackConfig) -> list[str]:
                 )
             if site.name == other.name:
                 problems.append(f"{_key(('sites', i, 'name'))}: {site.name!r} is used twice")
-            if site.interface == other.interface:
+            if (
+                site.external is not None
+                and other.external is not None
+                and site.external.public_key == other.external.public_key
+            ):
                 problems.append(
-                    f"{_key(('sites', i, 'interface'))}: {site.interface!r} is used twice"
+                    f"{_key(('sites', i, 'external', 'publicKey'))}: the same key as site "
+                    f"{other.name!r}; every site needs its own key"
                 )
         if config.tunnel.cidr.overlaps(site.cidr):
             problems.append(
                 f"{_key(('tunnel', 'cidr'))}: {config.tunnel.cidr} overlaps site "
                 f"{site.name!r} ({site.cidr})"
             )
+    hub = config.topology.hub
+    names = {site.name: site for site in sites}
+    if hub is not None and hub not in names:
+        problems.append(
+            f"{_key(('topology', 'hub'))}: {hub!r} is not a site (sites: {', '.join(names)})"
+        )
+    elif hub is not None and not names[hub].is_aws:
+        problems.append(
+            f"{_key(('topology', 'hub'))}: {hub!r} is outside AWS; the hub must be an AWS site"
+        )
+    elif hub is None:
+        nated = [i for i, site in enumerate(sites) if site.external and site.external.behind_nat]
+        if len(nated) > 1:
+            first, second = sites[nated[0]].name, sites[nated[1]].name
+            problems.append(
+                f"{_key(('sites', nated[1], 'external'))}: {second!r} and {first!r} are both "
+                "behind NAT (no publicIp), so in a mesh neither can reach the other; give one "
+                f"a publicIp, or set {PROJECT}:topology.hub to an AWS site"
+            )
     problems += alerts_problems(
-        config.alerts, [site.region for site in sites], config.tunnel.persistent_keepalive
+        config.alerts,
+        [site.region for site in sites if site.region is not None],
+        config.tunnel.persistent_keepalive,
     )
     return problems
 

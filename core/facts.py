@@ -210,31 +210,84 @@ def site_layout(cidr: ipaddress.IPv4Network) -> SiteLayout:
 
 
 @dataclass(frozen=True)
+class PeerFacts:
+    """One peer of a gateway: a site it has a WireGuard [Peer] section for."""
+
+    site: SiteConfig
+    tunnel_address: ipaddress.IPv4Address
+    # The sites reached through this peer, the peer first: itself, or for a spoke's hub
+    # the hub and every other spoke. Their tunnel addresses and CIDRs are its AllowedIPs.
+    reached_tunnel_addresses: tuple[ipaddress.IPv4Address, ...]
+    reached_cidrs: tuple[ipaddress.IPv4Network, ...]
+    port: int
+    # The gateway's parameter holding this pair's pre-shared key (in the gateway's region).
+    psk_parameter_name: str
+    canary: ipaddress.IPv4Address | None = None  # the peer site's canary: a probe target
+
+    @property
+    def name(self) -> str:
+        return self.site.name
+
+    @property
+    def has_endpoint(self) -> bool:
+        """A fixed address to dial (an Elastic IP or the office's publicIp); a NATed
+        office has none and dials in itself."""
+        return self.site.external is None or not self.site.external.behind_nat
+
+    @property
+    def static_ip(self) -> ipaddress.IPv4Address | None:
+        """An office's configured address (an AWS peer's Elastic IP is known at deploy)."""
+        return self.site.external.public_ip if self.site.external is not None else None
+
+    @property
+    def public_key(self) -> str | None:
+        """An office's configured key (an AWS peer's is made by the program)."""
+        return self.site.external.public_key if self.site.external is not None else None
+
+    @property
+    def allowed_ips(self) -> tuple[ipaddress.IPv4Network, ...]:
+        """What this peer may send and be sent: tunnel /32s first, then site CIDRs."""
+        return (
+            *(ipaddress.IPv4Network(f"{address}/32") for address in self.reached_tunnel_addresses),
+            *self.reached_cidrs,
+        )
+
+    def psk_path(self, interface: str) -> str:
+        return f"/etc/wireguard/{interface}.{self.name}.psk"
+
+
+@dataclass(frozen=True)
 class GatewayFacts:
     """Everything about one site's gateway that the config decides."""
 
     stack: str
     site: SiteConfig
-    peer: SiteConfig
+    peers: tuple[PeerFacts, ...]  # in site order
     layout: SiteLayout
     interface: str
     tunnel_address: ipaddress.IPv4Interface  # this gateway's address with the tunnel prefix
-    peer_tunnel_address: ipaddress.IPv4Address
     listen_port: int
-    peer_port: int
     mtu: int
     persistent_keepalive: int | None
-    allowed_ips: tuple[ipaddress.IPv4Network, ...]  # what the peer may send and be sent
     rules: tuple[IptablesRule, ...]  # MSS clamp first, then the configured firewall
     architecture: str
     preshared_key: bool
     key_generation: int
     canary: ipaddress.IPv4Address | None = None  # this site's canary, if it has one
-    peer_canary: ipaddress.IPv4Address | None = None  # the peer's canary: the probe's target
+    # Every other site's CIDR: what the site's route tables send to this gateway.
+    remote_cidrs: tuple[ipaddress.IPv4Network, ...] = ()
+    is_hub: bool = False
 
     @property
     def name(self) -> str:
         return self.site.name
+
+    @property
+    def is_aws(self) -> bool:
+        return self.site.is_aws
+
+    def peer(self, name: str) -> PeerFacts:
+        return next(peer for peer in self.peers if peer.name == name)
 
     @property
     def key_path(self) -> str:
@@ -249,14 +302,11 @@ class GatewayFacts:
         return f"/etc/wireguard/{self.interface}.rules"
 
     @property
-    def psk_path(self) -> str:
-        return f"/etc/wireguard/{self.interface}.psk"
-
-    @property
     def peer_path(self) -> str:
-        """The peer's tunnel address, one line, written by the apply from the desired
-        state: the probe and the check read it, so a tunnel cidr change is day 2."""
-        return f"/etc/wireguard/{self.interface}.peer"
+        """The peers' names, tunnel addresses and probe targets, one line per peer
+        ("name address [target]"), written by the apply from the desired state: the probe
+        and the check read it, so a tunnel cidr change or a new site is day 2."""
+        return f"/etc/wireguard/{self.interface}.peers"
 
     @property
     def jumps(self) -> tuple[Jump, ...]:
@@ -276,16 +326,16 @@ class GatewayFacts:
         return self._parameter(DESIRED_STATE_LEAF)
 
     @property
-    def psk_parameter_name(self) -> str:
-        """The pair's pre-shared key, in this gateway's region (each site has a copy)."""
-        return self._parameter(PRESHARED_KEY_LEAF)
+    def psk_parameter_names(self) -> tuple[str, ...]:
+        """The pairs' pre-shared keys, one per peer, in this gateway's region."""
+        return tuple(peer.psk_parameter_name for peer in self.peers)
 
     @property
     def parameter_names(self) -> tuple[str, ...]:
         """Every parameter this gateway reads, and nothing else."""
         names = [self.desired_state_parameter_name, self.key_parameter_name]
         if self.preshared_key:
-            names.append(self.psk_parameter_name)
+            names += self.psk_parameter_names
         return tuple(names)
 
     @property
@@ -309,40 +359,81 @@ class GatewayFacts:
         return swap_mib(self.site.instance_type)
 
 
-def tunnel_addresses(
-    cidr: ipaddress.IPv4Network,
-) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
-    """The two gateway addresses of a /31 (both addresses) or /30 (its usable hosts)."""
-    first, second = list(cidr.hosts())[:2]
-    return first, second
+def tunnel_addresses(cidr: ipaddress.IPv4Network, count: int) -> list[ipaddress.IPv4Address]:
+    """One gateway address per site in site order: both addresses of a /31 (RFC 3021),
+    otherwise the usable hosts from the first."""
+    hosts = cidr.hosts() if cidr.prefixlen < 31 else iter(cidr)
+    addresses = [address for _, address in zip(range(count), hosts, strict=False)]
+    if len(addresses) < count:
+        raise ValueError(f"{cidr} holds {len(addresses)} addresses, not {count}")
+    return addresses
 
 
-def gateway_facts(config: StackConfig, stack: str) -> tuple[GatewayFacts, GatewayFacts]:
-    """Facts for both gateways, in site order: the first site takes the first address."""
-    addresses = tunnel_addresses(config.tunnel.cidr)
+def psk_parameter_name(stack: str, site: str, peer: str) -> str:
+    """The pair's pre-shared key as `site`'s gateway reads it (each side has its copy)."""
+    return f"/{PROJECT}/{stack}/{site}/{peer}/{PRESHARED_KEY_LEAF}"
+
+
+def peer_names(config: StackConfig, site: SiteConfig) -> tuple[str, ...]:
+    """The sites `site` has a [Peer] for: in a mesh every other; with a hub, a spoke has
+    the hub and the hub every spoke."""
+    hub = config.topology.hub
+    others = tuple(other.name for other in config.sites if other.name != site.name)
+    if hub is None or site.name == hub:
+        return others
+    return (hub,)
+
+
+def gateway_facts(config: StackConfig, stack: str) -> tuple[GatewayFacts, ...]:
+    """Facts for every site's gateway (an office's too), in site order: the first site
+    takes the first tunnel address."""
+    sites = config.sites
+    addresses = dict(
+        zip(
+            (site.name for site in sites),
+            tunnel_addresses(config.tunnel.cidr, len(sites)),
+            strict=True,
+        )
+    )
+    by_name = {site.name: site for site in sites}
+    hub = config.topology.hub
+
+    def reached_through(site: SiteConfig, peer: SiteConfig) -> list[SiteConfig]:
+        # A spoke reaches every site but itself through the hub.
+        if hub is not None and peer.name == hub and site.name != hub:
+            return [peer, *(s for s in sites if s.name not in (site.name, hub))]
+        return [peer]
+
     facts = []
-    for index, site in enumerate(config.sites):
-        peer_index = 1 - index
-        peer = config.sites[peer_index]
+    for site in sites:
+        peers = []
+        for name in peer_names(config, site):
+            peer = by_name[name]
+            via = reached_through(site, peer)
+            peers.append(
+                PeerFacts(
+                    site=peer,
+                    tunnel_address=addresses[name],
+                    reached_tunnel_addresses=tuple(addresses[s.name] for s in via),
+                    reached_cidrs=tuple(s.cidr for s in via),
+                    port=config.tunnel.port,
+                    psk_parameter_name=psk_parameter_name(stack, site.name, name),
+                    canary=site_layout(peer.cidr).canary_ip if peer.canary else None,
+                )
+            )
         facts.append(
             GatewayFacts(
                 stack=stack,
                 site=site,
-                peer=peer,
+                peers=tuple(peers),
                 layout=site_layout(site.cidr),
                 interface=site.interface,
                 tunnel_address=ipaddress.IPv4Interface(
-                    f"{addresses[index]}/{config.tunnel.cidr.prefixlen}"
+                    f"{addresses[site.name]}/{config.tunnel.cidr.prefixlen}"
                 ),
-                peer_tunnel_address=addresses[peer_index],
                 listen_port=config.tunnel.port,
-                peer_port=config.tunnel.port,
                 mtu=config.tunnel.mtu,
-                persistent_keepalive=config.tunnel.persistent_keepalive,
-                allowed_ips=(
-                    ipaddress.IPv4Network(f"{addresses[peer_index]}/32"),
-                    peer.cidr,
-                ),
+                persistent_keepalive=_keepalive(config, site),
                 rules=(
                     mss_clamp(site.interface),
                     *(firewall_rule(rule, site.interface) for rule in config.firewall),
@@ -351,10 +442,27 @@ def gateway_facts(config: StackConfig, stack: str) -> tuple[GatewayFacts, Gatewa
                 key_generation=config.tunnel.key_generation,
                 architecture=architecture(site.instance_type),
                 canary=site_layout(site.cidr).canary_ip if site.canary else None,
-                peer_canary=site_layout(peer.cidr).canary_ip if peer.canary else None,
+                remote_cidrs=tuple(s.cidr for s in sites if s.name != site.name),
+                is_hub=site.name == hub,
             )
         )
-    return facts[0], facts[1]
+    return tuple(facts)
+
+
+# A NATed office keeps its NAT mapping open so that its peers can answer: WireGuard's
+# recommended interval for that (wg(8), PersistentKeepalive: "a sensible interval ... is 25").
+NAT_KEEPALIVE_SECONDS = 25
+
+
+def _keepalive(config: StackConfig, site: SiteConfig) -> int | None:
+    if site.external is not None and site.external.behind_nat:
+        return config.tunnel.persistent_keepalive or NAT_KEEPALIVE_SECONDS
+    return config.tunnel.persistent_keepalive
+
+
+def aws_gateway_facts(config: StackConfig, stack: str) -> tuple[GatewayFacts, ...]:
+    """The gateways this program builds: every AWS site's."""
+    return tuple(facts for facts in gateway_facts(config, stack) if facts.is_aws)
 
 
 # The gateway's AWS API calls (SSM reads, CloudWatch metrics): curl --aws-sigv4 with

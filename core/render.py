@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import ipaddress
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path, PurePosixPath
@@ -21,12 +22,14 @@ import jinja2
 import yaml
 
 from core import health
+from core.config import PROJECT, SITE_NAME
 from core.facts import (
     APPLY_PATH,
     APPLY_UNIT_PATH,
     AWS_CALL_PATH,
     AWS_ENV_PATH,
     CHECK_PATH,
+    PRESHARED_KEY_LEAF,
     PROBE_PATH,
     PROBE_SERVICE_PATH,
     PROBE_STATE_DIR,
@@ -35,6 +38,7 @@ from core.facts import (
     SSM_STANDARD_LIMIT_BYTES,
     SYSCTL_PATH,
     GatewayFacts,
+    PeerFacts,
 )
 from core.keys import is_key
 
@@ -43,14 +47,28 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "cloud-init"
 # delete-before-replace the old gateway is gone by then. Checked before anything exists.
 # https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/user-data.html
 USER_DATA_LIMIT_BYTES = 16 * 1024
+# A peer's pre-shared key file as the wg-quick config's PostUp names it (%i: the
+# interface); the apply feeds each [Peer] the file its PostUp names.
+PSK_PATH_TEMPLATE = "/etc/wireguard/%i.{peer}.psk"
 
 
 @dataclass(frozen=True)
 class PeerEndpoint:
-    """What a gateway learns about its peer only at deploy time."""
+    """A peer's public key and the address to dial it on (None: a NATed office, which
+    dials in). For an AWS peer both are known only at deploy time."""
 
     public_key: str
-    public_ip: str
+    public_ip: str | None
+
+
+def configured_endpoint(peer: PeerFacts) -> PeerEndpoint:
+    """An office peer's endpoint, all from the stack config."""
+    if peer.public_key is None:
+        raise ValueError(f"peer {peer.name} is an AWS site: its key is known at deploy time")
+    return PeerEndpoint(
+        public_key=peer.public_key,
+        public_ip=str(peer.static_ip) if peer.static_ip is not None else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -119,23 +137,48 @@ def _render(template: str, **values: Any) -> str:
     return _environment().get_template(template).render(**values)
 
 
-def render_wg_config(facts: GatewayFacts, peer: PeerEndpoint) -> str:
-    """The wg-quick config: no secret, only PostUps that load the keys from 0600 files."""
-    if not is_key(peer.public_key):
-        raise ValueError(f"peer public key for {facts.peer.name} is not a WireGuard key")
-    endpoint = ipaddress.IPv4Address(peer.public_ip)
+def render_wg_config(
+    facts: GatewayFacts,
+    endpoints: Mapping[str, PeerEndpoint],
+    source: str = "SSM Parameter Store",
+) -> str:
+    """The wg-quick config: no secret, only PostUps that load the keys from 0600 files.
+
+    `endpoints` has every peer's key and address, by site name."""
+    peers = []
+    for peer in facts.peers:
+        endpoint = endpoints.get(peer.name)
+        if endpoint is None:
+            raise ValueError(f"no public key and address for peer {peer.name}")
+        if not is_key(endpoint.public_key):
+            raise ValueError(f"peer public key for {peer.name} is not a WireGuard key")
+        address = None
+        if peer.has_endpoint:
+            if endpoint.public_ip is None:
+                raise ValueError(f"peer {peer.name} has a fixed address, but none was given")
+            address = f"{ipaddress.IPv4Address(endpoint.public_ip)}:{peer.port}"
+        peers.append(
+            {
+                "name": peer.name,
+                "where": peer.site.region
+                or ("outside AWS" if peer.has_endpoint else "outside AWS, behind NAT: it dials in"),
+                "public_key": endpoint.public_key,
+                "allowed_ips": [str(net) for net in peer.allowed_ips],
+                "endpoint": address,
+                "psk_path_template": PSK_PATH_TEMPLATE.format(peer=peer.name),
+            }
+        )
     return _render(
         "wg-quick.conf.j2",
         interface=facts.interface,
         site=facts.name,
-        peer=facts.peer.name,
-        peer_region=facts.peer.region,
+        peers=peers,
         stack=facts.stack,
+        source=source,
         key_path=facts.key_path,
         key_path_template="/etc/wireguard/%i.key",
         preshared_key=facts.preshared_key,
-        psk_path=facts.psk_path,
-        psk_path_template="/etc/wireguard/%i.psk",
+        psk_path_pattern=f"/etc/wireguard/{facts.interface}.<peer>.psk",
         rules_path=facts.rules_path,
         rules_path_template="/etc/wireguard/%i.rules",
         jumps=facts.jumps,
@@ -143,9 +186,6 @@ def render_wg_config(facts: GatewayFacts, peer: PeerEndpoint) -> str:
         address=str(facts.tunnel_address),
         listen_port=facts.listen_port,
         mtu=facts.mtu,
-        peer_public_key=peer.public_key,
-        allowed_ips=[str(net) for net in facts.allowed_ips],
-        peer_endpoint=f"{endpoint}:{facts.peer_port}",
         persistent_keepalive=facts.persistent_keepalive,
     )
 
@@ -157,22 +197,32 @@ def render_firewall(facts: GatewayFacts) -> str:
     )
 
 
-def render_desired_state(facts: GatewayFacts, peer: PeerEndpoint) -> DesiredState:
-    wg_config = render_wg_config(facts, peer)
+def render_desired_state(
+    facts: GatewayFacts, endpoints: Mapping[str, PeerEndpoint]
+) -> DesiredState:
+    wg_config = render_wg_config(facts, endpoints)
     firewall = render_firewall(facts)
+    peers = []
+    for peer in facts.peers:
+        entry = {
+            "name": peer.name,
+            # What the probe and the check ping: in the desired state, not the user
+            # data, so a tunnel cidr change or a new site never replaces the gateway.
+            "address": str(peer.tunnel_address),
+            "publicKey": endpoints[peer.name].public_key,
+        }
+        if peer.canary is not None:
+            # The peer site's canary: the probe pings it through the tunnel and the
+            # peer's forwarding path, so TunnelUp means "site to site works" (source/dest
+            # check, routes and security groups on the far side included).
+            entry["probeTarget"] = str(peer.canary)
+        peers.append(entry)
     state: dict[str, object] = {
         "config": wg_config,
         "firewall": firewall,
         "presharedKey": facts.preshared_key,
-        # What the probe and the check ping: in the desired state, not the user data,
-        # so a tunnel cidr change restarts wg-quick instead of replacing the gateway.
-        "peerAddress": str(facts.peer_tunnel_address),
+        "peers": peers,
     }
-    if facts.peer_canary is not None:
-        # The peer site's canary: the probe pings it through the tunnel and the peer's
-        # forwarding path, so TunnelUp means "site to site works" (source/dest check,
-        # routes and security groups on the far side included).
-        state["probeTarget"] = str(facts.peer_canary)
     document = json.dumps(state, sort_keys=True)
     return DesiredState(wg_config=wg_config, firewall=firewall, document=document)
 
@@ -186,7 +236,19 @@ def _sbin() -> str:
 
 
 def render_apply(facts: GatewayFacts) -> str:
-    """The apply script: installed at APPLY_PATH, run at boot, by Run Command, by the probe."""
+    """The apply script: installed at APPLY_PATH, run at boot, by Run Command, by the probe.
+
+    It names no peer: each peer's pre-shared key parameter and file are made from the
+    peer's name in the desired state, so adding a site is day 2 and never changes the
+    user data."""
+    psk_prefix = f"/{PROJECT}/{facts.stack}/{facts.name}/"
+    psk_base = f"/etc/wireguard/{facts.interface}."
+    for peer in facts.peers:
+        # The script's rule for the names must be the core's (facts.py).
+        if f"{psk_prefix}{peer.name}/{PRESHARED_KEY_LEAF}" != peer.psk_parameter_name:
+            raise ValueError(f"peer {peer.name}: pre-shared key parameter name mismatch")
+        if f"{psk_base}{peer.name}.psk" != peer.psk_path(facts.interface):
+            raise ValueError(f"peer {peer.name}: pre-shared key file mismatch")
     return _render(
         "apply.sh.j2",
         name=PurePosixPath(APPLY_PATH).name,
@@ -196,13 +258,16 @@ def render_apply(facts: GatewayFacts) -> str:
         config_path=facts.config_path,
         rules_path=facts.rules_path,
         key_path=facts.key_path,
-        psk_path=facts.psk_path,
         peer_path=facts.peer_path,
         state_parameter=facts.desired_state_parameter_name,
         key_parameter=facts.key_parameter_name,
-        # Always named: whether to use it is part of the desired state, so turning the
-        # pre-shared key on or off is a day-2 change, not a new instance.
-        psk_parameter=facts.psk_parameter_name,
+        # Always named: whether to use them is part of the desired state, so turning the
+        # pre-shared keys on or off, or adding a peer, is a day-2 change, not a new instance.
+        psk_prefix=psk_prefix,
+        psk_leaf=PRESHARED_KEY_LEAF,
+        psk_base=psk_base,
+        psk_base_template=PSK_PATH_TEMPLATE.format(peer="")[: -len(".psk")],
+        site_name_pattern=SITE_NAME.pattern.removeprefix("^").removesuffix("$"),
         jumps=facts.jumps,
     )
 
@@ -215,9 +280,12 @@ def render_check(facts: GatewayFacts) -> str:
         sbin=_sbin(),
         aws_call=PurePosixPath(AWS_CALL_PATH).name,
         interface=facts.interface,
-        # The peer's tunnel address is day 2: the apply writes it here from the desired
-        # state, so nothing in the user data changes with the tunnel cidr.
+        # The peers and their tunnel addresses are day 2: the apply writes them here from
+        # the desired state, so nothing in the user data changes with the tunnel cidr or
+        # a new site.
         peer_path=facts.peer_path,
+        # Outside AWS there is no interface whose source/dest check could be on.
+        aws=facts.is_aws,
         # WireGuard drops a session 180 s after its last handshake (REJECT_AFTER_TIME).
         max_handshake_age=health.HANDSHAKE_STALE_SECONDS,
     )
@@ -265,6 +333,10 @@ def render_bootstrap(facts: GatewayFacts) -> Bootstrap:
 _LONGEST_PEER = PeerEndpoint(public_key="A" * 43 + "=", public_ip="255.255.255.255")
 
 
+def _longest_endpoints(facts: GatewayFacts) -> dict[str, PeerEndpoint]:
+    return {peer.name: _LONGEST_PEER for peer in facts.peers}
+
+
 def limit_problems(facts: GatewayFacts) -> list[str]:
     """One line per limit this gateway's rendered files could exceed, else nothing."""
     problems = []
@@ -286,7 +358,7 @@ def limit_problems(facts: GatewayFacts) -> list[str]:
 
 def desired_state_bound(facts: GatewayFacts) -> int:
     """The most bytes this gateway's desired state can take, whoever the peer is."""
-    return len(render_desired_state(facts, _LONGEST_PEER).document.encode())
+    return len(render_desired_state(facts, _longest_endpoints(facts)).document.encode())
 
 
 def desired_state_tier(facts: GatewayFacts) -> str:
@@ -345,7 +417,6 @@ def render_probe(
         interval=_probe_interval(interval_seconds),
         interface=facts.interface,
         site=facts.name,
-        peer=facts.peer.name,
         peer_path=facts.peer_path,
         stack=facts.stack,
         state_dir=PROBE_STATE_DIR,
@@ -353,6 +424,7 @@ def render_probe(
         dimension_stack=health.DIMENSION_STACK,
         dimension_site=health.DIMENSION_SITE,
         dimension_instance=health.DIMENSION_INSTANCE,
+        dimension_peer=health.DIMENSION_PEER,
         tunnel_up=health.TUNNEL_UP,
         source_dest_check=health.SOURCE_DEST_CHECK,
         handshake_age=health.HANDSHAKE_AGE,
@@ -374,7 +446,6 @@ def render_probe_units(
     values = {
         "interface": facts.interface,
         "site": facts.name,
-        "peer": facts.peer.name,
         "probe_path": PROBE_PATH,
         "interval": interval,
         # Longer than pings (3 s) plus the API call (20 s), whatever the interval.

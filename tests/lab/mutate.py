@@ -64,7 +64,11 @@ def no_routes_to_gateways(plan: Plan) -> None:
 
 def tunnel_open_to_all(site: str) -> Callable[[Plan], None]:
     def change(plan: Plan) -> None:
-        _set(plan.one(TYPE_INGRESS, f"{site}-tunnel-from-peer"), "cidrIpv4", "0.0.0.0/0")
+        # The tunnel port's rule from the site's first peer (components: one per peer).
+        first = next(
+            r for r in plan.by_type(TYPE_INGRESS) if r.name.startswith(f"{site}-tunnel-from-")
+        )
+        _set(first, "cidrIpv4", "0.0.0.0/0")
 
     return change
 
