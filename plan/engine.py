@@ -214,6 +214,8 @@ class _Recorder:
         self.lock = threading.Lock()
         self.disabled_default_providers: tuple[str, ...] = DISABLED_DEFAULT_PROVIDERS
         self.problems: list[str] = []
+        # New name -> old name, for resources declared with an alias.
+        self.renamed: dict[str, str] = {}
 
     def require_explicit_provider(self, what: str, token: str, provider: str) -> None:
         """What the engine does with `pulumi:disable-default-providers`: refuse."""
@@ -247,7 +249,9 @@ class _Recorder:
         outputs["arn"] = f"arn:aws:{service}:{region}:{ACCOUNT}:{prefix}/{id_}"
         if type_ == "random:index/randomBytes:RandomBytes":
             generation = str((plain.get("keepers") or {}).get("generation", "1"))
-            key = self.planted_keys.get(name) or plan_private_key(self.stack, name, generation)
+            key = self.planted_keys.get(name) or plan_private_key(
+                self.stack, self.renamed.get(name, name), generation
+            )
             outputs["base64"] = key
             outputs["hex"] = base64.b64decode(key).hex()
         elif type_ == "aws:ec2/eip:Eip":
@@ -474,6 +478,12 @@ def run_program(
 
     class Monitor(pulumi_mocks.MockMonitor):
         def RegisterResource(self, request: Any) -> Any:
+            # A renamed resource keeps its state (the engine follows the alias): the mocks
+            # answer it as they answered its old name (a key keeps its bytes).
+            old_names = [u.rsplit("::", 1)[-1] for u in _alias_urns("::" + request.name, request)]
+            if old_names:
+                with recorder.lock:
+                    recorder.renamed[request.name] = old_names[0]
             response = super().RegisterResource(request)  # type: ignore[no-untyped-call]
             if request.type == "pulumi:pulumi:Stack":
                 return response
