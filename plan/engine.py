@@ -86,6 +86,8 @@ class Plan:
     exports: dict[str, Any]
     # What the program logged as a warning (`pulumi up` shows these as diagnostics).
     notes: list[str] = field(default_factory=list)
+    # URN -> resource, for `get` (remade when the list's length changes).
+    _index: dict[str, PlannedResource] = field(default_factory=dict, repr=False, compare=False)
 
     def by_type(self, type_: str) -> list[PlannedResource]:
         return [r for r in self.resources if r.type == type_]
@@ -99,11 +101,9 @@ class Plan:
     def get(self, urn: str) -> PlannedResource:
         # An index, remade whenever the list changed (tests change copies of plans): a
         # scan per lookup made the public document quadratic in resources.
-        index = self.__dict__.get("_index")
-        if index is None or len(index) != len(self.resources):
-            index = {r.urn: r for r in self.resources}
-            self.__dict__["_index"] = index
-        found = index.get(urn)
+        if len(self._index) != len(self.resources):
+            self._index = {r.urn: r for r in self.resources}
+        found = self._index.get(urn)
         if found is None or found.urn != urn:
             return next(r for r in self.resources if r.urn == urn)
         return found

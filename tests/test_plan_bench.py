@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,8 @@ def _stand_in(seconds: list[float], monkeypatch: pytest.MonkeyPatch) -> list[lis
         calls.append(command)
         return subprocess.CompletedProcess(command, 0, "1142\n", "")
 
-    monkeypatch.setattr(bench.subprocess, "run", run)
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(subprocess, "run", run)
+    monkeypatch.setattr(time, "perf_counter", lambda: next(clock))
     return calls
 
 
