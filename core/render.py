@@ -394,7 +394,9 @@ def render_probe(
         interval=_probe_interval(interval_seconds),
         interface=facts.interface,
         site=facts.name,
-        peer=", ".join(peer.name for peer in facts.peers),
+        # Not the peers' names: the user data must not change when a site joins (that
+        # would replace every gateway); they come from the desired state (day 2).
+        peer="its peers",
         peer_path=facts.peer_path,
         stack=facts.stack,
         state_dir=PROBE_STATE_DIR,
@@ -423,7 +425,7 @@ def render_probe_units(
     values = {
         "interface": facts.interface,
         "site": facts.name,
-        "peer": ", ".join(peer.name for peer in facts.peers),
+        "peer": "its peers",  # not their names: see render_probe
         "probe_path": PROBE_PATH,
         "interval": interval,
         # Longer than pings (3 s) plus the API call (20 s), whatever the interval.

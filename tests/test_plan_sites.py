@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 
 from components.site_to_site import name_clashes
-from plan import cost, document
+from plan import cost, diff, document
 from plan.engine import Plan, PlanError, read_stack_file, reveal, run_program
+from plan.second_run import changes_between
 from policy import offline, rules
 from tests.conftest import planned
 
@@ -340,3 +341,33 @@ def test_site_names_that_join_alike_are_refused_in_one_line():
         run_program("clash", config)
     assert "rename one of these sites" in str(error.value)
     assert "Traceback" not in str(error.value)
+
+
+def test_a_second_run_of_the_hub_stack_changes_nothing():
+    # The first `pulumi up` (an update run), then the session's preview over its state.
+    config = read_stack_file("hub-nat", TEST_STACKS)
+    first = planned("hub-nat", config, preview=False, shared=True)
+    assert changes_between(first, example("hub-nat")) == []
+
+
+def test_adding_a_site_to_a_mesh_replaces_nothing_of_the_running_sites():
+    # Day 2: the mesh of east and west, then central joins (mesh3 as committed).
+    config = read_stack_file("mesh3", TEST_STACKS)
+    config["sites"] = config["sites"][:2]
+    before = document.public_document(planned("mesh3", config, shared=True))
+    after = document.public_document(example("mesh3"))
+
+    changes = diff.compare(before, after)
+
+    # Only the applies (and the verification) run again: a command re-runs by replacement.
+    assert not [
+        (c.op, c.name)
+        for c in changes
+        if c.op == "delete" or (c.op == "replace" and c.type != "command:local:Command")
+    ]
+    created = {c.name for c in changes if c.op == "create"}
+    assert "central-gateway" in created and "east-to-central-0" in created
+    assert not [name for name in created if name.startswith(("east-gateway", "west-gateway"))]
+    updated = {c.name for c in changes if c.op == "update"}
+    # The running gateways learn the new peer in place (their desired state, applied).
+    assert {"east-desired-state", "west-desired-state"} <= updated
