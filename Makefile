@@ -7,6 +7,9 @@ STACK ?= dev
 # make lab-bench: fresh labs to take the median of, and where the figures go.
 RUNS ?= 5
 BENCH_JSON ?= build/lab-bench.json
+# make plan-bench: the offline plan of a SITES-site AWS mesh, RUNS times (issue 15: 10 in 5 s).
+SITES ?= 10
+PLAN_BENCH_JSON ?= build/plan-bench.json
 VENV := .venv
 PY := $(VENV)/bin/python
 # Debian packages the tests and the lab use: WireGuard (kernel or wireguard-go),
@@ -14,7 +17,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := wireguard-tools wireguard-go iproute2 iptables nftables iputils-ping curl \
 	mtr-tiny iperf3 procps psmisc cloud-init
 
-.PHONY: help deps test lint typecheck unit lab lab-down lab-bench plan pin policy \
+.PHONY: help deps test lint typecheck unit lab lab-down lab-bench plan plan-bench pin policy \
 	test-stack test-stack-destroy test-stack-sweep e2e clean
 
 help: ## list the targets
@@ -79,6 +82,9 @@ test: deps ## everything CI runs: lint, types, unit, policy and lab tests
 
 plan: deps ## offline plan of STACK (no credentials): make plan STACK=dev [ARGS="--diff main"]
 	$(PY) -m plan $(STACK) $(ARGS)
+
+plan-bench: deps ## offline plan benchmark: a SITES-site mesh (default 10), median of RUNS runs
+	$(PY) -m plan.bench --sites $(SITES) --runs $(RUNS) --output $(PLAN_BENCH_JSON)
 
 pin: deps ## pin each site's current Ubuntu build and a zone into STACK's file (needs AWS)
 	$(PY) -m tools.pin $(STACK)

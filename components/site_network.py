@@ -25,7 +25,10 @@ class SiteNetworkArgs:
     run is kept: a later run that would choose another never moves the subnets."""
     remote_sites: list[RemoteSite]
     """Every other site, in config order: the workloads' security group admits their
-    CIDRs and the ICMP errors from their gateways' tunnel addresses."""
+    CIDRs."""
+    tunnel_cidr: str
+    """The tunnel cidr: the workloads admit the ICMP errors the gateways send from their
+    tunnel addresses."""
     tags: dict[str, str]
     """Tags for every resource."""
 
@@ -36,9 +39,6 @@ class RemoteSite:
 
     name: str
     cidr: str
-    tunnel_address: str
-    """Its gateway's tunnel address: the source of the ICMP errors that gateway sends
-    about this site's traffic (time exceeded, a firewall's port unreachable)."""
 
 
 class SiteNetwork(pulumi.ComponentResource):
@@ -124,24 +124,28 @@ class SiteNetwork(pulumi.ComponentResource):
                 tags=self._tags(f"to-{remote.name}-site"),
                 opts=self._renamed(f"{self._site}-to-peer-site" if first else None),
             )
-            # AWS admits no ICMP error as "related" to a tracked flow (only fragmentation
-            # needed is documented, and it needs a rule: see the gateway's), so a workload
-            # sees the errors another site's gateway sends about its traffic only where a
-            # rule admits them: a trace's time exceeded and a UDP REJECT's port
-            # unreachable, both from that gateway's tunnel address (a hub's too, for
-            # spoke-to-spoke traffic). The own gateway's are in the gateway component.
-            for kind, icmp_type in (("time-exceeded", 11), ("unreachable", 3)):
-                aws.vpc.SecurityGroupIngressRule(
-                    f"{self._site}-{kind}-from-{remote.name}-tunnel",
-                    security_group_id=group.id,
-                    description=f"ICMP {kind.replace('-', ' ')} from the {remote.name} tunnel",
-                    ip_protocol="icmp",
-                    from_port=icmp_type,
-                    to_port=-1,
-                    cidr_ipv4=f"{remote.tunnel_address}/32",
-                    tags=self._tags(f"{kind}-from-{remote.name}-tunnel"),
-                    opts=self._renamed(f"{self._site}-{kind}-from-peer-tunnel" if first else None),
-                )
+        # AWS admits no ICMP error as "related" to a tracked flow (only fragmentation
+        # needed is documented, and it needs a rule: see the gateway's), so a workload sees
+        # the errors another site's gateway sends about its traffic only where a rule
+        # admits them: a trace's time exceeded and a UDP REJECT's port unreachable, from
+        # that gateway's tunnel address (a hub's too, for spoke-to-spoke traffic). The
+        # tunnel cidr holds the gateways' tunnel addresses and nothing else (AllowedIPs
+        # admit only those /32s from the tunnel), so one rule per kind admits them all
+        # (not one per site: at ten sites that was 160 rules). The own gateway's errors
+        # come from its private address: the gateway component's rules.
+        for kind, icmp_type in (("time-exceeded", 11), ("unreachable", 3)):
+            aws.vpc.SecurityGroupIngressRule(
+                f"{self._site}-{kind}-from-tunnel",
+                security_group_id=group.id,
+                description=f"ICMP {kind.replace('-', ' ')} from the gateway tunnel addresses",
+                ip_protocol="icmp",
+                from_port=icmp_type,
+                to_port=-1,
+                cidr_ipv4=self._inputs.tunnel_cidr,
+                tags=self._tags(f"{kind}-from-tunnel"),
+                # A two-site stack's rule (from the peer's tunnel address) is this one.
+                opts=self._renamed(f"{self._site}-{kind}-from-peer-tunnel"),
+            )
         return group.id
 
     def _tags(self, role: str) -> dict[str, str]:

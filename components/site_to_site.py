@@ -339,14 +339,11 @@ class SiteToSite(pulumi.ComponentResource):
                 availability_zone=self._zone(index, facts, provider, tags),
                 zone_pinned=facts.site.availability_zone is not None,
                 remote_sites=[
-                    RemoteSite(
-                        name=other.name,
-                        cidr=str(other.site.cidr),
-                        tunnel_address=str(other.tunnel_address.ip),
-                    )
+                    RemoteSite(name=other.name, cidr=str(other.site.cidr))
                     for other in every
                     if other.name != facts.name
                 ],
+                tunnel_cidr=str(facts.tunnel_address.network),
                 tags=tags,
             ),
             opts=pulumi.ResourceOptions(parent=self, providers=[provider]),

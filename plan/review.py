@@ -245,6 +245,9 @@ def _path_impact(change: ResourceChange) -> str:
 
 def _parameter_impact(change: ResourceChange) -> str:
     if change.op == "replace":
+        if any(p.key == "name" for p in change.properties):
+            # Create before delete: the new name exists before the old one goes.
+            return "replaced: made under its new name, then the old one deleted"
         return "replaced: deleted and created again under the same name"
     if any(p.secret for p in change.properties):
         return "in place: new secret value, read by the gateway at its apply"

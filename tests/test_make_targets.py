@@ -59,7 +59,7 @@ REFUSED = {
     "test-stack-sweep": re.compile(r"^tools\.ephemeral: the Pulumi CLI is not installed"),
     "e2e": re.compile(r"^tools\.e2e: no AWS credentials"),
 }
-DRY = {"deps", "clean", "test"}
+DRY = {"deps", "clean", "test", "plan-bench"}
 TESTED = REAL | LAB | set(REFUSED) | DRY
 # make's own lines ("make: *** [Makefile:70: pin] Error 2"), not the tool's.
 MAKE_LINE = re.compile(r"^make(\[\d+\])?: ")
@@ -222,6 +222,17 @@ def test_make_clean_removes_only_the_projects_installs_and_caches(env: dict[str,
         # Relative, inside the checkout, no glob: nothing else can go.
         assert not os.path.isabs(path) and ".." not in Path(path).parts, path
         assert not set("*?[$") & set(path), path
+
+
+def test_make_plan_bench_runs_the_benchmark_with_its_defaults(env: dict[str, str]) -> None:
+    # Its own figures come from tests/test_plan_bench.py and the README; here, the recipe.
+    dry = make(env, "-n", "-o", "deps", "plan-bench")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.strip() == (
+        ".venv/bin/python -m plan.bench --sites 10 --runs 5 --output build/plan-bench.json"
+    )
+    dry = make(env, "-n", "-o", "deps", "plan-bench", "SITES=4", "RUNS=1")
+    assert "--sites 4 --runs 1" in dry.stdout, dry.stdout
 
 
 def test_make_test_is_what_ci_runs(env: dict[str, str]) -> None:

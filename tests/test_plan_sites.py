@@ -11,6 +11,7 @@ cidr's hosts in site order.
 from __future__ import annotations
 
 import copy
+import ipaddress
 import json
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,9 @@ from typing import Any
 import pytest
 
 from components.site_to_site import name_clashes
-from plan import cost, document
+from plan import cost, diff, document
 from plan.engine import Plan, PlanError, read_stack_file, reveal, run_program
+from plan.second_run import changes_between
 from policy import offline, rules
 from tests.conftest import planned
 
@@ -227,14 +229,16 @@ def test_workloads_admit_every_other_site_and_its_gateways_icmp_errors(stack):
             (r.inputs["fromPort"], r.inputs["cidrIpv4"])
             for r in rules_of
             if r.inputs["ipProtocol"] == "icmp"
-            and r.inputs["fromPort"] in (3, 11)
             and r.inputs["toPort"] == -1
             # (the own gateway's, from its private address, are the gateway's rules)
             and not r.name.endswith("-from-gateway")
         }
-        assert icmp == {
-            (kind, f"{expected['tunnel'][name]}/32") for kind in (3, 11) for name in others
+        # The tunnel cidr holds every gateway's tunnel address.
+        tunnel = "10.255.255.0/29"
+        assert {address for address in expected["tunnel"].values()} <= {
+            str(a) for a in ipaddress.ip_network(tunnel).hosts()
         }
+        assert icmp == {(3, tunnel), (11, tunnel)}
 
 
 def test_one_preshared_key_per_pair_stored_by_each_aws_side(stack):
@@ -337,3 +341,33 @@ def test_site_names_that_join_alike_are_refused_in_one_line():
         run_program("clash", config)
     assert "rename one of these sites" in str(error.value)
     assert "Traceback" not in str(error.value)
+
+
+def test_a_second_run_of_the_hub_stack_changes_nothing():
+    # The first `pulumi up` (an update run), then the session's preview over its state.
+    config = read_stack_file("hub-nat", TEST_STACKS)
+    first = planned("hub-nat", config, preview=False, shared=True)
+    assert changes_between(first, example("hub-nat")) == []
+
+
+def test_adding_a_site_to_a_mesh_replaces_nothing_of_the_running_sites():
+    # Day 2: the mesh of east and west, then central joins (mesh3 as committed).
+    config = read_stack_file("mesh3", TEST_STACKS)
+    config["sites"] = config["sites"][:2]
+    before = document.public_document(planned("mesh3", config, shared=True))
+    after = document.public_document(example("mesh3"))
+
+    changes = diff.compare(before, after)
+
+    # Only the applies (and the verification) run again: a command re-runs by replacement.
+    assert not [
+        (c.op, c.name)
+        for c in changes
+        if c.op == "delete" or (c.op == "replace" and c.type != "command:local:Command")
+    ]
+    created = {c.name for c in changes if c.op == "create"}
+    assert "central-gateway" in created and "east-to-central-0" in created
+    assert not [name for name in created if name.startswith(("east-gateway", "west-gateway"))]
+    updated = {c.name for c in changes if c.op == "update"}
+    # The running gateways learn the new peer in place (their desired state, applied).
+    assert {"east-desired-state", "west-desired-state"} <= updated
