@@ -727,3 +727,14 @@ def test_install_sh_makes_a_missing_key_once_and_stops_until_the_stack_has_it(
     assert again.returncode == 1
     assert public_key(key.read_text().strip()) == made, "an existing key was overwritten"
     assert f"public key is {made};" in again.stderr
+
+
+def test_the_renderer_makes_no_bundle_for_an_aws_site() -> None:
+    from core.config import load_stack_config, project_config_from_stack_file
+    from core.facts import gateway_facts
+    from core.render import render_site_bundle
+
+    config = load_stack_config(project_config_from_stack_file(stack_document()))
+    alpha = gateway_facts(config, "lab")[0]
+    with pytest.raises(ValueError, match="site alpha is an AWS site"):
+        render_site_bundle(alpha, {})
