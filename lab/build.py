@@ -129,7 +129,7 @@ def put_parameters(topology: Topology) -> None:
     """Stores every gateway's parameters as the plan says `pulumi up` would."""
     aws.put_parameters(
         [
-            {"region": site.facts.site.region, "name": name, "type": kind, "value": value}
+            {"region": site.facts.site.aws_region, "name": name, "type": kind, "value": value}
             for site in topology.sites
             for name, (kind, value) in site.gateway.parameters.items()
         ]
