@@ -738,3 +738,94 @@ def test_the_renderer_makes_no_bundle_for_an_aws_site() -> None:
     alpha = gateway_facts(config, "lab")[0]
     with pytest.raises(ValueError, match="site alpha is an AWS site"):
         render_site_bundle(alpha, {})
+
+
+# ------------------------------------------------- against what the program itself declares
+
+
+class PlannedSsm:
+    """SSM as `pulumi up` would leave it: every parameter of the plan, in its region;
+    anything else is ParameterNotFound."""
+
+    def __init__(self, parameters: dict[tuple[str, str], str]) -> None:
+        self.parameters = parameters
+        self.read: list[tuple[str, str]] = []
+
+    def __call__(self, service: str, region: str) -> Any:
+        client = boto3.client(
+            service, region_name=region, aws_access_key_id="x", aws_secret_access_key="x"
+        )
+        stubber = Stubber(client)
+        original = client.get_parameter
+
+        def get_parameter(**kwargs: Any) -> Any:
+            name = kwargs["Name"]
+            self.read.append((region, name))
+            if (region, name) in self.parameters:
+                stubber.add_response(
+                    "get_parameter",
+                    {"Parameter": {"Name": name, "Value": self.parameters[(region, name)]}},
+                    {"Name": name, "WithDecryption": True},
+                )
+            else:
+                stubber.add_client_error("get_parameter", "ParameterNotFound", http_status_code=400)
+            return original(**kwargs)
+
+        client.get_parameter = get_parameter
+        stubber.activate()
+        return client
+
+
+def test_a_planned_stacks_office_bundle_pairs_with_its_aws_gateways(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from plan.engine import read_stack_file, reveal
+    from tests.conftest import planned
+
+    stacks = REPO / "tests" / "stacks"
+    # The session's plan of the issue's example (tests/test_plan_sites.py plans it too).
+    plan = planned("office-static", read_stack_file("office-static", stacks), shared=True)
+    parameters = {}
+    for resource in plan.by_type("aws:ssm/parameter:Parameter"):
+        value = resource.inputs.get("value", resource.inputs.get("insecureValue"))
+        region = plan.region_of(resource)
+        assert region is not None
+        parameters[(region, reveal(resource.inputs["name"]))] = reveal(value)
+    world = _world(tmp_path, {})
+    (tmp_path / "outputs.json").write_text(json.dumps(reveal(plan.exports["sites"])))
+    _environment(monkeypatch, world)
+    monkeypatch.setattr(site_bundle, "STACKS", stacks)
+    _credentials(monkeypatch)
+    ssm = PlannedSsm(parameters)
+    status, _, output = _run(world, capsys, "office-static", "office", client=ssm)
+    assert status == 0, output
+
+    prefix = "/wg-site-to-site/office-static"
+    assert ssm.read == [
+        ("us-east-1", f"{prefix}/alpha/office/wireguard-preshared-key"),
+        ("eu-west-1", f"{prefix}/beta/office/wireguard-preshared-key"),
+    ]
+    bundle = world.out / "office-static" / "office"
+    office = json.loads((bundle / "state" / prefix[1:] / "office" / "desired-state").read_text())
+    office_key = "3EeDzdKW8qr3H8hAmdqtXoYft3W+tM1mTKnz1CW5qCI="
+    for site, region, address, cidr, eip in (
+        ("alpha", "us-east-1", "10.255.255.1", "10.1.0.0/16", "203.0.113.10"),
+        ("beta", "eu-west-1", "10.255.255.2", "10.2.0.0/16", "203.0.113.20"),
+    ):
+        psk = parameters[(region, f"{prefix}/{site}/office/wireguard-preshared-key")]
+        assert (
+            bundle / "state" / prefix[1:] / "office" / site / "wireguard-preshared-key"
+        ).read_text() == psk + "\n"
+        # The office's peer key is the key the gateway holds (its private key parameter).
+        gateway_key = public_key(parameters[(region, f"{prefix}/{site}/wireguard-private-key")])
+        assert (
+            f"PublicKey = {gateway_key}\nAllowedIPs = {address}/32, {cidr}\n"
+            f"Endpoint = {eip}:51000" in office["config"]
+        )
+        # And the gateway's own desired state has the office: its key, its addresses.
+        aws = json.loads(parameters[(region, f"{prefix}/{site}/desired-state")])
+        assert (
+            f"PublicKey = {office_key}\nAllowedIPs = 10.255.255.3/32, 192.168.10.0/24\n"
+            "Endpoint = 198.51.100.7:51000"
+        ) in aws["config"], aws["config"]
+    assert "Address = 10.255.255.3/29" in office["config"]
