@@ -752,7 +752,7 @@ class PlannedSsm:
         self.read: list[tuple[str, str]] = []
 
     def __call__(self, service: str, region: str) -> Any:
-        client = boto3.client(
+        client = boto3.client(  # type: ignore[call-overload]
             service, region_name=region, aws_access_key_id="x", aws_secret_access_key="x"
         )
         stubber = Stubber(client)
