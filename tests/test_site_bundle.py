@@ -829,3 +829,30 @@ def test_a_planned_stacks_office_bundle_pairs_with_its_aws_gateways(
             "Endpoint = 198.51.100.7:51000"
         ) in aws["config"], aws["config"]
     assert "Address = 10.255.255.3/29" in office["config"]
+
+
+def test_refuses_a_pair_of_offices_with_preshared_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # In a mesh two offices peer directly: no AWS gateway holds their pair's key in SSM.
+    document = stack_document()
+    document["config"]["wg-site-to-site:sites"].append(
+        {
+            "name": "branch",
+            "cidr": "192.168.20.0/24",
+            "interface": "wg0",
+            "external": {"publicKey": public_key(_key(8)), "publicIp": "198.51.100.8"},
+        }
+    )
+    world = _world(tmp_path, {"lab": document})
+    _environment(monkeypatch, world)
+    _credentials(monkeypatch)
+    ssm = StubbedSsm({})
+    status, lines, _ = _run(world, capsys, "lab", "office", client=ssm)
+    _refused(
+        world,
+        lines,
+        status,
+        r"site office's peer branch is outside AWS too: the pair has no pre-shared key in SSM",
+    )
+    assert ssm.regions == [], "refused, yet SSM was asked"
