@@ -309,6 +309,13 @@ class GatewayFacts:
         return f"/etc/wireguard/{self.interface}.peers"
 
     @property
+    def outside_path(self) -> str:
+        """The names of the peers outside AWS, one a line (written by the apply): the
+        check waits for one that never connected instead of failing `pulumi up`, since only
+        its own install.sh brings it up, and that needs this `up`'s outputs."""
+        return f"/etc/wireguard/{self.interface}.outside"
+
+    @property
     def jumps(self) -> tuple[Jump, ...]:
         return jumps(self.interface)
 

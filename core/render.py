@@ -206,13 +206,15 @@ def render_desired_state(
     firewall = render_firewall(facts)
     peers = []
     for peer in facts.peers:
-        entry = {
+        entry: dict[str, str | bool] = {
             "name": peer.name,
             # What the probe and the check ping: in the desired state, not the user
             # data, so a tunnel cidr change or a new site never replaces the gateway.
             "address": str(peer.tunnel_address),
             "publicKey": endpoints[peer.name].public_key,
         }
+        if not peer.site.is_aws:
+            entry["outside"] = True
         if peer.canary is not None:
             # The peer site's canary: the probe pings it through the tunnel and the
             # peer's forwarding path, so TunnelUp means "site to site works" (source/dest
@@ -261,6 +263,7 @@ def render_apply(facts: GatewayFacts) -> str:
         rules_path=facts.rules_path,
         key_path=facts.key_path,
         peer_path=facts.peer_path,
+        outside_path=facts.outside_path,
         state_parameter=facts.desired_state_parameter_name,
         key_parameter=facts.key_parameter_name,
         # Always named: whether to use them is part of the desired state, so turning the
@@ -286,6 +289,7 @@ def render_check(facts: GatewayFacts) -> str:
         # the desired state, so nothing in the user data changes with the tunnel cidr or
         # a new site.
         peer_path=facts.peer_path,
+        outside_path=facts.outside_path,
         # Outside AWS there is no interface whose source/dest check could be on.
         aws=facts.is_aws,
         # WireGuard drops a session 180 s after its last handshake (REJECT_AFTER_TIME).

@@ -311,6 +311,8 @@ def test_three_peers_each_get_their_own_preshared_key(alpha: Gateway) -> None:
     assert (alpha.etc / "wgA.peers").read_text() == (
         "beta 10.255.255.2\ngamma 10.255.255.3 10.3.1.10\noffice 10.255.255.4\n"
     )
+    # The peers outside AWS, whom the check waits for until they first connect.
+    assert (alpha.etc / "wgA.outside").read_text() == "office\n"
     for secret in PSKS.values():
         assert secret not in started.stdout + started.stderr + applied.stdout + applied.stderr
 

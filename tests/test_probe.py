@@ -251,6 +251,10 @@ def gateway(tmp_path: Path, moto_endpoint: str, imds: Imds, subnet: str) -> Gate
     (tmp_path / "peers").write_text(
         "".join(f"{peer.name} {peer.tunnel_address}\n" for peer in facts.peers)
     )
+    # ... and the names of the peers outside AWS.
+    (tmp_path / "outside").write_text(
+        "".join(f"{peer.name}\n" for peer in facts.peers if not peer.site.is_aws)
+    )
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     _executable(bin_dir / "wg", FAKE_WG)
@@ -264,6 +268,7 @@ def gateway(tmp_path: Path, moto_endpoint: str, imds: Imds, subnet: str) -> Gate
         WG_S2S_ENDPOINT_EC2=moto_endpoint,
         WG_S2S_IMDS_ENDPOINT=imds.url,
         WG_S2S_PEER_FILE=str(tmp_path / "peers"),
+        WG_S2S_OUTSIDE_FILE=str(tmp_path / "outside"),
         PATH=f"{bin_dir}:{os.environ['PATH']}",
         FAKE=str(tmp_path),
         WANT_IFACE=facts.interface,
@@ -432,20 +437,64 @@ def test_check_passes_with_every_peer_up_and_the_source_dest_check_off(gateway: 
 
 
 def test_check_fails_on_one_dead_peer_of_two(gateway: Gateway):
+    gateway.wg({"office": int(time.time()) - 5}, {})
+    gateway.set(f"ping-fails-{gateway.address('beta')}", "")
+
+    result = gateway.run("wg-site-to-site-check")
+
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert f"check ping ok office {gateway.address('office')} 3/3" in lines
+    assert (
+        f"check ping FAILED beta: no reply from {gateway.address('beta')} across the tunnel"
+    ) in lines
+    assert any(line.startswith("check handshake ok office ") for line in lines)
+    assert "check handshake FAILED beta: no handshake yet" in lines
+    assert [line.split()[2] for line in lines].count("FAILED") == 2
+
+
+def test_an_office_that_never_connected_waits_and_passes_the_check(gateway: Gateway):
+    # Adding an office: this `up` makes the outputs its bundle needs, so it cannot be up yet.
     gateway.wg({"beta": int(time.time()) - 5}, {})
+    gateway.set(f"ping-fails-{gateway.address('office')}", "")
+
+    result = gateway.run("wg-site-to-site-check")
+
+    assert result.returncode == 0, result.stdout
+    lines = result.stdout.splitlines()
+    assert (
+        "check ping waiting office: outside AWS and never connected; install its bundle "
+        "(make site-bundle SITE=office)"
+    ) in lines
+    assert not any("FAILED" in line for line in lines)
+
+
+def test_an_office_that_connected_once_and_died_fails_the_check(gateway: Gateway):
+    now = int(time.time())
+    gateway.wg({"beta": now - 5, "office": now - 400}, {})
     gateway.set(f"ping-fails-{gateway.address('office')}", "")
 
     result = gateway.run("wg-site-to-site-check")
 
     assert result.returncode == 1
     lines = result.stdout.splitlines()
-    assert f"check ping ok beta {gateway.address('beta')} 3/3" in lines
     assert (
         f"check ping FAILED office: no reply from {gateway.address('office')} across the tunnel"
-    ) in lines
-    assert any(line.startswith("check handshake ok beta ") for line in lines)
-    assert "check handshake FAILED office: no handshake yet" in lines
-    assert [line.split()[2] for line in lines].count("FAILED") == 2
+        in lines
+    )
+    assert "check handshake FAILED office: 400 s ago, over 180 s" in lines
+
+
+def test_an_aws_peer_that_never_connected_fails_the_check(gateway: Gateway):
+    # Negative control of the waiting rule: it is for offices only.
+    (gateway.fake / "outside").write_text("")
+    gateway.wg({"beta": int(time.time()) - 5}, {})
+    gateway.set(f"ping-fails-{gateway.address('office')}", "")
+
+    result = gateway.run("wg-site-to-site-check")
+
+    assert result.returncode == 1
+    assert "check handshake FAILED office: no handshake yet" in result.stdout.splitlines()
 
 
 def test_check_fails_with_a_line_naming_the_source_dest_check(gateway: Gateway):
@@ -616,8 +665,8 @@ def test_an_offices_check_makes_no_aws_call(tmp_path: Path):
     assert [line.split()[1] for line in result.stdout.splitlines()] == [
         "interface",
         "ping",
-        "ping",
         "handshake",
+        "ping",
         "handshake",
     ]
     assert any(line.startswith("check handshake ok alpha ") for line in result.stdout.splitlines())
