@@ -195,7 +195,7 @@ def _public_address(value: Any) -> ipaddress.IPv4Address:
         address = ipaddress.IPv4Address(value.strip() if isinstance(value, str) else value)
     except ValueError:
         raise ValueError("is not an IPv4 address such as 198.51.100.7") from None
-    if address.is_private and not _documentation(address) or address.is_unspecified:
+    if (address.is_private and not _documentation(address)) or address.is_unspecified:
         raise ValueError("is not a public address (peers reach the office on it)")
     return address
 

@@ -12,10 +12,10 @@ import gzip
 import hashlib
 import ipaddress
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path, PurePosixPath
-from collections.abc import Mapping
 from typing import Any
 
 import jinja2

@@ -48,9 +48,7 @@ def _endpoints(facts: GatewayFacts) -> dict[str, PeerEndpoint]:
 
 
 def test_mesh_of_three_gives_every_gateway_every_other_site() -> None:
-    facts = _facts(
-        _site("a", "10.1.0.0/16"), _site("b", "10.2.0.0/16"), _site("c", "10.3.0.0/16")
-    )
+    facts = _facts(_site("a", "10.1.0.0/16"), _site("b", "10.2.0.0/16"), _site("c", "10.3.0.0/16"))
     assert _allowed(facts["a"]) == {
         "b": ["10.255.255.2/32", "10.2.0.0/16"],
         "c": ["10.255.255.3/32", "10.3.0.0/16"],
@@ -111,9 +109,7 @@ def test_an_office_with_a_static_address_is_dialled_there() -> None:
 
 
 def test_one_preshared_key_parameter_per_pair_and_side() -> None:
-    facts = _facts(
-        _site("a", "10.1.0.0/16"), _site("b", "10.2.0.0/16"), _site("c", "10.3.0.0/16")
-    )
+    facts = _facts(_site("a", "10.1.0.0/16"), _site("b", "10.2.0.0/16"), _site("c", "10.3.0.0/16"))
     names = {name: f.psk_parameter_names for name, f in facts.items()}
     assert names["a"] == (
         "/wg-site-to-site/t/a/b/wireguard-preshared-key",
