@@ -482,18 +482,7 @@ def no_private_key_in_gateway_config(type_: str, props: Props) -> list[str]:
     Messages name the line, never its content.
     """
     problems = []
-    texts = list(_held_texts(type_, props))
-    # The desired state names each peer's public key (peers[].publicKey): allowed only
-    # where it is one the config names on a PublicKey line, so no private key passes.
-    public = {
-        line.split("=", 1)[1].strip()
-        for _, text in texts
-        for line in text.splitlines()
-        if _PUBLIC_KEY_LINE.match(line.strip())
-    }
-    for where, text in texts:
-        if where.endswith(".publicKey") and text.strip() in public:
-            continue
+    for where, text in _scanned_texts(type_, props):
         for number, line in enumerate(text.splitlines(), start=1):
             if _PRIVATE_KEY_LINE.match(line.strip()):
                 problems.append(
@@ -508,6 +497,22 @@ def no_private_key_in_gateway_config(type_: str, props: Props) -> list[str]:
                     "PublicKey line"
                 )
     return problems
+
+
+def _scanned_texts(type_: str, props: Props) -> Iterator[tuple[str, str]]:
+    """The held texts a key or NAT scan reads. The desired state names each peer's public
+    key (peers[].publicKey): skipped only where it is one the config names on a PublicKey
+    line, so no private key passes as a peer's."""
+    texts = list(_held_texts(type_, props))
+    public = {
+        line.split("=", 1)[1].strip()
+        for _, text in texts
+        for line in text.splitlines()
+        if _PUBLIC_KEY_LINE.match(line.strip())
+    }
+    for where, text in texts:
+        if not (where.endswith(".publicKey") and text.strip() in public):
+            yield where, text
 
 
 def _secret_parameter_kind(name: Any) -> str | None:
@@ -537,18 +542,7 @@ def no_nat(type_: str, props: Props) -> list[str]:
     """(g) Sites are routed, never translated: no NAT rule in user data, the desired
     state's config and firewall, or any other string input."""
     problems = []
-    texts = list(_held_texts(type_, props))
-    # The desired state names each peer's public key (peers[].publicKey): allowed only
-    # where it is one the config names on a PublicKey line, so no private key passes.
-    public = {
-        line.split("=", 1)[1].strip()
-        for _, text in texts
-        for line in text.splitlines()
-        if _PUBLIC_KEY_LINE.match(line.strip())
-    }
-    for where, text in texts:
-        if where.endswith(".publicKey") and text.strip() in public:
-            continue
+    for where, text in _scanned_texts(type_, props):
         for number, line in enumerate(text.splitlines(), start=1):
             # Comments (YAML, shell, wg-quick, iptables-restore) do not run, and rule
             # descriptions land there.
