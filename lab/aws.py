@@ -117,7 +117,7 @@ def serve_gateways(sites: Sequence[Site]) -> dict[str, str]:
     """Each gateway's interface in moto's EC2, and its instance metadata; site -> ENI id."""
     request = [
         {
-            "region": site.facts.site.region,
+            "region": site.facts.site.aws_region,
             "cidr": str(site.facts.site.cidr),
             "subnet": str(site.facts.layout.public_subnet),
             "sourceDestCheck": site.gateway.source_dest_check,
@@ -153,7 +153,7 @@ def set_source_dest_check(site: Site, on: bool) -> str:
     """What ModifyNetworkInterfaceAttribute (or the provider bug, terraform-provider-aws
     #44768) does to the gateway's interface in moto; returns the interface's id."""
     request = {
-        "region": site.facts.site.region,
+        "region": site.facts.site.aws_region,
         "subnet": str(site.facts.layout.public_subnet),
         "on": on,
     }

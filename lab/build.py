@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from core.render import parse_user_data, written_files
@@ -32,12 +33,15 @@ from lab.topology import (
     INTERNET_MTU,
     LINK_HOST,
     LINK_IGW,
+    LINK_LAN,
     LINK_PRIVATE,
     LINK_PUBLIC,
     LINK_STRANGER,
+    LINK_UPLINK,
     PROBE_INTERFACE,
     STRANGER,
     STRANGER_ROUTER,
+    Office,
     RouteTable,
     SecurityGroupRule,
     Site,
@@ -88,6 +92,8 @@ def build(topology: Topology, state: State, progress: Progress = _quiet) -> list
             if host.ingress is not None and host.egress is not None:
                 _security_group(host.namespace, host.ingress, host.egress, probe=False)
         notes += [f"{site.name}: {note}" for note in site.notes]
+    for office in topology.offices:
+        _nat_router(office)
     _internet_carries_packets(topology)
     netns.iptables_restore(
         topology.internet_namespace,
@@ -95,10 +101,20 @@ def build(topology: Topology, state: State, progress: Progress = _quiet) -> list
     )
     state.implementation = _wireguard_implementation(topology.internet_namespace)
     state.save()
-    for site in topology.sites:
-        progress(f"booting the {site.name} gateway from its user data ({state.implementation})")
-        notes += _boot_gateway(site, state)
+    names = ", ".join(site.name for site in topology.sites)
+    progress(f"booting the gateways ({names}) from their user data ({state.implementation})")
+    notes += boot_gateways(topology.sites, state)
     return notes
+
+
+def boot_gateways(sites: tuple[Site, ...], state: State) -> list[str]:
+    """Boots the gateways side by side, as EC2 boots instances; notes in site order."""
+    for site in sites:
+        state.add("etc_dirs", str(etc_dir(site.gateway.namespace)))
+        state.add("interfaces", site.facts.interface)
+    with ThreadPoolExecutor(max_workers=max(1, len(sites))) as pool:
+        booted = list(pool.map(lambda site: _boot_gateway(site, state), sites))
+    return [note for notes in booted for note in notes]
 
 
 def _aws_stand_in(topology: Topology, state: State) -> None:
@@ -129,7 +145,7 @@ def put_parameters(topology: Topology) -> None:
     """Stores every gateway's parameters as the plan says `pulumi up` would."""
     aws.put_parameters(
         [
-            {"region": site.facts.site.region, "name": name, "type": kind, "value": value}
+            {"region": site.facts.site.aws_region, "name": name, "type": kind, "value": value}
             for site in topology.sites
             for name, (kind, value) in site.gateway.parameters.items()
         ]
@@ -138,11 +154,13 @@ def put_parameters(topology: Topology) -> None:
 
 def _namespaces(topology: Topology, state: State) -> None:
     forwarding = {topology.internet_namespace} | {s.vpc_namespace for s in topology.sites}
-    gateways = {s.gateway.namespace for s in topology.sites}
+    forwarding |= {o.nat.namespace for o in topology.offices if o.nat is not None}
+    gateways = set(topology.gateway_namespaces)
     for namespace in topology.namespaces:
         state.add("namespaces", namespace)
         netns.add_namespace(namespace)
         if namespace in gateways:
+            netns.give_own_wireguard_run(namespace)
             # A fresh Ubuntu instance: no forwarding until its user data turns it on.
             settings = {"net.ipv4.ip_forward": "0", "net.ipv4.conf.all.rp_filter": "2"}
             settings["net.ipv4.conf.default.rp_filter"] = "2"
@@ -163,6 +181,16 @@ def _links(topology: Topology) -> None:
         # One workload host per site: a veth is the subnet (a bridge would be the next step).
         for host in site.hosts:
             netns.veth(site.vpc_namespace, LINK_PRIVATE, host.namespace, LINK_HOST, EC2_MTU)
+    for office in topology.offices:
+        # An office line carries 1500 bytes; its LAN is plain Ethernet.
+        gateway = office.gateway.namespace
+        if office.nat is None:
+            netns.veth(inet, office.edge_link, gateway, LINK_UPLINK, INTERNET_MTU)
+        else:
+            netns.veth(inet, office.edge_link, office.nat.namespace, LINK_UPLINK, INTERNET_MTU)
+            netns.veth(office.nat.namespace, LINK_LAN, gateway, LINK_UPLINK, INTERNET_MTU)
+        for host in office.hosts:
+            netns.veth(gateway, LINK_LAN, host.namespace, LINK_HOST, INTERNET_MTU)
     netns.veth(inet, LINK_STRANGER, topology.stranger_namespace, LINK_HOST, EC2_MTU)
 
 
@@ -251,6 +279,8 @@ def _addresses_and_routes(topology: Topology) -> None:
             f"link set {site.edge_link} up",
             f"route add {gateway.elastic_ip}/32 via {site.edge.ip} dev {site.edge_link}",
         ]
+    for office in topology.offices:
+        inet_lines += _office_addresses(office)
     netns.ip_batch(inet, inet_lines)
     netns.ip_batch(
         topology.stranger_namespace,
@@ -259,6 +289,74 @@ def _addresses_and_routes(topology: Topology) -> None:
             f"link set {LINK_HOST} up",
             f"route add default via {STRANGER_ROUTER.ip} dev {LINK_HOST}",
         ],
+    )
+
+
+def _office_addresses(office: Office) -> list[str]:
+    """Addresses and routes of an office's gateway, NAT router and hosts; returns the
+    internet's side (its lines for the internet namespace)."""
+    gateway = office.gateway
+    # The uplink's only address is the office's own (its publicIp /32, or behind NAT the
+    # inside of its router), so whatever leaves it comes from that address.
+    netns.ip_batch(
+        gateway.namespace,
+        [
+            f"address add {gateway.uplink} dev {LINK_UPLINK}",
+            f"address add {gateway.private_address} dev {LINK_LAN}",
+            f"link set {LINK_UPLINK} up",
+            f"link set {LINK_LAN} up",
+            f"route add default via {gateway.uplink_router} dev {LINK_UPLINK} onlink",
+        ],
+    )
+    for host in office.hosts:
+        netns.ip_batch(
+            host.namespace,
+            [
+                f"address add {host.address} dev {LINK_HOST}",
+                f"link set {LINK_HOST} up",
+                f"route add default via {host.router} dev {LINK_HOST}",
+            ],
+        )
+    external = office.facts.site.external
+    assert external is not None
+    lines = [f"address add {office.edge_peer} dev {office.edge_link}"]
+    lines.append(f"link set {office.edge_link} up")
+    if office.nat is None:
+        lines.append(f"route add {gateway.uplink.ip}/32 dev {office.edge_link}")
+        return lines
+    nat = office.nat
+    netns.ip_batch(
+        nat.namespace,
+        [
+            f"address add {nat.outside}/32 dev {LINK_UPLINK}",
+            f"address add {nat.inside} dev {LINK_LAN}",
+            f"link set {LINK_UPLINK} up",
+            f"link set {LINK_LAN} up",
+            f"route add default via {office.edge_peer.ip} dev {LINK_UPLINK} onlink",
+            # The office's LAN sits behind its gateway; the router only needs the uplink.
+        ],
+    )
+    # The provider's whole sourceCidr is routed to the router (it answers for one address).
+    lines.append(f"route add {external.source_cidr} dev {office.edge_link}")
+    return lines
+
+
+def _nat_router(office: Office) -> None:
+    """A masquerading router on a NATed office's uplink: every packet from the office
+    leaves with the router's address (and a port it picks); only replies come back in."""
+    if office.nat is None:
+        return
+    netns.iptables_restore(
+        office.nat.namespace,
+        "*nat\n"
+        f"-A POSTROUTING -o {LINK_UPLINK} -j MASQUERADE\n"
+        "COMMIT\n"
+        "*filter\n"
+        ":FORWARD DROP [0:0]\n"
+        f"-A FORWARD -i {LINK_LAN} -o {LINK_UPLINK} -j ACCEPT\n"
+        f"-A FORWARD -i {LINK_UPLINK} -o {LINK_LAN} -m conntrack --ctstate ESTABLISHED,RELATED"
+        " -j ACCEPT\n"
+        "COMMIT\n",
     )
 
 
@@ -395,8 +493,12 @@ def _internet_carries_packets(topology: Topology) -> None:
     """Segmentation offloads off on every link into and inside the internet, so that the
     1500-byte limit judges packets as a wire carries them, not 64 KB TSO batches."""
     sides = [(site.vpc_namespace, [LINK_IGW]) for site in topology.sites]
+    for office in topology.offices:
+        outermost = office.nat.namespace if office.nat else office.gateway.namespace
+        sides.append((outermost, [LINK_UPLINK]))
     sides.append((topology.stranger_namespace, [LINK_HOST]))
-    inet_links = [site.edge_link for site in topology.sites] + [LINK_STRANGER]
+    inet_links = [site.edge_link for site in topology.sites]
+    inet_links += [office.edge_link for office in topology.offices] + [LINK_STRANGER]
     sides.append((topology.internet_namespace, inet_links))
     for namespace, links in sides:
         netns.ns_run(
@@ -502,8 +604,6 @@ def _boot_gateway(site: Site, state: State) -> list[str]:
     """What cloud-init and systemd do with the user data, inside the gateway namespace."""
     gateway, ns = site.gateway, site.gateway.namespace
     etc = etc_dir(ns)
-    state.add("etc_dirs", str(etc))
-    state.add("interfaces", site.facts.interface)
     # As the wireguard-tools package leaves it: only root may look inside.
     (etc / "wireguard").mkdir(mode=0o700, parents=True, exist_ok=True)
     (etc / "sysctl.d").mkdir(mode=0o755, parents=True, exist_ok=True)

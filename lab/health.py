@@ -63,7 +63,8 @@ def samples(
     dimensions = {health.DIMENSION_STACK: site.facts.stack, health.DIMENSION_SITE: site.name}
     if metric == health.TUNNEL_UP:
         dimensions[health.DIMENSION_INSTANCE] = instance_id or site.gateway.instance_id
-    return aws.metric_samples(site.facts.site.region, health.NAMESPACE, metric, dimensions, since)
+    region = site.facts.site.aws_region
+    return aws.metric_samples(region, health.NAMESPACE, metric, dimensions, since)
 
 
 def alarm_state(
