@@ -91,7 +91,7 @@ class Canary(pulumi.ComponentResource):
             aws.ec2.VpcEndpoint(
                 f"{name}-{service}",
                 vpc_id=args.vpc_id,
-                service_name=f"com.amazonaws.{facts.site.region}.{service}",
+                service_name=f"com.amazonaws.{facts.site.aws_region}.{service}",
                 vpc_endpoint_type="Interface",
                 private_dns_enabled=True,
                 subnet_ids=[args.subnet_id],

@@ -114,6 +114,20 @@ DEPLOYER_KEY_ACTIONS = ["kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey*", "k
 
 
 @dataclass
+class PeerInputs:
+    """What a gateway needs of one peer: its key, the address to dial, who may send."""
+
+    public_key: pulumi.Input[str]
+    public_ip: pulumi.Input[str] | None
+    """An AWS peer's Elastic IP or an office's publicIp; None for a NATed office."""
+    sources: list[pulumi.Input[str]]
+    """The CIDRs the tunnel port admits for this peer: its Elastic IP /32, or an office's
+    publicIp /32 and/or sourceCidr."""
+    preshared_key: pulumi.Output[str] | None = None
+    """The pair's pre-shared key (a secret), or None when the stack turns it off."""
+
+
+@dataclass
 class WireGuardGatewayArgs:
     facts: GatewayFacts
     """This gateway's addresses, peer, rules and paths, computed by the core."""
@@ -121,16 +135,16 @@ class WireGuardGatewayArgs:
     subnet_id: pulumi.Input[str]
     """The public subnet the gateway's interface sits in."""
     route_table_ids: list[pulumi.Output[str]]
-    """Every route table of the site: each gets a route to the peer site via the gateway."""
+    """Every route table of the site: each gets a route to every other site via the
+    gateway."""
+    remote_sites: dict[str, str]
+    """Every other site's name -> CIDR (facts.remote_cidrs, named): the routes' targets."""
     private_key: pulumi.Output[str]
     """This gateway's private key (a secret); it goes to SSM, never into user data."""
-    preshared_key: pulumi.Output[str] | None
-    """The pair's pre-shared key (a secret), or None when the stack turns it off."""
     allocation_id: pulumi.Input[str]
     """This gateway's Elastic IP, allocated beforehand."""
-    peer_public_key: pulumi.Input[str]
-    peer_public_ip: pulumi.Input[str]
-    """The peer's Elastic IP: the endpoint in the config and the only source allowed in."""
+    peers: dict[str, PeerInputs]
+    """Per peer (facts.peers, by site name): key, endpoint, admitted sources, PSK."""
     internet_path: list[pulumi.Resource]
     """The internet gateway, the public subnet's default route and its association: the
     Elastic IP and the instance need them at boot, and must go before them on destroy."""
@@ -208,6 +222,13 @@ class WireGuardGateway(pulumi.ComponentResource):
     def _tags(self, role: str) -> dict[str, str]:
         return {**self._inputs.tags, "Name": f"{self._site}-{role}"}
 
+    def _renamed(self, old_name: str | None) -> pulumi.ResourceOptions:
+        """A child's options; `old_name` is its name in a two-site stack before N sites
+        (its first peer's resource): the alias keeps it the same resource in state."""
+        if old_name is None:
+            return self._child
+        return pulumi.ResourceOptions(parent=self, aliases=[pulumi.Alias(name=old_name)])
+
     def _security_group(self) -> aws.ec2.SecurityGroup:
         name, args, facts = self._site, self._inputs, self._inputs.facts
         group = aws.ec2.SecurityGroup(
@@ -217,25 +238,32 @@ class WireGuardGateway(pulumi.ComponentResource):
             tags=self._tags("gateway"),
             opts=self._child,
         )
-        # Only the peer's Elastic IP may reach the tunnel port; the rest of the
-        # internet sees a closed port (WireGuard would not answer it anyway).
-        aws.vpc.SecurityGroupIngressRule(
-            f"{name}-tunnel-from-peer",
-            security_group_id=group.id,
-            description=f"WireGuard from the {facts.peer.name} gateway",
-            ip_protocol="udp",
-            from_port=facts.listen_port,
-            to_port=facts.listen_port,
-            cidr_ipv4=pulumi.Output.from_input(args.peer_public_ip).apply(lambda ip: f"{ip}/32"),
-            tags=self._tags("tunnel-from-peer"),
-            opts=self._child,
-        )
+        # Only the peers' addresses may reach the tunnel port (an AWS peer's Elastic IP,
+        # an office's publicIp or sourceCidr); the rest of the internet sees a closed port
+        # (WireGuard would not answer it anyway). A hub's spoke has one peer, the hub.
+        for position, peer in enumerate(facts.peers):
+            sources = args.peers[peer.name].sources
+            for index, source in enumerate(sources):
+                suffix = "" if index == 0 else f"-{index}"
+                aws.vpc.SecurityGroupIngressRule(
+                    f"{name}-tunnel-from-{peer.name}{suffix}",
+                    security_group_id=group.id,
+                    description=f"WireGuard from the {peer.name} gateway",
+                    ip_protocol="udp",
+                    from_port=facts.listen_port,
+                    to_port=facts.listen_port,
+                    cidr_ipv4=source,
+                    tags=self._tags(f"tunnel-from-{peer.name}{suffix}"),
+                    opts=self._renamed(
+                        f"{name}-tunnel-from-peer" if position == 0 and index == 0 else None
+                    ),
+                )
         # Forwarded packets keep the site hosts' own addresses, so the gateway must
         # accept anything from its own site to route it into the tunnel.
         aws.vpc.SecurityGroupIngressRule(
             f"{name}-from-site",
             security_group_id=group.id,
-            description=f"traffic from site {facts.name} to be routed to {facts.peer.name}",
+            description=f"traffic from site {facts.name} to be routed to the other sites",
             ip_protocol="-1",
             cidr_ipv4=str(facts.site.cidr),
             tags=self._tags("from-site"),
@@ -244,7 +272,7 @@ class WireGuardGateway(pulumi.ComponentResource):
         aws.vpc.SecurityGroupEgressRule(
             f"{name}-egress",
             security_group_id=group.id,
-            description="tunnel packets to the peer, packages, SSM",
+            description="tunnel packets to the peers, packages, SSM",
             ip_protocol="-1",
             cidr_ipv4="0.0.0.0/0",
             tags=self._tags("egress"),
@@ -297,7 +325,7 @@ class WireGuardGateway(pulumi.ComponentResource):
         return pulumi.Output.format(
             "arn:{0}:ssm:{1}:{2}:parameter{3}",
             args.partition,
-            args.facts.site.region,
+            args.facts.site.aws_region,
             args.account_id,
             name,
         )
@@ -316,7 +344,7 @@ class WireGuardGateway(pulumi.ComponentResource):
         )
         secret_arns = [self._parameter_arn(facts.key_parameter_name)]
         if facts.preshared_key:
-            secret_arns.append(self._parameter_arn(facts.psk_parameter_name))
+            secret_arns += [self._parameter_arn(p.psk_parameter_name) for p in facts.peers]
         key = aws.kms.Key(
             f"{name}-wireguard-key",
             description=f"wg-site-to-site: WireGuard keys of the {facts.name} gateway",
@@ -327,25 +355,30 @@ class WireGuardGateway(pulumi.ComponentResource):
             opts=self._child,
         )
         self.kms_key_arn = key.arn
-        secrets = [
+        secrets: list[tuple[str, str, pulumi.Output[str], str, str, str | None]] = [
             (
                 f"{name}-wireguard-key",
                 facts.key_parameter_name,
                 args.private_key,
                 f"WireGuard private key of the {facts.name} gateway",
                 "wireguard-key",
+                None,
             ),
         ]
-        if args.preshared_key is not None:
-            secrets.append(
-                (
-                    f"{name}-preshared-key",
-                    facts.psk_parameter_name,
-                    args.preshared_key,
-                    f"WireGuard pre-shared key of {facts.name} and {facts.peer.name}",
-                    "preshared-key",
+        for position, peer in enumerate(facts.peers):
+            # One key per pair, each side's copy in its own region under its own KMS key.
+            preshared_key = args.peers[peer.name].preshared_key
+            if preshared_key is not None:
+                secrets.append(
+                    (
+                        f"{name}-preshared-key-{peer.name}",
+                        peer.psk_parameter_name,
+                        preshared_key,
+                        f"WireGuard pre-shared key of {facts.name} and {peer.name}",
+                        f"preshared-key-{peer.name}",
+                        f"{name}-preshared-key" if position == 0 else None,
+                    )
                 )
-            )
         parameters = [
             aws.ssm.Parameter(
                 resource_name,
@@ -355,15 +388,25 @@ class WireGuardGateway(pulumi.ComponentResource):
                 value=value,
                 description=description,
                 tags=self._tags(role),
-                opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["value"]),
+                opts=pulumi.ResourceOptions.merge(
+                    self._renamed(old_name),
+                    pulumi.ResourceOptions(additional_secret_outputs=["value"]),
+                ),
             )
-            for resource_name, parameter_name, value, description, role in secrets
+            for resource_name, parameter_name, value, description, role, old_name in secrets
         ]
-        desired = pulumi.Output.all(args.peer_public_key, args.peer_public_ip).apply(
-            lambda peer: render_desired_state(
-                facts, PeerEndpoint(public_key=peer[0], public_ip=peer[1])
-            )
+        endpoints = pulumi.Output.all(
+            **{
+                peer: pulumi.Output.all(inputs.public_key, inputs.public_ip)
+                for peer, inputs in args.peers.items()
+            }
+        ).apply(
+            lambda known: {
+                peer: PeerEndpoint(public_key=key_ip[0], public_ip=key_ip[1])
+                for peer, key_ip in known.items()
+            }
         )
+        desired = endpoints.apply(lambda known: render_desired_state(facts, known))
         self.wg_config = desired.apply(lambda state: state.wg_config)
         self.desired_state_digest = desired.apply(lambda state: state.digest)
         # A plain String: it holds no secret, and a reviewer sees the change in the diff.
@@ -436,7 +479,7 @@ class WireGuardGateway(pulumi.ComponentResource):
             create=f"{DEPLOYER} apply",
             environment={
                 "WG_S2S_SITE": facts.name,
-                "WG_S2S_REGION": facts.site.region,
+                "WG_S2S_REGION": facts.site.aws_region,
                 "WG_S2S_INSTANCE_ID": instance.id,
                 "WG_S2S_DEADLINE_SECONDS": str(args.deadline_seconds),
             },
@@ -540,15 +583,18 @@ class WireGuardGateway(pulumi.ComponentResource):
         )
 
     def _routes_to_peer(self, interface: aws.ec2.NetworkInterface) -> None:
-        facts = self._inputs.facts
-        for index, route_table_id in enumerate(self._inputs.route_table_ids):
-            aws.ec2.Route(
-                f"{self._site}-to-{facts.peer.name}-{index}",
-                route_table_id=route_table_id,
-                destination_cidr_block=str(facts.peer.cidr),
-                network_interface_id=interface.id,
-                opts=self._child,
-            )
+        # Every other site's CIDR, in every route table of the site: in a hub topology a
+        # spoke's gateway sends them all to the hub (its AllowedIPs), so the tables do not
+        # depend on the topology.
+        for remote, cidr in self._inputs.remote_sites.items():
+            for index, route_table_id in enumerate(self._inputs.route_table_ids):
+                aws.ec2.Route(
+                    f"{self._site}-to-{remote}-{index}",
+                    route_table_id=route_table_id,
+                    destination_cidr_block=cidr,
+                    network_interface_id=interface.id,
+                    opts=self._child,
+                )
 
 
 def _key_policy(
@@ -562,7 +608,7 @@ def _key_policy(
     (https://docs.aws.amazon.com/kms/latest/developerguide/services-parameter-store.html),
     so the gateway's grant reaches exactly its own parameters.
     """
-    via_ssm = f"ssm.{args.facts.site.region}.amazonaws.com"
+    via_ssm = f"ssm.{args.facts.site.aws_region}.amazonaws.com"
     account_root = pulumi.Output.format("arn:{0}:iam::{1}:root", args.partition, args.account_id)
     return {
         "Version": "2012-10-17",

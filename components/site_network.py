@@ -23,13 +23,22 @@ class SiteNetworkArgs:
     zone_pinned: bool
     """True if the zone comes from the stack config. Otherwise the zone chosen on the first
     run is kept: a later run that would choose another never moves the subnets."""
-    peer_cidr: str
-    """The other site's CIDR, which the workloads' security group admits."""
+    remote_sites: list[RemoteSite]
+    """Every other site, in config order: the workloads' security group admits their
+    CIDRs and the ICMP errors from their gateways' tunnel addresses."""
     tags: dict[str, str]
     """Tags for every resource."""
-    peer_tunnel_address: str = ""
-    """The peer gateway's tunnel address: the source of the ICMP errors it sends about
-    this site's traffic (time exceeded, a firewall's port unreachable)."""
+
+
+@dataclass(frozen=True)
+class RemoteSite:
+    """Another site, as this site's workload security group sees it."""
+
+    name: str
+    cidr: str
+    tunnel_address: str
+    """Its gateway's tunnel address: the source of the ICMP errors that gateway sends
+    about this site's traffic (time exceeded, a firewall's port unreachable)."""
 
 
 class SiteNetwork(pulumi.ComponentResource):
@@ -89,52 +98,60 @@ class SiteNetwork(pulumi.ComponentResource):
             tags=self._tags("from-peer-site"),
             opts=child,
         )
-        aws.vpc.SecurityGroupIngressRule(
-            f"{self._site}-from-peer-site",
-            security_group_id=group.id,
-            description="everything from the other site, through the tunnel",
-            ip_protocol="-1",
-            cidr_ipv4=self._inputs.peer_cidr,
-            tags=self._tags("from-peer-site"),
-            opts=child,
-        )
-        # The provider deletes AWS's default allow-all egress from a group it creates
-        # (aws.ec2.SecurityGroup docs, "NOTE on Egress rules"): without this rule a host
-        # with only this group could answer the other site but never start a connection.
-        aws.vpc.SecurityGroupEgressRule(
-            f"{self._site}-to-peer-site",
-            security_group_id=group.id,
-            description="everything to the other site, through the tunnel",
-            ip_protocol="-1",
-            cidr_ipv4=self._inputs.peer_cidr,
-            tags=self._tags("to-peer-site"),
-            opts=child,
-        )
-        # AWS admits no ICMP error as "related" to a tracked flow (only fragmentation
-        # needed is documented, and it needs a rule: see the gateway's), so a workload
-        # sees the errors the peer gateway sends about its traffic only where a rule
-        # admits them: a trace's time exceeded and a UDP REJECT's port unreachable, both
-        # from the peer's tunnel address. The own gateway's are in the gateway component.
-        peer_tunnel = f"{self._inputs.peer_tunnel_address}/32"
-        for role, icmp_type, source in (
-            ("time-exceeded-from-peer-tunnel", 11, peer_tunnel),
-            ("unreachable-from-peer-tunnel", 3, peer_tunnel),
-        ):
+        # In a two-site stack these were single rules for "the peer site"; the alias
+        # keeps the first remote site's rule the same resource (its old name).
+        for position, remote in enumerate(self._inputs.remote_sites):
+            first = position == 0
             aws.vpc.SecurityGroupIngressRule(
-                f"{self._site}-{role}",
+                f"{self._site}-from-{remote.name}-site",
                 security_group_id=group.id,
-                description=f"ICMP {role.replace('-', ' ')}",
-                ip_protocol="icmp",
-                from_port=icmp_type,
-                to_port=-1,
-                cidr_ipv4=source,
-                tags=self._tags(role),
-                opts=child,
+                description=f"everything from site {remote.name}, through the tunnel",
+                ip_protocol="-1",
+                cidr_ipv4=remote.cidr,
+                tags=self._tags(f"from-{remote.name}-site"),
+                opts=self._renamed(f"{self._site}-from-peer-site" if first else None),
             )
+            # The provider deletes AWS's default allow-all egress from a group it creates
+            # (aws.ec2.SecurityGroup docs, "NOTE on Egress rules"): without this rule a
+            # host with only this group could answer other sites but never start a
+            # connection.
+            aws.vpc.SecurityGroupEgressRule(
+                f"{self._site}-to-{remote.name}-site",
+                security_group_id=group.id,
+                description=f"everything to site {remote.name}, through the tunnel",
+                ip_protocol="-1",
+                cidr_ipv4=remote.cidr,
+                tags=self._tags(f"to-{remote.name}-site"),
+                opts=self._renamed(f"{self._site}-to-peer-site" if first else None),
+            )
+            # AWS admits no ICMP error as "related" to a tracked flow (only fragmentation
+            # needed is documented, and it needs a rule: see the gateway's), so a workload
+            # sees the errors another site's gateway sends about its traffic only where a
+            # rule admits them: a trace's time exceeded and a UDP REJECT's port
+            # unreachable, both from that gateway's tunnel address (a hub's too, for
+            # spoke-to-spoke traffic). The own gateway's are in the gateway component.
+            for kind, icmp_type in (("time-exceeded", 11), ("unreachable", 3)):
+                aws.vpc.SecurityGroupIngressRule(
+                    f"{self._site}-{kind}-from-{remote.name}-tunnel",
+                    security_group_id=group.id,
+                    description=f"ICMP {kind.replace('-', ' ')} from the {remote.name} tunnel",
+                    ip_protocol="icmp",
+                    from_port=icmp_type,
+                    to_port=-1,
+                    cidr_ipv4=f"{remote.tunnel_address}/32",
+                    tags=self._tags(f"{kind}-from-{remote.name}-tunnel"),
+                    opts=self._renamed(f"{self._site}-{kind}-from-peer-tunnel" if first else None),
+                )
         return group.id
 
     def _tags(self, role: str) -> dict[str, str]:
         return {**self._inputs.tags, "Name": f"{self._site}-{role}"}
+
+    def _renamed(self, old_name: str | None) -> pulumi.ResourceOptions:
+        """A child's options; `old_name`: its name before N sites (see the callers)."""
+        if old_name is None:
+            return pulumi.ResourceOptions(parent=self)
+        return pulumi.ResourceOptions(parent=self, aliases=[pulumi.Alias(name=old_name)])
 
     def _create_vpc(self) -> None:
         name, args, child = self._site, self._inputs, pulumi.ResourceOptions(parent=self)

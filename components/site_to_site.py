@@ -1,4 +1,4 @@
-"""The whole deployment: two sites, each with its network, identity and gateway."""
+"""The whole deployment: N sites; each AWS site with its network, identity and gateway."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import pulumi_command as command
 import pulumi_random as random
 
 from components.canary import Canary, CanaryArgs
-from components.gateway import DEPLOYER, WireGuardGateway, WireGuardGatewayArgs
-from components.site_network import SiteNetwork, SiteNetworkArgs
+from components.gateway import DEPLOYER, PeerInputs, WireGuardGateway, WireGuardGatewayArgs
+from components.site_network import RemoteSite, SiteNetwork, SiteNetworkArgs
 from components.tunnel_health import HealthSite, TunnelHealth, TunnelHealthArgs
 from components.wireguard_identity import WireGuardIdentity, WireGuardIdentityArgs
-from core.config import PROJECT, StackConfig, TunnelConfig
-from core.facts import GatewayFacts, gateway_facts
-from core.render import limit_problems
+from core.config import PROJECT, StackConfig
+from core.facts import GatewayFacts, PeerFacts, gateway_facts
+from core.render import configured_endpoint, limit_problems
 
 
 @dataclass(frozen=True)
@@ -37,37 +37,41 @@ class SiteToSiteArgs:
 
 
 class SiteToSite(pulumi.ComponentResource):
-    """Two sites joined by a WireGuard tunnel between their gateways.
+    """N sites joined by WireGuard: a full mesh, or hub and spokes (`topology.hub`).
 
-    Each site gets its own AWS provider for its region, so one stack spans two regions.
-    Identities (key pair and Elastic IP) are made for both sites before either gateway,
-    because each gateway's security group and config name the other's.
+    Only an AWS site gets AWS resources (its own provider for its region, so one stack
+    spans many regions); a site outside AWS (an office, `external`) has none here: its
+    AWS peers admit, route to and key it from its config. Identities (key pair and
+    Elastic IP) are made for every AWS site before any gateway, because each gateway's
+    security group and config name its peers'.
     """
 
     sites: dict[str, pulumi.Output[dict[str, Any]]]
-    """Per site: publicIp, tunnelAddress, publicKey, vpcId, region, cidr, wgConfig,
-    workloadSecurityGroupId, canaryIp and canaryInstanceId (sites with a canary) and
-    alarms (rule -> alarm name)."""
+    """Per AWS site: publicIp, tunnelAddress, publicKey, vpcId, region, cidr, wgConfig,
+    workloadSecurityGroupId, canaryIp and canaryInstanceId (sites with a canary), alarms
+    (site rule -> alarm name) and peerAlarms (peer -> rule -> alarm name)."""
     dashboard_url: pulumi.Output[str]
-    """The stack's CloudWatch dashboard: both sites' tunnel health side by side."""
+    """The stack's CloudWatch dashboard: one row per site, a line per peer."""
 
     def __init__(
         self, name: str, args: SiteToSiteArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("wg-site-to-site:index:SiteToSite", name, None, opts)
         tags = {**args.config.tags, "project": args.project, "stack": args.stack}
-        both = gateway_facts(args.config, args.stack)
+        every = gateway_facts(args.config, args.stack)
+        index_of = {facts.name: index for index, facts in enumerate(every)}
+        aws_sites = tuple(facts for facts in every if facts.is_aws)
         # EC2's limits fail only at RunInstances, after delete-before-replace has removed
         # the old gateway: check them before anything is declared.
-        problems = [line for facts in both for line in limit_problems(facts)]
+        problems = [line for facts in aws_sites for line in limit_problems(facts)]
         if problems:
             raise pulumi.RunError("\n".join(problems))
 
-        providers = {facts.name: self._regional_provider(facts) for facts in both}
-        account = self._account(providers[both[0].name], args.config.deployer)
+        providers = {facts.name: self._regional_provider(facts) for facts in aws_sites}
+        account = self._account(providers[aws_sites[0].name], args.config.deployer)
         networks = {
-            facts.name: self._site_network(index, facts, providers[facts.name], tags)
-            for index, facts in enumerate(both)
+            facts.name: self._site_network(index_of[facts.name], facts, every, providers, tags)
+            for facts in aws_sites
         }
         identities = {
             facts.name: WireGuardIdentity(
@@ -75,18 +79,39 @@ class SiteToSite(pulumi.ComponentResource):
                 WireGuardIdentityArgs(key_generation=args.config.tunnel.key_generation, tags=tags),
                 opts=pulumi.ResourceOptions(parent=self, providers=[providers[facts.name]]),
             )
-            for facts in both
+            for facts in aws_sites
         }
+        preshared_keys = self._preshared_keys(args.config, aws_sites)
+        names_by_cidr = {str(site.cidr): site.name for site in args.config.sites}
 
-        preshared_key = self._preshared_key(args.config.tunnel)
+        def peer_inputs(facts: GatewayFacts, peer: PeerFacts) -> PeerInputs:
+            psk = preshared_keys.get(frozenset((facts.name, peer.name)))
+            if peer.site.external is None:
+                identity = identities[peer.name]
+                return PeerInputs(
+                    public_key=identity.public_key,
+                    public_ip=identity.public_ip,
+                    sources=[identity.public_ip.apply(lambda ip: f"{ip}/32")],
+                    preshared_key=psk,
+                )
+            # An office: all from its config (its key, its static address if any).
+            office, endpoint = peer.site.external, configured_endpoint(peer)
+            sources: list[pulumi.Input[str]] = []
+            if office.public_ip is not None:
+                sources.append(f"{office.public_ip}/32")
+            if office.source_cidr is not None:
+                sources.append(str(office.source_cidr))
+            return PeerInputs(
+                public_key=endpoint.public_key,
+                public_ip=endpoint.public_ip,
+                sources=sources,
+                preshared_key=psk,
+            )
+
         self.sites = {}
         gateways = []
-        for facts in both:
-            own, peer, network = (
-                identities[facts.name],
-                identities[facts.peer.name],
-                networks[facts.name],
-            )
+        for facts in aws_sites:
+            own, network = identities[facts.name], networks[facts.name]
             gateway = WireGuardGateway(
                 facts.name,
                 WireGuardGatewayArgs(
@@ -94,12 +119,11 @@ class SiteToSite(pulumi.ComponentResource):
                     vpc_id=network.vpc_id,
                     subnet_id=network.gateway_subnet_id,
                     route_table_ids=network.route_table_ids,
+                    remote_sites={names_by_cidr[str(c)]: str(c) for c in facts.remote_cidrs},
                     private_key=own.private_key,
-                    preshared_key=preshared_key,
                     deadline_seconds=args.config.deadline_seconds,
                     allocation_id=own.allocation_id,
-                    peer_public_key=peer.public_key,
-                    peer_public_ip=peer.public_ip,
+                    peers={peer.name: peer_inputs(facts, peer) for peer in facts.peers},
                     internet_path=network.internet_path,
                     workload_security_group_id=network.workload_security_group_id,
                     deployer_arn=account.deployer_arn,
@@ -133,11 +157,11 @@ class SiteToSite(pulumi.ComponentResource):
                 workloadSecurityGroupId=network.workload_security_group_id,
                 wgConfig=gateway.wg_config,
                 tunnelAddress=str(facts.tunnel_address.ip),
-                region=facts.site.region,
+                region=facts.site.aws_region,
                 cidr=str(facts.site.cidr),
             )
         if args.config.verify:
-            self._verify(both, gateways, args.config.deadline_seconds)
+            self._verify(aws_sites, gateways, args.config.deadline_seconds)
         self.health = TunnelHealth(
             "tunnel-health",
             TunnelHealthArgs(
@@ -146,44 +170,65 @@ class SiteToSite(pulumi.ComponentResource):
                     HealthSite(
                         facts=facts, provider=providers[facts.name], instance_id=g.instance_id
                     )
-                    for facts, g in zip(both, gateways, strict=True)
+                    for facts, g in zip(aws_sites, gateways, strict=True)
                 ],
                 alerts=args.config.alerts,
                 tags=tags,
             ),
             opts=pulumi.ResourceOptions(parent=self),
         )
-        for facts in both:
+        for facts in aws_sites:
             self.sites[facts.name] = pulumi.Output.all(
-                self.sites[facts.name], self.health.alarm_names[facts.name]
-            ).apply(lambda pair: {**pair[0], "alarms": pair[1]})
+                self.sites[facts.name],
+                self.health.alarm_names[facts.name],
+                self.health.peer_alarm_names[facts.name],
+            ).apply(lambda parts: {**parts[0], "alarms": parts[1], "peerAlarms": parts[2]})
         self.dashboard_url = self.health.dashboard_url
         self.register_outputs({"sites": self.sites, "dashboardUrl": self.dashboard_url})
 
-    def _preshared_key(self, tunnel: TunnelConfig) -> pulumi.Output[str] | None:
-        """One pre-shared key for the pair, renewed with the key generation."""
-        if not tunnel.preshared_key:
-            return None
-        key_bytes = random.RandomBytes(
-            "preshared-key",
-            length=32,
-            keepers={"generation": str(tunnel.key_generation)},
-            opts=pulumi.ResourceOptions(parent=self),
-        )
-        return pulumi.Output.secret(key_bytes.base64)
+    def _preshared_keys(
+        self, config: StackConfig, aws_sites: tuple[GatewayFacts, ...]
+    ) -> dict[frozenset[str], pulumi.Output[str]]:
+        """One pre-shared key per pair (unordered: both AWS sides of a pair store the same
+        key, each in its own region), renewed with the key generation."""
+        if not config.tunnel.preshared_key:
+            return {}
+        order = {site.name: index for index, site in enumerate(config.sites)}
+        # A two-site stack had one key, "preshared-key": its pair keeps it (the alias).
+        first_pair = frozenset(site.name for site in config.sites[:2])
+        keys: dict[frozenset[str], pulumi.Output[str]] = {}
+        for facts in aws_sites:
+            for peer in facts.peers:
+                pair = frozenset((facts.name, peer.name))
+                if pair in keys:
+                    continue
+                first, second = sorted(pair, key=order.__getitem__)
+                key_bytes = random.RandomBytes(
+                    f"preshared-key-{first}-{second}",
+                    length=32,
+                    keepers={"generation": str(config.tunnel.key_generation)},
+                    opts=pulumi.ResourceOptions(
+                        parent=self,
+                        aliases=[pulumi.Alias(name="preshared-key")]
+                        if pair == first_pair
+                        else None,
+                    ),
+                )
+                keys[pair] = pulumi.Output.secret(key_bytes.base64)
+        return keys
 
     def _verify(
         self,
-        both: tuple[GatewayFacts, GatewayFacts],
+        both: tuple[GatewayFacts, ...],
         gateways: list[WireGuardGateway],
         deadline: int,
     ) -> command.local.Command:
-        """After both applies: does the tunnel carry traffic? Fails `pulumi up` if not."""
+        """After every apply: do the tunnels carry traffic? Fails `pulumi up` if not."""
         targets = pulumi.Output.json_dumps(
             [
                 {
                     "site": facts.name,
-                    "region": facts.site.region,
+                    "region": facts.site.aws_region,
                     "instanceId": gateway.instance_id,
                     "interface": facts.interface,
                 }
@@ -194,7 +239,7 @@ class SiteToSite(pulumi.ComponentResource):
             "verify-tunnel",
             create=f"{DEPLOYER} verify",
             environment={"WG_S2S_GATEWAYS": targets, "WG_S2S_DEADLINE_SECONDS": str(deadline)},
-            # Runs again whenever either side was applied again.
+            # Runs again whenever any gateway was applied again.
             triggers=[gateway.desired_state_digest for gateway in gateways]
             + [gateway.apply.id for gateway in gateways],
             opts=pulumi.ResourceOptions(
@@ -239,14 +284,20 @@ class SiteToSite(pulumi.ComponentResource):
 
     def _regional_provider(self, facts: GatewayFacts) -> aws.Provider:
         return aws.Provider(
-            f"{facts.name}-{facts.site.region}",
-            region=facts.site.region,
+            f"{facts.name}-{facts.site.aws_region}",
+            region=facts.site.aws_region,
             opts=pulumi.ResourceOptions(parent=self),
         )
 
     def _site_network(
-        self, index: int, facts: GatewayFacts, provider: aws.Provider, tags: dict[str, str]
+        self,
+        index: int,
+        facts: GatewayFacts,
+        every: tuple[GatewayFacts, ...],
+        providers: dict[str, aws.Provider],
+        tags: dict[str, str],
     ) -> SiteNetwork:
+        provider = providers[facts.name]
         return SiteNetwork(
             facts.name,
             SiteNetworkArgs(
@@ -254,8 +305,15 @@ class SiteToSite(pulumi.ComponentResource):
                 layout=facts.layout,
                 availability_zone=self._zone(index, facts, provider, tags),
                 zone_pinned=facts.site.availability_zone is not None,
-                peer_cidr=str(facts.peer.cidr),
-                peer_tunnel_address=str(facts.peer_tunnel_address),
+                remote_sites=[
+                    RemoteSite(
+                        name=other.name,
+                        cidr=str(other.site.cidr),
+                        tunnel_address=str(other.tunnel_address.ip),
+                    )
+                    for other in every
+                    if other.name != facts.name
+                ],
                 tags=tags,
             ),
             opts=pulumi.ResourceOptions(parent=self, providers=[provider]),

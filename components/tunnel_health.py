@@ -53,19 +53,35 @@ class TunnelHealthArgs:
     stack: str
     """The stack name: the metrics' Stack dimension and part of every name."""
     sites: list[HealthSite]
-    """Both sites, in config order (the dashboard's columns)."""
+    """Every AWS site's gateway, in config order (the dashboard's rows)."""
     alerts: AlertsConfig | None
     """`wg-site-to-site:alerts`: addresses to subscribe and/or an existing topic."""
     tags: dict[str, str]
     """Tags for every resource."""
 
 
+# The rules about one pair: an alarm per peer of each gateway, on that peer's series
+# (dimension Peer). Not-reporting (the instance or its probe is down) and EC2's recovery
+# are about the gateway: one per site.
+PEER_RULES: tuple[health.AlarmRule, ...] = (health.TUNNEL_DOWN, health.HANDSHAKE_STALE)
+SITE_RULES: tuple[health.AlarmRule, ...] = tuple(
+    rule for rule in health.TUNNEL_RULES if rule not in PEER_RULES
+)
+
+
+def peer_alarm_name(stack: str, site: str, peer: str, rule: health.AlarmRule) -> str:
+    return f"{PROJECT}-{stack}-{site}-{peer}-{rule.key}"
+
+
 class TunnelHealth(pulumi.ComponentResource):
-    """Per stack an SNS topic (one per region in use), per site the tunnel alarms and
-    the recovery alarm, and one dashboard with both sites side by side."""
+    """Per stack an SNS topic (one per region in use); per gateway and peer the tunnel
+    alarms, per gateway not-reporting and the recovery alarm; one dashboard with a row per
+    site and a line per peer."""
 
     alarm_names: dict[str, dict[str, pulumi.Output[str]]]
-    """Per site: rule key (tunnel-down, handshake-stale, system-check) -> alarm name."""
+    """Per site: rule key (not-reporting, system-check) -> alarm name."""
+    peer_alarm_names: dict[str, dict[str, dict[str, pulumi.Output[str]]]]
+    """Per site, per peer: rule key (tunnel-down, handshake-stale) -> alarm name."""
     dashboard_url: pulumi.Output[str]
     topic_arns: dict[str, pulumi.Output[str]]
     """Region -> the topic the alarms of that region notify."""
@@ -79,32 +95,41 @@ class TunnelHealth(pulumi.ComponentResource):
         self.topic_arns = {}
         actions: dict[str, list[pulumi.Input[str]]] = {}
         for site in args.sites:
-            region = site.facts.site.region
+            region = site.facts.site.aws_region
             if region not in actions:
                 topic = self._topic(region, site.provider)
                 self.topic_arns[region] = topic.arn
                 actions[region] = [topic.arn, *self._existing_topic(region)]
 
         self.alarm_names = {}
+        self.peer_alarm_names = {}
         for site in args.sites:
-            region = site.facts.site.region
-            alarms = [
-                self._tunnel_alarm(site, rule, actions[region]) for rule in health.TUNNEL_RULES
-            ]
-            alarms.append(self._recovery_alarm(site, actions[region]))
-            self.alarm_names[site.facts.name] = {
-                rule.key: alarm.name
-                for rule, alarm in zip(
-                    (*health.TUNNEL_RULES, health.SYSTEM_CHECK), alarms, strict=True
-                )
+            region, facts = site.facts.site.aws_region, site.facts
+            self.peer_alarm_names[facts.name] = {
+                peer.name: {
+                    rule.key: self._tunnel_alarm(
+                        site, rule, actions[region], peer.name, first=position == 0
+                    ).name
+                    for rule in PEER_RULES
+                }
+                for position, peer in enumerate(facts.peers)
             }
+            # The probe publishes every peer's series at once: the first peer's TunnelUp
+            # stops when the gateway or its probe does.
+            names = {
+                rule.key: self._tunnel_alarm(site, rule, actions[region], facts.peers[0].name).name
+                for rule in SITE_RULES
+            }
+            names[health.SYSTEM_CHECK.key] = self._recovery_alarm(site, actions[region]).name
+            self.alarm_names[facts.name] = names
 
         dashboard = self._dashboard()
-        home = args.sites[0].facts.site.region
+        home = args.sites[0].facts.site.aws_region
         self.dashboard_url = dashboard.dashboard_name.apply(lambda n: dashboard_url(home, n))
         self.register_outputs(
             {
                 "alarmNames": self.alarm_names,
+                "peerAlarmNames": self.peer_alarm_names,
                 "dashboardUrl": self.dashboard_url,
                 "topicArns": self.topic_arns,
             }
@@ -141,14 +166,29 @@ class TunnelHealth(pulumi.ComponentResource):
         return topic
 
     def _tunnel_alarm(
-        self, site: HealthSite, rule: health.AlarmRule, actions: list[pulumi.Input[str]]
+        self,
+        site: HealthSite,
+        rule: health.AlarmRule,
+        actions: list[pulumi.Input[str]],
+        peer: str,
+        first: bool = False,
     ) -> aws.cloudwatch.MetricAlarm:
+        """A tunnel rule's alarm on the series of one peer of the gateway: for a peer
+        rule its own alarm (named with the peer), for a site rule the first peer's."""
         facts, stack = site.facts, self._args.stack
+        per_peer = rule in PEER_RULES
         dimensions: dict[str, pulumi.Input[str]] = {
             health.DIMENSION_STACK: stack,
             health.DIMENSION_SITE: facts.name,
+            health.DIMENSION_PEER: peer,
         }
         opts = self._opts(site.provider)
+        if per_peer and first:
+            # A two-site stack's alarm of this rule was the site's (its only peer's).
+            opts = pulumi.ResourceOptions.merge(
+                opts,
+                pulumi.ResourceOptions(aliases=[pulumi.Alias(name=f"{facts.name}-{rule.key}")]),
+            )
         if rule.per_instance:
             # The instance's own metric, and an alarm of its own: a new instance (a first
             # deploy, a replacement) gets a new alarm, which CloudWatch creates in
@@ -164,11 +204,18 @@ class TunnelHealth(pulumi.ComponentResource):
                     replace_on_changes=["dimensions"], delete_before_replace=True
                 ),
             )
+        if per_peer:
+            resource_name = f"{facts.name}-{peer}-{rule.key}"
+            name = peer_alarm_name(stack, facts.name, peer, rule)
+            what = f"{facts.name} -> {peer} ({facts.interface})"
+        else:
+            resource_name = f"{facts.name}-{rule.key}"
+            name = health.alarm_name(stack, facts.name, rule)
+            what = f"{facts.name} gateway ({facts.interface}, {peer}'s series)"
         return aws.cloudwatch.MetricAlarm(
-            f"{facts.name}-{rule.key}",
-            name=health.alarm_name(stack, facts.name, rule),
-            alarm_description=f"{facts.name} -> {facts.peer.name} ({facts.interface}): "
-            f"{rule.description}",
+            resource_name,
+            name=name,
+            alarm_description=f"{what}: {rule.description}",
             namespace=rule.namespace,
             metric_name=rule.metric,
             dimensions=dimensions,
@@ -192,7 +239,7 @@ class TunnelHealth(pulumi.ComponentResource):
             **_evaluation(rule),
             # Recovery keeps the instance id, ENI, private address and Elastic IP, and the
             # boot-time apply brings the tunnel back.
-            alarm_actions=[health.recover_action(facts.site.region), *actions],
+            alarm_actions=[health.recover_action(facts.site.aws_region), *actions],
             ok_actions=actions,
             tags={**self._args.tags, GATEWAY_TAG: site.instance_id},
             opts=self._opts(site.provider),
@@ -242,23 +289,25 @@ def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in text)
 
 
-_ROWS: tuple[tuple[str, tuple[str, ...], str], ...] = (
-    ("Tunnel up (1 = ping across the tunnel answered)", (health.TUNNEL_UP,), "Minimum"),
-    ("Latest handshake age (s)", (health.HANDSHAKE_AGE,), "Maximum"),
-    ("Probe round trip (ms)", (health.PROBE_RTT,), "Average"),
-    ("Bytes per probe interval", (health.RECEIVED_BYTES, health.SENT_BYTES), "Sum"),
+_COLUMNS: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("tunnel up (1 = ping across the tunnel answered)", (health.TUNNEL_UP,), "Minimum"),
+    ("latest handshake age (s)", (health.HANDSHAKE_AGE,), "Maximum"),
+    ("probe round trip (ms)", (health.PROBE_RTT,), "Average"),
+    ("bytes per probe interval", (health.RECEIVED_BYTES, health.SENT_BYTES), "Sum"),
 )
+_WIDTH = 24 // len(_COLUMNS)
+_HEIGHT = 5
 
 
 def dashboard_body(stack: str, sites: list[GatewayFacts]) -> dict[str, Any]:
-    """Both sites side by side: one column per site, one row per metric."""
-    width = 24 // len(sites)
+    """One row per site, one widget per metric, a line per peer: as readable at ten sites
+    (ten rows of four, at most nine lines a widget) as at two."""
     widgets: list[dict[str, Any]] = []
-    for row, (title, metrics, stat) in enumerate(_ROWS):
-        for column, facts in enumerate(sites):
+    for row, facts in enumerate(sites):
+        for column, (title, metrics, stat) in enumerate(_COLUMNS):
             properties: dict[str, Any] = {
                 "title": f"{facts.name}: {title}",
-                "region": facts.site.region,
+                "region": facts.site.aws_region,
                 "view": "timeSeries",
                 "stat": stat,
                 "period": 60,
@@ -270,7 +319,11 @@ def dashboard_body(stack: str, sites: list[GatewayFacts]) -> dict[str, Any]:
                         stack,
                         health.DIMENSION_SITE,
                         facts.name,
+                        health.DIMENSION_PEER,
+                        peer.name,
+                        {"label": peer.name if len(metrics) == 1 else f"{peer.name} {metric}"},
                     ]
+                    for peer in facts.peers
                     for metric in metrics
                 ],
             }
@@ -283,10 +336,10 @@ def dashboard_body(stack: str, sites: list[GatewayFacts]) -> dict[str, Any]:
             widgets.append(
                 {
                     "type": "metric",
-                    "x": column * width,
-                    "y": row * 6,
-                    "width": width,
-                    "height": 6,
+                    "x": column * _WIDTH,
+                    "y": row * _HEIGHT,
+                    "width": _WIDTH,
+                    "height": _HEIGHT,
                     "properties": properties,
                 }
             )

@@ -21,6 +21,9 @@ DIMENSION_SITE = "Site"
 # instance's metric and are replaced with it, so a gateway that has never reported (a
 # first deploy, a planned replacement) has an alarm of its own with no data yet.
 DIMENSION_INSTANCE = "InstanceId"
+# A gateway with several peers publishes its tunnel metrics once per peer, named here by
+# the peer's site name (issue 15).
+DIMENSION_PEER = "Peer"
 
 # Each tunnel alarm names its gateway instance (its id) in this tag, so a policy can
 # tell which gateway an alarm watches: the metric's dimensions name only the site.
