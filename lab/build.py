@@ -86,11 +86,7 @@ def build(topology: Topology, state: State, progress: Progress = _quiet) -> list
     progress("VPC routers, internet gateways, security groups, the internet")
     for site in topology.sites:
         _vpc_router_rules(site)
-        gateway = site.gateway
-        _security_group(gateway.namespace, gateway.ingress, gateway.egress, probe=True)
-        for host in site.hosts:
-            if host.ingress is not None and host.egress is not None:
-                _security_group(host.namespace, host.ingress, host.egress, probe=False)
+        security_groups(site)
         notes += [f"{site.name}: {note}" for note in site.notes]
     for office in topology.offices:
         _nat_router(office)
@@ -157,30 +153,39 @@ def _namespaces(topology: Topology, state: State) -> None:
     forwarding |= {o.nat.namespace for o in topology.offices if o.nat is not None}
     gateways = set(topology.gateway_namespaces)
     for namespace in topology.namespaces:
-        state.add("namespaces", namespace)
-        netns.add_namespace(namespace)
-        if namespace in gateways:
-            netns.give_own_wireguard_run(namespace)
-            # A fresh Ubuntu instance: no forwarding until its user data turns it on.
-            settings = {"net.ipv4.ip_forward": "0", "net.ipv4.conf.all.rp_filter": "2"}
-            settings["net.ipv4.conf.default.rp_filter"] = "2"
-        else:
-            # AWS's router filters nothing by reverse path; the rest do not route.
-            on = "1" if namespace in forwarding else "0"
-            settings = {"net.ipv4.ip_forward": on, "net.ipv4.conf.all.rp_filter": "0"}
-            settings["net.ipv4.conf.default.rp_filter"] = "0"
-        # New namespaces inherit the host's defaults; pin ours before links exist.
-        netns.sysctl(namespace, settings)
+        _namespace(
+            namespace, state, gateway=namespace in gateways, forwarding=namespace in forwarding
+        )
+
+
+def _site_namespaces(site: Site, state: State) -> None:
+    _namespace(site.vpc_namespace, state, gateway=False, forwarding=True)
+    _namespace(site.gateway.namespace, state, gateway=True, forwarding=False)
+    for host in site.hosts:
+        _namespace(host.namespace, state, gateway=False, forwarding=False)
+
+
+def _namespace(namespace: str, state: State, *, gateway: bool, forwarding: bool) -> None:
+    state.add("namespaces", namespace)
+    netns.add_namespace(namespace)
+    if gateway:
+        netns.give_own_wireguard_run(namespace)
+        # A fresh Ubuntu instance: no forwarding until its user data turns it on.
+        settings = {"net.ipv4.ip_forward": "0", "net.ipv4.conf.all.rp_filter": "2"}
+        settings["net.ipv4.conf.default.rp_filter"] = "2"
+    else:
+        # AWS's router filters nothing by reverse path; the rest do not route.
+        on = "1" if forwarding else "0"
+        settings = {"net.ipv4.ip_forward": on, "net.ipv4.conf.all.rp_filter": "0"}
+        settings["net.ipv4.conf.default.rp_filter"] = "0"
+    # New namespaces inherit the host's defaults; pin ours before links exist.
+    netns.sysctl(namespace, settings)
 
 
 def _links(topology: Topology) -> None:
     inet = topology.internet_namespace
     for site in topology.sites:
-        netns.veth(inet, site.edge_link, site.vpc_namespace, LINK_IGW, EC2_MTU)
-        netns.veth(site.vpc_namespace, LINK_PUBLIC, site.gateway.namespace, LINK_HOST, EC2_MTU)
-        # One workload host per site: a veth is the subnet (a bridge would be the next step).
-        for host in site.hosts:
-            netns.veth(site.vpc_namespace, LINK_PRIVATE, host.namespace, LINK_HOST, EC2_MTU)
+        _site_links(inet, site)
     for office in topology.offices:
         # An office line carries 1500 bytes; its LAN is plain Ethernet.
         gateway = office.gateway.namespace
@@ -192,6 +197,14 @@ def _links(topology: Topology) -> None:
         for host in office.hosts:
             netns.veth(gateway, LINK_LAN, host.namespace, LINK_HOST, INTERNET_MTU)
     netns.veth(inet, LINK_STRANGER, topology.stranger_namespace, LINK_HOST, EC2_MTU)
+
+
+def _site_links(inet: str, site: Site) -> None:
+    netns.veth(inet, site.edge_link, site.vpc_namespace, LINK_IGW, EC2_MTU)
+    netns.veth(site.vpc_namespace, LINK_PUBLIC, site.gateway.namespace, LINK_HOST, EC2_MTU)
+    # One workload host per site: a veth is the subnet (a bridge would be the next step).
+    for host in site.hosts:
+        netns.veth(site.vpc_namespace, LINK_PRIVATE, host.namespace, LINK_HOST, EC2_MTU)
 
 
 def _table_routes(site: Site, table: RouteTable) -> list[str]:
@@ -227,58 +240,7 @@ def _addresses_and_routes(topology: Topology) -> None:
         f"link set {LINK_STRANGER} up",
     ]
     for site in topology.sites:
-        layout = site.facts.layout
-        lines = [
-            f"address add {site.public_router} dev {LINK_PUBLIC}",
-            f"address add {site.private_router} dev {LINK_PRIVATE}",
-            f"address add {site.edge} dev {LINK_IGW}",
-            f"link set {LINK_PUBLIC} up",
-            f"link set {LINK_PRIVATE} up",
-            f"link set {LINK_IGW} up",
-            # What arrives through the internet gateway only reaches the VPC itself.
-            f"route add {layout.public_subnet} dev {LINK_PUBLIC} table {EDGE_TABLE}",
-            f"route add {layout.private_subnet} dev {LINK_PRIVATE} table {EDGE_TABLE}",
-        ]
-        tables = {site.public_table.table: site.public_table}
-        tables[site.private_table.table] = site.private_table
-        for table in tables.values():
-            lines += _table_routes(site, table)
-        # The subnet a packet comes from picks its route table; nothing falls through to
-        # the namespace's main table, so a missing route means no path, as in AWS.
-        for pref, link, number in (
-            (100, LINK_PUBLIC, site.public_table.table),
-            (110, LINK_PRIVATE, site.private_table.table),
-            (120, LINK_IGW, EDGE_TABLE),
-        ):
-            lines += [
-                f"rule add pref {pref} iif {link} lookup {number}",
-                f"rule add pref {pref + 1} iif {link} blackhole",
-            ]
-        netns.ip_batch(site.vpc_namespace, lines)
-
-        gateway = site.gateway
-        netns.ip_batch(
-            gateway.namespace,
-            [
-                f"address add {gateway.private_address} dev {LINK_HOST}",
-                f"link set {LINK_HOST} up",
-                f"route add default via {site.public_router.ip} dev {LINK_HOST}",
-            ],
-        )
-        for host in site.hosts:
-            netns.ip_batch(
-                host.namespace,
-                [
-                    f"address add {host.address} dev {LINK_HOST}",
-                    f"link set {LINK_HOST} up",
-                    f"route add default via {host.router} dev {LINK_HOST}",
-                ],
-            )
-        inet_lines += [
-            f"address add {site.edge_peer} dev {site.edge_link}",
-            f"link set {site.edge_link} up",
-            f"route add {gateway.elastic_ip}/32 via {site.edge.ip} dev {site.edge_link}",
-        ]
+        inet_lines += _site_addresses(site)
     for office in topology.offices:
         inet_lines += _office_addresses(office)
     netns.ip_batch(inet, inet_lines)
@@ -290,6 +252,88 @@ def _addresses_and_routes(topology: Topology) -> None:
             f"route add default via {STRANGER_ROUTER.ip} dev {LINK_HOST}",
         ],
     )
+
+
+def _site_addresses(site: Site) -> list[str]:
+    """A site's VPC router, gateway and hosts; returns the internet's lines for it."""
+    layout = site.facts.layout
+    lines = [
+        f"address add {site.public_router} dev {LINK_PUBLIC}",
+        f"address add {site.private_router} dev {LINK_PRIVATE}",
+        f"address add {site.edge} dev {LINK_IGW}",
+        f"link set {LINK_PUBLIC} up",
+        f"link set {LINK_PRIVATE} up",
+        f"link set {LINK_IGW} up",
+        # What arrives through the internet gateway only reaches the VPC itself.
+        f"route add {layout.public_subnet} dev {LINK_PUBLIC} table {EDGE_TABLE}",
+        f"route add {layout.private_subnet} dev {LINK_PRIVATE} table {EDGE_TABLE}",
+    ]
+    tables = {site.public_table.table: site.public_table}
+    tables[site.private_table.table] = site.private_table
+    for table in tables.values():
+        lines += _table_routes(site, table)
+    # The subnet a packet comes from picks its route table; nothing falls through to
+    # the namespace's main table, so a missing route means no path, as in AWS.
+    for pref, link, number in (
+        (100, LINK_PUBLIC, site.public_table.table),
+        (110, LINK_PRIVATE, site.private_table.table),
+        (120, LINK_IGW, EDGE_TABLE),
+    ):
+        lines += [
+            f"rule add pref {pref} iif {link} lookup {number}",
+            f"rule add pref {pref + 1} iif {link} blackhole",
+        ]
+    netns.ip_batch(site.vpc_namespace, lines)
+
+    gateway = site.gateway
+    netns.ip_batch(
+        gateway.namespace,
+        [
+            f"address add {gateway.private_address} dev {LINK_HOST}",
+            f"link set {LINK_HOST} up",
+            f"route add default via {site.public_router.ip} dev {LINK_HOST}",
+        ],
+    )
+    for host in site.hosts:
+        netns.ip_batch(
+            host.namespace,
+            [
+                f"address add {host.address} dev {LINK_HOST}",
+                f"link set {LINK_HOST} up",
+                f"route add default via {host.router} dev {LINK_HOST}",
+            ],
+        )
+    return [
+        f"address add {site.edge_peer} dev {site.edge_link}",
+        f"link set {site.edge_link} up",
+        f"route add {gateway.elastic_ip}/32 via {site.edge.ip} dev {site.edge_link}",
+    ]
+
+
+def add_site(topology: Topology, site: Site, state: State) -> None:
+    """Day 2: a new site's VPC, gateway (not yet booted) and hosts next to a running lab."""
+    inet = topology.internet_namespace
+    _site_namespaces(site, state)
+    _site_links(inet, site)
+    netns.ip_batch(inet, _site_addresses(site))
+    _vpc_router_rules(site)
+    security_groups(site)
+    offloads_off(site.vpc_namespace, [LINK_IGW])
+    offloads_off(inet, [site.edge_link])
+
+
+def update_routes(site: Site) -> None:
+    """Day 2: the site's route tables as the plan now declares them. Routes are replaced
+    (an unchanged one stays as it is) and added, never removed first."""
+    lines = []
+    for table in dict.fromkeys((site.public_table, site.private_table)):
+        for route in table.routes:
+            if route.kind == "gateway":
+                lines.append(
+                    f"route replace {route.destination} via {route.via} dev {LINK_PUBLIC}"
+                    f" table {table.table}"
+                )
+    netns.ip_batch(site.vpc_namespace, lines)
 
 
 def _office_addresses(office: Office) -> list[str]:
@@ -358,6 +402,16 @@ def _nat_router(office: Office) -> None:
         " -j ACCEPT\n"
         "COMMIT\n",
     )
+
+
+def security_groups(site: Site) -> None:
+    """The gateway's and the hosts' groups as the plan declares them (again: replaced whole,
+    in one transaction, as a rule change on AWS takes effect)."""
+    gateway = site.gateway
+    _security_group(gateway.namespace, gateway.ingress, gateway.egress, probe=True)
+    for host in site.hosts:
+        if host.ingress is not None and host.egress is not None:
+            _security_group(host.namespace, host.ingress, host.egress, probe=False)
 
 
 def _vpc_router_rules(site: Site) -> None:
@@ -466,7 +520,11 @@ def _security_group(
             f'    iifname "{LINK_HOST}" ip saddr {STRANGER.ip} counter\n'
             "  }\n"
         )
+    # Declared, emptied and filled in one transaction: applied again (day 2), the group
+    # changes at once, and the connections it tracks (conntrack's) stay established.
     ruleset = (
+        f"table inet {SG_TABLE}\n"
+        f"delete table inet {SG_TABLE}\n"
         f"table inet {SG_TABLE} {{\n"
         f"{_rule_chain(SG_INGRESS, ingress, 'not admitted')}"
         f"{_rule_chain(SG_EGRESS, egress, 'not allowed out')}"
@@ -501,11 +559,15 @@ def _internet_carries_packets(topology: Topology) -> None:
     inet_links += [office.edge_link for office in topology.offices] + [LINK_STRANGER]
     sides.append((topology.internet_namespace, inet_links))
     for namespace, links in sides:
-        netns.ns_run(
-            namespace,
-            [sys.executable, "-m", "lab.agent", "offloads-off", *links],
-            env={"PYTHONPATH": str(REPO)},
-        )
+        offloads_off(namespace, links)
+
+
+def offloads_off(namespace: str, links: list[str]) -> None:
+    netns.ns_run(
+        namespace,
+        [sys.executable, "-m", "lab.agent", "offloads-off", *links],
+        env={"PYTHONPATH": str(REPO)},
+    )
 
 
 def _wireguard_implementation(namespace: str) -> str:
