@@ -10,9 +10,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from core.config import PROJECT
+
+T = TypeVar("T")
 
 NAMESPACE = "WgSiteToSite"
 DIMENSION_STACK = "Stack"
@@ -47,9 +49,45 @@ METRICS: dict[str, str] = {
     SENT_BYTES: "Bytes",
 }
 
-# Published a second time with the instance's id too (the tunnel alarms' series): each is
-# one more custom metric per gateway (cloud-init/probe.sh.j2, add_tunnel_up).
+# Published once per peer (Stack, Site, Peer): the tunnel to that peer, measured here.
+PER_PEER_METRICS: tuple[str, ...] = (
+    TUNNEL_UP,
+    HANDSHAKE_AGE,
+    PROBE_RTT,
+    RECEIVED_BYTES,
+    SENT_BYTES,
+)
+# Published once per gateway (Stack, Site): the instance's interface, whatever the peer.
+PER_GATEWAY_METRICS: tuple[str, ...] = (SOURCE_DEST_CHECK,)
+# Published a second time per peer with the instance's id too (Stack, Site, Peer,
+# InstanceId: the tunnel alarms' series): each is one more custom metric per peer
+# (cloud-init/probe.sh.j2, add_tunnel_up).
 PER_INSTANCE_METRICS: tuple[str, ...] = (TUNNEL_UP,)
+
+
+def custom_metric_count(peers: int) -> int:
+    """How many custom metrics (name + dimension set) one gateway's probe publishes."""
+    return (len(PER_PEER_METRICS) + len(PER_INSTANCE_METRICS)) * peers + len(
+        PER_GATEWAY_METRICS
+    )
+
+
+def metric_dimensions(
+    metric: str, stack: str, site: str, peer: str | None = None, instance: str | None = None
+) -> dict[str, str]:
+    """The dimensions one series of `metric` carries, as the probe publishes it: a
+    per-peer metric names the peer, and a per-instance one (with `instance`) the instance."""
+    dimensions = {DIMENSION_STACK: stack, DIMENSION_SITE: site}
+    if metric in PER_PEER_METRICS:
+        if peer is None:
+            raise ValueError(f"{metric} is published per peer: name the peer")
+        dimensions[DIMENSION_PEER] = peer
+    if instance is not None:
+        if metric not in PER_INSTANCE_METRICS:
+            raise ValueError(f"{metric} is not published per instance")
+        dimensions[DIMENSION_INSTANCE] = instance
+    return dimensions
+
 
 DEFAULT_PROBE_INTERVAL_SECONDS = 60
 # WireGuard rejects a session 180 s after its handshake (REJECT_AFTER_TIME); with
@@ -95,6 +133,11 @@ class AlarmRule:
     # Whether the metric names the instance (DIMENSION_INSTANCE): the alarm then belongs
     # to one instance and is replaced with it.
     per_instance: bool = False
+
+    @property
+    def per_peer(self) -> bool:
+        """One alarm per peer: the rule watches a per-peer metric of the probe's."""
+        return self.namespace == NAMESPACE and self.metric in PER_PEER_METRICS
 
     @property
     def evaluation_range(self) -> int:
@@ -199,8 +242,33 @@ SYSTEM_CHECK = AlarmRule(
 TUNNEL_RULES = (TUNNEL_DOWN, NOT_REPORTING, HANDSHAKE_STALE)
 
 
-def alarm_name(stack: str, site: str, rule: AlarmRule) -> str:
+def alarm_name(stack: str, site: str, rule: AlarmRule, peer: str | None = None) -> str:
+    """<project>-<stack>-<site>-<key>; a per-peer rule's alarm names the peer too,
+    <site>.<peer> (a site name has no dot, so no two pairs share a name)."""
+    if rule.per_peer:
+        if peer is None:
+            raise ValueError(f"the {rule.key} alarm is per peer: name the peer")
+        return f"{PROJECT}-{stack}-{site}.{peer}-{rule.key}"
     return f"{PROJECT}-{stack}-{site}-{rule.key}"
+
+
+def alarm_dimensions(
+    rule: AlarmRule, stack: str, site: str, peer: str | None, instance: T
+) -> dict[str, str | T]:
+    """The dimensions of the series `rule`'s alarm watches, for the gateway `instance` of
+    `site` and its `peer` (None for a rule that is not per peer). `instance` may be any
+    value (e.g. a Pulumi Output): it is only placed, never read."""
+    if rule.namespace != NAMESPACE:
+        # EC2's own metrics name the instance alone (SYSTEM_CHECK).
+        return {DIMENSION_INSTANCE: instance}
+    dimensions: dict[str, str | T] = {DIMENSION_STACK: stack, DIMENSION_SITE: site}
+    if rule.per_peer:
+        if peer is None:
+            raise ValueError(f"the {rule.key} alarm is per peer: name the peer")
+        dimensions[DIMENSION_PEER] = peer
+    if rule.per_instance:
+        dimensions[DIMENSION_INSTANCE] = instance
+    return dimensions
 
 
 def recover_action(region: str) -> str:

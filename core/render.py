@@ -22,6 +22,7 @@ import jinja2
 import yaml
 
 from core import health
+from core.config import PROJECT, SITE_NAME
 from core.facts import (
     APPLY_PATH,
     APPLY_UNIT_PATH,
@@ -31,6 +32,7 @@ from core.facts import (
     PROBE_PATH,
     PROBE_SERVICE_PATH,
     PROBE_STATE_DIR,
+    PRESHARED_KEY_LEAF,
     PROBE_TIMER_PATH,
     SSM_ADVANCED_LIMIT_BYTES,
     SSM_STANDARD_LIMIT_BYTES,
@@ -45,6 +47,9 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "cloud-init"
 # delete-before-replace the old gateway is gone by then. Checked before anything exists.
 # https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/user-data.html
 USER_DATA_LIMIT_BYTES = 16 * 1024
+# A peer's pre-shared key file as the wg-quick config's PostUp names it (%i: the
+# interface); the apply feeds each [Peer] the file its PostUp names.
+PSK_PATH_TEMPLATE = "/etc/wireguard/%i.{peer}.psk"
 
 
 @dataclass(frozen=True)
@@ -160,7 +165,7 @@ def render_wg_config(
                 "public_key": endpoint.public_key,
                 "allowed_ips": [str(net) for net in peer.allowed_ips],
                 "endpoint": address,
-                "psk_path_template": f"/etc/wireguard/%i.{peer.name}.psk",
+                "psk_path_template": PSK_PATH_TEMPLATE.format(peer=peer.name),
             }
         )
     return _render(
@@ -231,7 +236,19 @@ def _sbin() -> str:
 
 
 def render_apply(facts: GatewayFacts) -> str:
-    """The apply script: installed at APPLY_PATH, run at boot, by Run Command, by the probe."""
+    """The apply script: installed at APPLY_PATH, run at boot, by Run Command, by the probe.
+
+    It names no peer: each peer's pre-shared key parameter and file are made from the
+    peer's name in the desired state, so adding a site is day 2 and never changes the
+    user data."""
+    psk_prefix = f"/{PROJECT}/{facts.stack}/{facts.name}/"
+    psk_base = f"/etc/wireguard/{facts.interface}."
+    for peer in facts.peers:
+        # The script's rule for the names must be the core's (facts.py).
+        if f"{psk_prefix}{peer.name}/{PRESHARED_KEY_LEAF}" != peer.psk_parameter_name:
+            raise ValueError(f"peer {peer.name}: pre-shared key parameter name mismatch")
+        if f"{psk_base}{peer.name}.psk" != peer.psk_path(facts.interface):
+            raise ValueError(f"peer {peer.name}: pre-shared key file mismatch")
     return _render(
         "apply.sh.j2",
         name=PurePosixPath(APPLY_PATH).name,
@@ -241,13 +258,16 @@ def render_apply(facts: GatewayFacts) -> str:
         config_path=facts.config_path,
         rules_path=facts.rules_path,
         key_path=facts.key_path,
-        psk_path=facts.peers[0].psk_path(facts.interface),  # FIXME(N peers): H2
         peer_path=facts.peer_path,
         state_parameter=facts.desired_state_parameter_name,
         key_parameter=facts.key_parameter_name,
-        # Always named: whether to use it is part of the desired state, so turning the
-        # pre-shared key on or off is a day-2 change, not a new instance.
-        psk_parameter=facts.peers[0].psk_parameter_name,  # FIXME(N peers): H2
+        # Always named: whether to use them is part of the desired state, so turning the
+        # pre-shared keys on or off, or adding a peer, is a day-2 change, not a new instance.
+        psk_prefix=psk_prefix,
+        psk_leaf=PRESHARED_KEY_LEAF,
+        psk_base=psk_base,
+        psk_base_template=PSK_PATH_TEMPLATE.format(peer="")[: -len(".psk")],
+        site_name_pattern=SITE_NAME.pattern.removeprefix("^").removesuffix("$"),
         jumps=facts.jumps,
     )
 
@@ -260,9 +280,12 @@ def render_check(facts: GatewayFacts) -> str:
         sbin=_sbin(),
         aws_call=PurePosixPath(AWS_CALL_PATH).name,
         interface=facts.interface,
-        # The peer's tunnel address is day 2: the apply writes it here from the desired
-        # state, so nothing in the user data changes with the tunnel cidr.
+        # The peers and their tunnel addresses are day 2: the apply writes them here from
+        # the desired state, so nothing in the user data changes with the tunnel cidr or
+        # a new site.
         peer_path=facts.peer_path,
+        # Outside AWS there is no interface whose source/dest check could be on.
+        aws=facts.is_aws,
         # WireGuard drops a session 180 s after its last handshake (REJECT_AFTER_TIME).
         max_handshake_age=health.HANDSHAKE_STALE_SECONDS,
     )
@@ -394,7 +417,6 @@ def render_probe(
         interval=_probe_interval(interval_seconds),
         interface=facts.interface,
         site=facts.name,
-        peer=", ".join(peer.name for peer in facts.peers),
         peer_path=facts.peer_path,
         stack=facts.stack,
         state_dir=PROBE_STATE_DIR,
@@ -402,6 +424,7 @@ def render_probe(
         dimension_stack=health.DIMENSION_STACK,
         dimension_site=health.DIMENSION_SITE,
         dimension_instance=health.DIMENSION_INSTANCE,
+        dimension_peer=health.DIMENSION_PEER,
         tunnel_up=health.TUNNEL_UP,
         source_dest_check=health.SOURCE_DEST_CHECK,
         handshake_age=health.HANDSHAKE_AGE,
@@ -423,7 +446,6 @@ def render_probe_units(
     values = {
         "interface": facts.interface,
         "site": facts.name,
-        "peer": ", ".join(peer.name for peer in facts.peers),
         "probe_path": PROBE_PATH,
         "interval": interval,
         # Longer than pings (3 s) plus the API call (20 s), whatever the interval.
