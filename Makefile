@@ -10,12 +10,13 @@ BENCH_JSON ?= build/lab-bench.json
 VENV := .venv
 PY := $(VENV)/bin/python
 # Debian packages the tests and the lab use: WireGuard (kernel or wireguard-go),
-# the network tools the lab drives, and cloud-init for schema checks.
+# the network tools the lab drives, cloud-init for schema checks, and shellcheck for the
+# office bundle's install.sh.
 APT_PACKAGES := wireguard-tools wireguard-go iproute2 iptables nftables iputils-ping curl \
-	mtr-tiny iperf3 procps psmisc cloud-init
+	mtr-tiny iperf3 procps psmisc cloud-init shellcheck
 
 .PHONY: help deps test lint typecheck unit lab lab-down lab-bench plan pin policy \
-	test-stack test-stack-destroy test-stack-sweep e2e clean
+	test-stack test-stack-destroy test-stack-sweep e2e site-bundle clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -107,6 +108,9 @@ test-stack-sweep: deps ## destroy every test-* stack past its expires-at (DRY_RU
 
 e2e: deps ## the whole proof on a real AWS account with STACK's config (needs AWS; ~45 min max)
 	@$(PY) -m tools.e2e $(STACK) $(ARGS)
+
+site-bundle: deps ## write out/STACK/SITE/ for a site outside AWS: make site-bundle STACK=x SITE=office (needs AWS)
+	@$(PY) -m tools.site_bundle "$(STACK)" "$(SITE)"
 
 clean: ## remove the virtualenv, node_modules and caches
 	rm -rf $(VENV) node_modules .deps-apt.stamp .pytest_cache .mypy_cache .ruff_cache

@@ -12,10 +12,10 @@ import gzip
 import hashlib
 import ipaddress
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path, PurePosixPath
-from collections.abc import Mapping
 from typing import Any
 
 import jinja2
@@ -198,9 +198,11 @@ def render_firewall(facts: GatewayFacts) -> str:
 
 
 def render_desired_state(
-    facts: GatewayFacts, endpoints: Mapping[str, PeerEndpoint]
+    facts: GatewayFacts,
+    endpoints: Mapping[str, PeerEndpoint],
+    source: str = "SSM Parameter Store",
 ) -> DesiredState:
-    wg_config = render_wg_config(facts, endpoints)
+    wg_config = render_wg_config(facts, endpoints, source=source)
     firewall = render_firewall(facts)
     peers = []
     for peer in facts.peers:
@@ -455,3 +457,82 @@ def render_probe_units(
         PROBE_SERVICE_PATH: _render("probe.service.j2", **values),
         PROBE_TIMER_PATH: _render("probe.timer.j2", **values),
     }
+
+
+# ------------------------------------------------------------------ the office bundle
+
+# What `make site-bundle` writes for a site outside AWS (out/<stack>/<site>/): its gateway
+# runs the same apply and check scripts as an AWS gateway, reading its desired state from
+# a directory instead of SSM (`--from-dir DIR`: parameter NAME is the file DIR/NAME).
+BUNDLE_STATE_DIR = "state"  # in the bundle: the from-dir tree install.sh installs
+BUNDLE_INSTALL = "install.sh"
+BUNDLE_SOURCE = "the site bundle (make site-bundle)"
+
+
+def from_dir_path(parameter_name: str) -> str:
+    """Where parameter NAME lives in a from-dir tree: NAME keeps its slashes."""
+    return parameter_name.lstrip("/")
+
+
+def bundle_state_dir(facts: GatewayFacts) -> str:
+    """Where install.sh keeps the office's desired state (the apply's --from-dir)."""
+    return f"/etc/wireguard/{facts.interface}.desired"
+
+
+@dataclass(frozen=True)
+class SiteBundle:
+    """An office's bundle: relative path -> (text, mode) for every file without a secret,
+    and, per AWS peer, the relative path its pair's pre-shared key goes to (0600, written
+    by the tool that fetches it; never rendered here)."""
+
+    files: dict[str, tuple[str, int]]
+    psk_paths: dict[str, str]
+
+
+def render_site_bundle(facts: GatewayFacts, endpoints: Mapping[str, PeerEndpoint]) -> SiteBundle:
+    """The files of a site outside AWS (`facts` of an external site): the wg-quick config,
+    firewall and sysctl to read, the desired state the apply reads in local mode, the
+    apply and check scripts, and install.sh. No key: the office makes its own private key,
+    and the pre-shared keys are fetched and written by tools.site_bundle."""
+    external = facts.site.external
+    if external is None:
+        raise ValueError(f"site {facts.name} is an AWS site: pulumi up configures its gateway")
+    state = render_desired_state(facts, endpoints, source=BUNDLE_SOURCE)
+    sysctl_name = PurePosixPath(SYSCTL_PATH).name
+    apply_name = PurePosixPath(APPLY_PATH).name
+    check_name = PurePosixPath(CHECK_PATH).name
+    state_leaf = from_dir_path(facts.desired_state_parameter_name)
+    install = _render(
+        "install.sh.j2",
+        site=facts.name,
+        stack=facts.stack,
+        interface=facts.interface,
+        key_path=facts.key_path,
+        public_key=external.public_key,
+        public_key_setting=f"the external.publicKey of site {facts.name}",
+        sysctl_path=SYSCTL_PATH,
+        sysctl_name=sysctl_name,
+        sbin=_sbin(),
+        apply_name=apply_name,
+        check_name=check_name,
+        state_source=BUNDLE_STATE_DIR,
+        desired_state=state_leaf,
+        state_dir=bundle_state_dir(facts),
+        peer_count=len(facts.peers),
+    )
+    files = {
+        f"{facts.interface}.conf": (state.wg_config, 0o644),
+        f"{facts.interface}.rules": (state.firewall, 0o644),
+        sysctl_name: (render_sysctl(facts), 0o644),
+        f"{BUNDLE_STATE_DIR}/{state_leaf}": (state.document + "\n", 0o644),
+        apply_name: (render_apply(facts), 0o755),
+        check_name: (render_check(facts), 0o755),
+        BUNDLE_INSTALL: (install, 0o755),
+    }
+    psk_paths = {}
+    if facts.preshared_key:
+        psk_paths = {
+            peer.name: f"{BUNDLE_STATE_DIR}/{from_dir_path(peer.psk_parameter_name)}"
+            for peer in facts.peers
+        }
+    return SiteBundle(files=files, psk_paths=psk_paths)

@@ -8,8 +8,8 @@ section, so a target added there without a test here fails
 - run for real: `plan`, `policy`, `help`; as root, under the lab marker: `lab`, `lab-down`
   and `lab-bench` with one run;
 - run up to their refusal, without AWS credentials and without the `pulumi` CLI on PATH:
-  `pin`, `test-stack`, `test-stack-destroy`, `test-stack-sweep` (one line, no traceback,
-  a non-zero exit);
+  `pin`, `test-stack`, `test-stack-destroy`, `test-stack-sweep`, `e2e`, `site-bundle`
+  (one line, no traceback, a non-zero exit);
 - read with `make -n`, never run: `deps` (installs from the lock files), `clean` (removes
   only the project's own installs and caches: running it would delete the venv the suite
   runs from) and `test` (lint, types and pytest: what CI runs through `.ci/run`; running it
@@ -48,6 +48,9 @@ ARGS = {
     "test-stack-destroy": ["NAME=maketargets"],
     "test-stack-sweep": [],
     "e2e": ["STACK=dev"],
+    # dev has no site outside AWS: the tool refuses its AWS site in one line, before it
+    # asks pulumi or AWS anything.
+    "site-bundle": ["STACK=dev", "SITE=alpha"],
 }
 REAL = {"plan", "policy"}
 LAB = {"lab", "lab-down", "lab-bench"}
@@ -58,6 +61,7 @@ REFUSED = {
     "test-stack-destroy": re.compile(r"^tools\.ephemeral: the Pulumi CLI is not installed"),
     "test-stack-sweep": re.compile(r"^tools\.ephemeral: the Pulumi CLI is not installed"),
     "e2e": re.compile(r"^tools\.e2e: no AWS credentials"),
+    "site-bundle": re.compile(r"^tools\.site_bundle: site 'alpha' is an AWS site"),
 }
 DRY = {"deps", "clean", "test"}
 TESTED = REAL | LAB | set(REFUSED) | DRY
