@@ -21,7 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -75,8 +75,14 @@ def wg_env(state: State) -> dict[str, str]:
     return {}
 
 
-def build(topology: Topology, state: State, progress: Progress = _quiet) -> list[str]:
-    """Builds everything, recording each piece in `state` first; returns notes to show."""
+def build(
+    topology: Topology,
+    state: State,
+    progress: Progress = _quiet,
+    office_keys: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Builds everything, recording each piece in `state` first; returns notes to show.
+    `office_keys`: each office's private key (lab.office.with_lab_keys)."""
     notes: list[str] = []
     progress("namespaces and links")
     _namespaces(topology, state)
@@ -100,7 +106,33 @@ def build(topology: Topology, state: State, progress: Progress = _quiet) -> list
     names = ", ".join(site.name for site in topology.sites)
     progress(f"booting the gateways ({names}) from their user data ({state.implementation})")
     notes += boot_gateways(topology.sites, state)
+    if topology.offices:
+        names = ", ".join(office.name for office in topology.offices)
+        progress(f"installing the offices ({names}) from their bundles (install.sh)")
+        notes += install_offices(topology, state, office_keys or {})
     return notes
+
+
+def install_offices(topology: Topology, state: State, office_keys: Mapping[str, str]) -> list[str]:
+    """Each office's gateway, configured only by its bundle's install.sh, side by side."""
+    from lab import office as offices
+
+    missing = [office.name for office in topology.offices if office.name not in office_keys]
+    if missing:
+        raise LabError(
+            f"site {missing[0]} is an office: the lab plays it with a key of its own"
+            " (plan the config from lab.office.with_lab_keys)"
+        )
+    for office in topology.offices:
+        state.add("etc_dirs", str(etc_dir(office.gateway.namespace)))
+        state.add("interfaces", office.facts.interface)
+
+    def one(office: Office) -> str:
+        line = offices.install(topology, office, state, office_keys[office.name])
+        return f"{office.name}: {line}"
+
+    with ThreadPoolExecutor(max_workers=len(topology.offices)) as pool:
+        return list(pool.map(one, topology.offices))
 
 
 def boot_gateways(sites: tuple[Site, ...], state: State) -> list[str]:
@@ -637,18 +669,35 @@ def gateway_run(
     extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """A command on the gateway, as the instance runs it: its own /usr/local/sbin, /etc,
-    network and AWS credentials. `ip netns exec` gives each call a private mount
-    namespace, so the bind mount ends with the command."""
+    network and AWS credentials."""
+    return host_run(
+        site.gateway.namespace, state, argv, timeout=timeout, check=check, extra_env=extra_env
+    )
+
+
+def host_run(
+    namespace: str,
+    state: State,
+    argv: list[str],
+    *,
+    timeout: float = WG_QUICK_TIMEOUT,
+    check: bool = True,
+    extra_env: dict[str, str] | None = None,
+    aws_env: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """A command on a gateway host (an AWS instance, or with `aws_env` False an office's
+    router): its own /usr/local/sbin, /etc and network. `ip netns exec` gives each call a
+    private mount namespace, so the bind mount ends with the command."""
     env = {
-        **aws.gateway_env(),
+        **(aws.gateway_env() if aws_env else {}),
         **wg_env(state),
         "PATH": f"{_shims()}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
         **(extra_env or {}),
     }
     script = 'mount --bind "$0" ' + SBIN + ' && exec "$@"'
     return netns.ns_run(
-        site.gateway.namespace,
-        ["bash", "-c", script, str(sbin_dir(site.gateway.namespace)), *argv],
+        namespace,
+        ["bash", "-c", script, str(sbin_dir(namespace)), *argv],
         env=env,
         timeout=timeout,
         check=check,

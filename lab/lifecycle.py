@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -37,8 +38,10 @@ def up(
     *,
     check_preconditions: bool = True,
     wait: float = FIRST_REPLY_TIMEOUT,
+    office_keys: Mapping[str, str] | None = None,
 ) -> Lab:
-    """Builds the lab for a plan and waits up to `wait` s for the tunnel to carry a ping."""
+    """Builds the lab for a plan and waits up to `wait` s for the tunnel to carry a ping
+    on every pair. `office_keys`: the offices' private keys (lab.office.with_lab_keys)."""
     if check_preconditions:
         preflight()
     topology = derive(plan)
@@ -50,7 +53,7 @@ def up(
     record_created_host_dirs([str(d) for d in (NETNS_ETC, WIREGUARD_RUN) if not d.exists()])
     state.save()
     try:
-        notes = build(topology, state, progress)
+        notes = build(topology, state, progress, office_keys)
         progress("waiting for the first reply through the tunnel on every pair")
         first = first_replies(topology, wait)
     except BaseException as error:
