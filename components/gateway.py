@@ -113,6 +113,12 @@ KEY_ADMINISTRATION_ACTIONS = [
 DEPLOYER_KEY_ACTIONS = ["kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey*", "kms:DescribeKey"]
 
 
+def tunnel_rule_name(site: str, peer: str, index: int = 0) -> str:
+    """The gateway security group's rule admitting `peer`'s index-th source on the tunnel
+    port (the port policy finds an office's rules by these names)."""
+    return f"{site}-tunnel-from-{peer}" + (f"-{index}" if index else "")
+
+
 @dataclass
 class PeerInputs:
     """What a gateway needs of one peer: its key, the address to dial, who may send."""
@@ -244,16 +250,16 @@ class WireGuardGateway(pulumi.ComponentResource):
         for position, peer in enumerate(facts.peers):
             sources = args.peers[peer.name].sources
             for index, source in enumerate(sources):
-                suffix = "" if index == 0 else f"-{index}"
+                rule = tunnel_rule_name(name, peer.name, index)
                 aws.vpc.SecurityGroupIngressRule(
-                    f"{name}-tunnel-from-{peer.name}{suffix}",
+                    rule,
                     security_group_id=group.id,
                     description=f"WireGuard from the {peer.name} gateway",
                     ip_protocol="udp",
                     from_port=facts.listen_port,
                     to_port=facts.listen_port,
                     cidr_ipv4=source,
-                    tags=self._tags(f"tunnel-from-{peer.name}{suffix}"),
+                    tags=self._tags(rule.removeprefix(f"{name}-")),
                     opts=self._renamed(
                         f"{name}-tunnel-from-peer" if position == 0 and index == 0 else None
                     ),

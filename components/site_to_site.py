@@ -11,12 +11,18 @@ import pulumi_command as command
 import pulumi_random as random
 
 from components.canary import Canary, CanaryArgs
-from components.gateway import DEPLOYER, PeerInputs, WireGuardGateway, WireGuardGatewayArgs
+from components.gateway import (
+    DEPLOYER,
+    PeerInputs,
+    WireGuardGateway,
+    WireGuardGatewayArgs,
+    tunnel_rule_name,
+)
 from components.site_network import RemoteSite, SiteNetwork, SiteNetworkArgs
 from components.tunnel_health import HealthSite, TunnelHealth, TunnelHealthArgs
 from components.wireguard_identity import WireGuardIdentity, WireGuardIdentityArgs
 from core.config import PROJECT, StackConfig
-from core.facts import GatewayFacts, PeerFacts, gateway_facts
+from core.facts import GatewayFacts, PeerFacts, gateway_facts, peer_names
 from core.render import configured_endpoint, limit_problems
 
 
@@ -56,8 +62,35 @@ class SiteToSite(pulumi.ComponentResource):
     def __init__(
         self, name: str, args: SiteToSiteArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
-        super().__init__("wg-site-to-site:index:SiteToSite", name, None, opts)
+        # Each office's declared sources and the tunnel rules that admit them, for the
+        # port policy: it accepts a sourceCidr only on that office's own rules.
+        external = {
+            site.name: {
+                **{
+                    key: str(value)
+                    for key, value in (
+                        ("publicIp", site.external.public_ip),
+                        ("sourceCidr", site.external.source_cidr),
+                    )
+                    if value is not None
+                },
+                "tunnelRules": sorted(
+                    tunnel_rule_name(other.name, site.name, index)
+                    for other in args.config.sites
+                    if other.is_aws and site.name in peer_names(args.config, other)
+                    for index in range(2)
+                ),
+            }
+            for site in args.config.sites
+            if site.external is not None
+        }
+        super().__init__(
+            "wg-site-to-site:index:SiteToSite", name, {"externalSites": external}, opts
+        )
         tags = {**args.config.tags, "project": args.project, "stack": args.stack}
+        clashes = name_clashes([site.name for site in args.config.sites])
+        if clashes:
+            raise pulumi.RunError("\n".join(clashes))
         every = gateway_facts(args.config, args.stack)
         index_of = {facts.name: index for index, facts in enumerate(every)}
         aws_sites = tuple(facts for facts in every if facts.is_aws)
@@ -348,6 +381,28 @@ class SiteToSite(pulumi.ComponentResource):
             _refuse_moved_zone(zone, _existing_public_subnet(facts, tags, invoke), facts, key)
         # An existing VPC's subnets are not this program's: the zone is unused there.
         return zone
+
+
+def name_clashes(names: list[str]) -> list[str]:
+    """Pairs of sites whose joined names are the same ("a" + "b-c" and "a-b" + "c"): the
+    resources of one pair (routes, alarms, keys: "<site>-<peer>-...") would take the
+    other's names. One line per clash, naming the key."""
+    seen: dict[str, tuple[str, str]] = {}
+    problems = []
+    for first in names:
+        for second in names:
+            if first == second:
+                continue
+            joined = f"{first}-{second}"
+            if joined in seen and seen[joined] != (first, second):
+                other = seen[joined]
+                problems.append(
+                    f"{PROJECT}:sites: the names {other[0]} and {other[1]} and the names "
+                    f"{first} and {second} both join to {joined}, which would give two "
+                    "pairs' resources the same names: rename one of these sites"
+                )
+            seen.setdefault(joined, (first, second))
+    return problems
 
 
 def _existing_public_subnet(

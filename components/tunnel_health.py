@@ -210,9 +210,7 @@ class TunnelHealth(pulumi.ComponentResource):
             what = f"{facts.name} -> {peer} ({facts.interface})"
         else:
             resource_name = f"{facts.name}-{rule.key}"
-            # The site's own alarm (aws), though its metric is per peer (gw's
-            # health.alarm_name would ask for the peer): named after the site alone.
-            name = f"{PROJECT}-{stack}-{facts.name}-{rule.key}"
+            name = health.alarm_name(stack, facts.name, rule)
             what = f"{facts.name} gateway ({facts.interface}, {peer}'s series)"
         return aws.cloudwatch.MetricAlarm(
             resource_name,

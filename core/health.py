@@ -24,7 +24,8 @@ DIMENSION_SITE = "Site"
 # first deploy, a planned replacement) has an alarm of its own with no data yet.
 DIMENSION_INSTANCE = "InstanceId"
 # A gateway with several peers publishes its tunnel metrics once per peer, named here by
-# the peer's site name (issue 15).
+# the peer's site name (issue 15): each peer has its own TunnelUp, its own alarms and its
+# own line on the dashboard.
 DIMENSION_PEER = "Peer"
 
 # Each tunnel alarm names its gateway instance (its id) in this tag, so a policy can
@@ -67,9 +68,7 @@ PER_INSTANCE_METRICS: tuple[str, ...] = (TUNNEL_UP,)
 
 def custom_metric_count(peers: int) -> int:
     """How many custom metrics (name + dimension set) one gateway's probe publishes."""
-    return (len(PER_PEER_METRICS) + len(PER_INSTANCE_METRICS)) * peers + len(
-        PER_GATEWAY_METRICS
-    )
+    return (len(PER_PEER_METRICS) + len(PER_INSTANCE_METRICS)) * peers + len(PER_GATEWAY_METRICS)
 
 
 def metric_dimensions(
@@ -243,12 +242,11 @@ TUNNEL_RULES = (TUNNEL_DOWN, NOT_REPORTING, HANDSHAKE_STALE)
 
 
 def alarm_name(stack: str, site: str, rule: AlarmRule, peer: str | None = None) -> str:
-    """<project>-<stack>-<site>-<key>; a per-peer rule's alarm names the peer too,
-    <site>.<peer> (a site name has no dot, so no two pairs share a name)."""
-    if rule.per_peer:
-        if peer is None:
-            raise ValueError(f"the {rule.key} alarm is per peer: name the peer")
-        return f"{PROJECT}-{stack}-{site}.{peer}-{rule.key}"
+    """<project>-<stack>-<site>-<key>, the site's alarm; with `peer`, the alarm of one
+    peer's series: <project>-<stack>-<site>-<peer>-<key> (the same rule as the
+    components' per-peer alarms; config refuses site names whose pairs would join alike)."""
+    if peer is not None:
+        return f"{PROJECT}-{stack}-{site}-{peer}-{rule.key}"
     return f"{PROJECT}-{stack}-{site}-{rule.key}"
 
 

@@ -57,14 +57,22 @@ class ProbeTimer:
 
 
 def samples(
-    site: Site, metric: str, since: float, instance_id: str | None = None
+    site: Site, metric: str, since: float, instance_id: str | None = None, peer: str | None = None
 ) -> list[tuple[float, float]]:
-    """What the gateway published; TunnelUp is per instance (the site's, unless named)."""
-    dimensions = {health.DIMENSION_STACK: site.facts.stack, health.DIMENSION_SITE: site.name}
-    if metric == health.TUNNEL_UP:
-        dimensions[health.DIMENSION_INSTANCE] = instance_id or site.gateway.instance_id
-    region = site.facts.site.aws_region
-    return aws.metric_samples(region, health.NAMESPACE, metric, dimensions, since)
+    """What the gateway published; TunnelUp is per instance (the site's, unless named). A
+    per-peer metric is `peer`'s (the site's first peer unless named)."""
+    dimensions = health.metric_dimensions(
+        metric,
+        site.facts.stack,
+        site.name,
+        (peer or site.facts.peers[0].name) if metric in health.PER_PEER_METRICS else None,
+        (instance_id or site.gateway.instance_id)
+        if metric in health.PER_INSTANCE_METRICS
+        else None,
+    )
+    return aws.metric_samples(
+        site.facts.site.aws_region, health.NAMESPACE, metric, dimensions, since
+    )
 
 
 def alarm_state(

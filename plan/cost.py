@@ -12,10 +12,11 @@ between regions (the tunnel's traffic), API requests, SNS deliveries.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.health import METRICS, PER_INSTANCE_METRICS
+from core.health import METRICS, PER_INSTANCE_METRICS, SOURCE_DEST_CHECK
 from plan.document import Document
 
 # The rates below are those the linked AWS pricing pages published in this month. They
@@ -90,6 +91,11 @@ _ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
 _DASHBOARD = "aws:cloudwatch/dashboard:Dashboard"
 _PARAMETER = "aws:ssm/parameter:Parameter"
 _ENDPOINT = "aws:ec2/vpcEndpoint:VpcEndpoint"
+# What the probe publishes once per gateway (Stack, Site): the interface's check. Every
+# other metric is about one tunnel, published per peer (Stack, Site, Peer), and the
+# tunnel alarms' ones once more per instance (cloud-init/probe.sh.j2).
+SITE_METRICS: tuple[str, ...] = (SOURCE_DEST_CHECK,)
+PEER_METRICS: tuple[str, ...] = tuple(m for m in METRICS if m not in SITE_METRICS)
 
 
 def _is_gateway(resource: dict[str, Any]) -> bool:
@@ -126,6 +132,16 @@ def dollars(cents: int) -> str:
 
 def _price(value: float) -> str:
     return f"${value:.4f}".rstrip("0").rstrip(".") if value < 0.1 else f"${value:.2f}"
+
+
+def _peers(resource: dict[str, Any]) -> int:
+    """How many peers a gateway has: the peers of its desired state (one if unknown)."""
+    value = resource["inputs"].get("insecureValue")
+    try:
+        peers = json.loads(value)["peers"] if isinstance(value, str) else None
+    except (ValueError, KeyError, TypeError):
+        peers = None
+    return len(peers) if isinstance(peers, list) else 1
 
 
 def _alarm_metrics(inputs: dict[str, Any]) -> int:
@@ -190,20 +206,24 @@ def monthly_cost(document: Document) -> Cost:
     keys = sum(1 for r in resources if r["type"] == _KMS_KEY)
     kms = _cents(keys * KMS_KEY_MONTHLY)
     lines.append(CostLine("KMS keys", f"{keys} x {_price(KMS_KEY_MONTHLY)}/month", kms))
-    # Each gateway's probe publishes every metric once per site (Stack, Site) and the
-    # tunnel alarms' ones again per instance (cloud-init/probe.sh.j2): a custom metric
-    # is a name plus a dimension set.
-    # Canaries publish nothing.
+    # A custom metric is a name plus a dimension set: each gateway's probe publishes the
+    # site metrics once, the peer metrics once per peer and the per-instance ones once
+    # more per peer. Offices publish nothing here (no AWS gateway), nor do canaries.
     gateways = sum(1 for r in resources if r["type"] == _INSTANCE and _is_gateway(r))
-    per_gateway = len(METRICS) + len(PER_INSTANCE_METRICS)
-    metrics = per_gateway * gateways
+    peers = sum(
+        _peers(r)
+        for r in resources
+        if r["type"] == _PARAMETER and str(r["name"]).endswith("-desired-state")
+    )
+    per_peer = len(PEER_METRICS) + len(PER_INSTANCE_METRICS)
+    metrics = len(SITE_METRICS) * gateways + per_peer * peers
     lines.append(
         CostLine(
             "CloudWatch custom metrics",
             f"{metrics} x {_price(CUSTOM_METRIC_MONTHLY)}/month",
             _cents(metrics * CUSTOM_METRIC_MONTHLY),
-            f"{len(METRICS)} per site + {len(PER_INSTANCE_METRICS)} per instance"
-            f" x {gateways} gateways",
+            f"{len(SITE_METRICS)} per gateway x {gateways} + {per_peer} per peer"
+            f" x {peers} gateway-peer pairs",
         )
     )
     standard = high = 0

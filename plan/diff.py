@@ -261,6 +261,7 @@ def compare(old: Document | None, new: Document) -> list[ResourceChange]:
     """
     before = {r["urn"]: r for r in (old or {}).get("resources", [])}
     after = {r["urn"]: r for r in new["resources"]}
+    before = _renamed(before, after)
     both = sorted(before.keys() & after.keys())
     properties = {urn: _property_changes(before[urn], after[urn]) for urn in both}
     options = {urn: _option_changes(before[urn], after[urn]) for urn in both}
@@ -320,6 +321,29 @@ def compare(old: Document | None, new: Document) -> list[ResourceChange]:
                 op = "update"
             changes.append(ResourceChange(op, *heading, properties=found))
     return sorted(changes, key=lambda c: (c.type, c.name, c.urn))
+
+
+def _renamed(before: dict[str, Document], after: dict[str, Document]) -> dict[str, Document]:
+    """`before` with each resource the new plan renamed (an alias naming its old URN)
+    under its new URN, as the engine matches them: the same resource, not a delete and a
+    create. Dependencies on renamed resources are renamed with them."""
+    renames = {
+        alias: urn
+        for urn, resource in after.items()
+        for alias in resource.get("options", {}).get("aliases", [])
+        if alias in before and alias not in after and urn not in before
+    }
+    if not renames:
+        return before
+    moved = {}
+    for urn, resource in before.items():
+        copy = dict(resource, urn=renames.get(urn, urn))
+        options = dict(resource.get("options", {}))
+        if isinstance(options.get("dependsOn"), list):
+            options["dependsOn"] = sorted(renames.get(d, d) for d in options["dependsOn"])
+        copy["options"] = options
+        moved[renames.get(urn, urn)] = copy
+    return moved
 
 
 def summary(changes: list[ResourceChange]) -> dict[str, int]:

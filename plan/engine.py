@@ -362,6 +362,19 @@ def _outputs_marked(
     return {"id": id_, **{k: Secret(v) if k in secret else v for k, v in state.items()}}
 
 
+def _alias_urns(urn: str, request: Any) -> list[str]:
+    """The URNs a resource's aliases name (`pulumi.Alias(name=...)`, or a whole URN):
+    the engine treats a resource found under one of them as this one, renamed."""
+    found = []
+    for alias in getattr(request, "aliases", []):
+        if alias.HasField("urn") and alias.urn:
+            found.append(alias.urn)
+        elif alias.HasField("spec") and alias.spec.name and not alias.spec.type:
+            found.append(urn.rsplit("::", 1)[0] + "::" + alias.spec.name)
+    found += [u for u in getattr(request, "aliasURNs", []) if u not in found]
+    return sorted(found)
+
+
 def read_stack_file(stack: str, stacks_dir: Path = STACKS) -> dict[str, Any]:
     """The project's config keys from stacks/Pulumi.<stack>.yaml."""
     path = stacks_dir / f"Pulumi.{stack}.yaml"
@@ -479,6 +492,8 @@ def run_program(
                             "additionalSecretOutputs": sorted(set(request.additionalSecretOutputs)),
                             "replaceOnChanges": sorted(request.replaceOnChanges),
                             "deleteBeforeReplace": bool(request.deleteBeforeReplace),
+                            # The URNs it had under its old names: the diff matches them.
+                            "aliases": _alias_urns(response.urn, request),
                         },
                     )
                 )

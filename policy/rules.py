@@ -83,11 +83,14 @@ _NAT = re.compile(
     re.IGNORECASE,
 )
 _USER_DATA_DIGEST = re.compile(r"[0-9a-f]{40}")
-# Every parameter of this project: /wg-site-to-site/<stack>/<site>/<what>.
+# Every parameter of this project: /wg-site-to-site/<stack>/<site>/<what>, and a pair's
+# pre-shared key /wg-site-to-site/<stack>/<site>/<peer>/<what>.
 _PROJECT_PARAMETER = re.compile(
-    r"(?<![\w./-])(/" + re.escape(PROJECT) + r"/[\w.-]+/[\w.-]+/[\w.-]+)(?![\w./-])"
+    r"(?<![\w./-])(/" + re.escape(PROJECT) + r"/[\w.-]+/[\w.-]+(?:/[\w.-]+)?/[\w.-]+)(?![\w./-])"
 )
-# A gateway reads its desired state, its private key and the pair's pre-shared key.
+# /wg-site-to-site/<stack>/<site>/: the part of a parameter's name that says whose it is.
+_SITE_PREFIX = re.compile(r"^(/" + re.escape(PROJECT) + r"/[\w.-]+/[\w.-]+/)")
+# A gateway reads its desired state, its private key and one pre-shared key per peer.
 _MOST_PARAMETERS = 3
 _SSM_PARAMETER_ARN = re.compile(r"^arn:[\w-]+:ssm:[\w-]*:\d*:parameter(/.+)$")
 _READ_PARAMETER_ACTIONS = (
@@ -277,13 +280,58 @@ def _udp_from_internet(protocol: Any, cidrs: list[Any], what: str) -> list[str]:
     label = "all protocols" if protocol.lower() in ("-1", "all") else "udp"
     return [
         f"{what} admits {label} from {cidr}: the WireGuard port must admit only the peer's "
-        "address (a single /32 or /128), and nothing else here needs UDP from the internet"
+        "address (a single /32 or /128, or the sourceCidr its office declares, on that "
+        "office's rule), and nothing else here needs UDP from the internet"
         for cidr in cidrs
         if _more_than_one_public_address(cidr)
     ]
 
 
-def tunnel_port_not_public(type_: str, props: Props) -> list[str]:
+# The component that declares the whole deployment, and where in its props it names each
+# office's declared sources (`sites[].external`: publicIp, sourceCidr) and the gateways'
+# tunnel rules that admit them (components/site_to_site.py).
+SITE_TO_SITE = "wg-site-to-site:index:SiteToSite"
+EXTERNAL_SITES_PROP = "externalSites"
+
+
+def _network(text: str) -> str:
+    return str(ipaddress.ip_network(text if "/" in text else f"{text}/32", strict=False))
+
+
+def declared_sources(resources: Sequence[Resource]) -> dict[str, set[str]]:
+    """Tunnel rule name -> the CIDRs its office declares (publicIp /32, sourceCidr)."""
+    declared: dict[str, set[str]] = {}
+    for component in (r for r in resources if r.type == SITE_TO_SITE):
+        sites = component.props.get(EXTERNAL_SITES_PROP)
+        for site in sites.values() if isinstance(sites, Mapping) else []:
+            if not isinstance(site, Mapping):
+                continue
+            cidrs = {
+                _network(str(site[key])) for key in ("publicIp", "sourceCidr") if site.get(key)
+            }
+            for rule in _as_list(site.get("tunnelRules")):
+                declared.setdefault(str(rule), set()).update(cidrs)
+    return declared
+
+
+def tunnel_port_admits_only_peers(resources: Sequence[Resource]) -> list[tuple[Resource, str]]:
+    """(a) UDP (so the WireGuard port) is open only to single internet addresses, or to
+    the sourceCidr an office behind NAT declares, on that office's own tunnel rules:
+    never on another peer's rule, never a wider one."""
+    declared = declared_sources(resources)
+    found: list[tuple[Resource, str]] = []
+    for resource in resources:
+        allowed = declared.get(resource.name, set()) if resource.type == INGRESS_RULE else set()
+        found += [
+            (resource, problem)
+            for problem in tunnel_port_not_public(resource.type, resource.props, allowed)
+        ]
+    return found
+
+
+def tunnel_port_not_public(
+    type_: str, props: Props, declared: set[str] | frozenset[str] = frozenset()
+) -> list[str]:
     """(a) UDP (so the WireGuard port) is open only to single internet addresses.
 
     A resource rule cannot see which port the gateways listen on, so every UDP and
@@ -294,6 +342,7 @@ def tunnel_port_not_public(type_: str, props: Props) -> list[str]:
     """
     if type_ == INGRESS_RULE:
         cidrs = [props.get("cidrIpv4"), props.get("cidrIpv6")]
+        cidrs = [c for c in cidrs if not (isinstance(c, str) and c in declared)]
         return _udp_from_internet(props.get("ipProtocol"), cidrs, "ingress rule")
     if type_ == SECURITY_GROUP_RULE:
         if props.get("type") != "ingress":
@@ -433,7 +482,18 @@ def no_private_key_in_gateway_config(type_: str, props: Props) -> list[str]:
     Messages name the line, never its content.
     """
     problems = []
-    for where, text in _held_texts(type_, props):
+    texts = list(_held_texts(type_, props))
+    # The desired state names each peer's public key (peers[].publicKey): allowed only
+    # where it is one the config names on a PublicKey line, so no private key passes.
+    public = {
+        line.split("=", 1)[1].strip()
+        for _, text in texts
+        for line in text.splitlines()
+        if _PUBLIC_KEY_LINE.match(line.strip())
+    }
+    for where, text in texts:
+        if where.endswith(".publicKey") and text.strip() in public:
+            continue
         for number, line in enumerate(text.splitlines(), start=1):
             if _PRIVATE_KEY_LINE.match(line.strip()):
                 problems.append(
@@ -477,7 +537,18 @@ def no_nat(type_: str, props: Props) -> list[str]:
     """(g) Sites are routed, never translated: no NAT rule in user data, the desired
     state's config and firewall, or any other string input."""
     problems = []
-    for where, text in _held_texts(type_, props):
+    texts = list(_held_texts(type_, props))
+    # The desired state names each peer's public key (peers[].publicKey): allowed only
+    # where it is one the config names on a PublicKey line, so no private key passes.
+    public = {
+        line.split("=", 1)[1].strip()
+        for _, text in texts
+        for line in text.splitlines()
+        if _PUBLIC_KEY_LINE.match(line.strip())
+    }
+    for where, text in texts:
+        if where.endswith(".publicKey") and text.strip() in public:
+            continue
         for number, line in enumerate(text.splitlines(), start=1):
             # Comments (YAML, shell, wg-quick, iptables-restore) do not run, and rule
             # descriptions land there.
@@ -697,6 +768,7 @@ class _Own:
 
     names: frozenset[str]
     arns: frozenset[str]
+    most: int = _MOST_PARAMETERS  # the most a gateway of this plan reads
 
 
 def parameters_read(data: _UserData) -> set[str]:
@@ -706,10 +778,37 @@ def parameters_read(data: _UserData) -> set[str]:
     }
 
 
+def _site_prefix(name: Any) -> str | None:
+    match = _SITE_PREFIX.match(name) if isinstance(name, str) else None
+    return match.group(1) if match else None
+
+
+def _preshared_key_parameters(parameters: Sequence[Resource]) -> dict[str, set[str]]:
+    """Site prefix -> its gateway's pre-shared key parameters, one per peer
+    (<prefix><peer>/wireguard-preshared-key): the apply names them from the peers of the
+    desired state, so a new site is day 2 and the user data need not list them."""
+    found: dict[str, set[str]] = {}
+    for parameter in parameters:
+        name = parameter.props.get("name")
+        prefix = _site_prefix(name)
+        if (
+            prefix
+            and isinstance(name, str)
+            and name.endswith(PRESHARED_KEY_SUFFIX)
+            and name.count("/") == prefix.count("/") + 1
+        ):
+            found.setdefault(prefix, set()).add(name)
+    return found
+
+
 def _own(data: _UserData | None, parameters: Sequence[Resource]) -> _Own:
-    names = frozenset(parameters_read(data)) if data is not None else frozenset()
+    names = set(parameters_read(data)) if data is not None else set()
+    preshared = _preshared_key_parameters(parameters)
+    for prefix in {_site_prefix(n) for n in names if n.endswith(KEY_PARAMETER_SUFFIX)}:
+        names |= preshared.get(prefix or "", set())
     arns = {p.props.get("arn") for p in parameters if p.props.get("name") in names}
-    return _Own(names, frozenset(a for a in arns if isinstance(a, str)))
+    most = 2 + max((len(keys) for keys in preshared.values()), default=1)
+    return _Own(frozenset(names), frozenset(a for a in arns if isinstance(a, str)), most)
 
 
 def _grants_read(actions: list[Any]) -> bool:
@@ -768,11 +867,10 @@ def _document_problems(document: Any, own: _Own) -> list[str]:
     granting = [s for s in statements if _granted(s) is not None]
     problems = [p for s in granting for p in _statement_problems(s, own)]
     named = {r for s in granting for r in _granted(s) or [] if isinstance(r, str)}
-    if not own.names and len(named) > _MOST_PARAMETERS:
+    if not own.names and len(named) > own.most:
         # Which ones are its own is not known here, but a gateway reads at most these.
         problems.append(
-            f"grants ssm:GetParameter* on {len(named)} parameters, more than a gateway's"
-            f" {_MOST_PARAMETERS}"
+            f"grants ssm:GetParameter* on {len(named)} parameters, more than a gateway's {own.most}"
         )
     return problems
 
@@ -952,8 +1050,9 @@ def _key_problems(
         context = _condition(statement, "kms:EncryptionContext:PARAMETER_ARN")
         if context is None:
             continue
-        # Its own site's parameters only (the key and the pre-shared key sit side by side).
-        site = parameter.rsplit("/", 1)[0] + "/"
+        # Its own site's parameters only (the key and the pre-shared keys, one per peer,
+        # all under /wg-site-to-site/<stack>/<site>/).
+        site = _site_prefix(parameter) or parameter.rsplit("/", 1)[0] + "/"
         for arn in _as_list(context):
             named.append(arn)
             match = _SSM_PARAMETER_ARN.match(str(arn))
@@ -1109,11 +1208,6 @@ def alarm_reaches_a_subscriber(resources: Sequence[Resource]) -> list[tuple[Reso
 
 RESOURCE_RULES: Final = (
     ResourceRule(
-        "wireguard-port-not-public",
-        "The WireGuard port (any UDP) admits only single internet addresses (/32, /128).",
-        tunnel_port_not_public,
-    ),
-    ResourceRule(
         "gateway-instance-settings",
         "A gateway instance has sourceDestCheck false; every instance requires IMDSv2 tokens.",
         gateway_instance_settings,
@@ -1155,6 +1249,12 @@ RESOURCE_RULES: Final = (
 )
 
 STACK_RULES: Final = (
+    StackRule(
+        "wireguard-port-not-public",
+        "The WireGuard port (any UDP) admits only single internet addresses (/32, /128), or "
+        "an office's declared sourceCidr on that office's rule.",
+        tunnel_port_admits_only_peers,
+    ),
     StackRule(
         "gateway-reads-only-own-key",
         "A gateway's instance role may read only the key parameter its boot script reads.",

@@ -73,4 +73,5 @@ health = TunnelHealth(
     TunnelHealthArgs(stack=stack, sites=sites, alerts=alerts, tags={"stack": stack}),
 )
 pulumi.export("alarmNames", health.alarm_names)
+pulumi.export("peerAlarmNames", health.peer_alarm_names)
 pulumi.export("dashboardUrl", health.dashboard_url)

@@ -31,7 +31,7 @@ SECRET_VALUE = "not-a-real-key-but-secret-all-the-same="
 
 @pytest.fixture(scope="module")
 def script(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    alpha, _ = gateway_facts(load_stack_config(stack_config("dev")), "dev")
+    alpha = gateway_facts(load_stack_config(stack_config("dev")), "dev")[0]
     assert alpha.site.region == REGION
     path = tmp_path_factory.mktemp("sbin") / "wg-site-to-site-aws"
     path.write_text(render_aws_call(alpha))

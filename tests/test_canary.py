@@ -168,6 +168,8 @@ def test_probe_targets_the_peer_canary(canary_plan: Plan, dev_preview_plan: Plan
     # Each gateway's desired state names the other site's canary; the apply writes it as
     # the peer file's second line, and the probe pings it (tests/lab/test_e2e_lab.py runs it).
     for site, peer_canary in (("alpha", "10.2.1.10"), ("beta", "10.1.1.10")):
-        assert desired_state(canary_plan, site)["probeTarget"] == peer_canary
+        (peer,) = desired_state(canary_plan, site)["peers"]
+        assert peer["probeTarget"] == peer_canary
         # Without canaries the document is what it was: the probe pings the tunnel address.
-        assert "probeTarget" not in desired_state(dev_preview_plan, site)
+        (peer,) = desired_state(dev_preview_plan, site)["peers"]
+        assert "probeTarget" not in peer

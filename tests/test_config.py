@@ -52,6 +52,35 @@ def _drop_site(config: dict[str, Any]) -> None:
     config["sites"].pop()
 
 
+# An office's public key, made for these tests (32 random bytes' X25519 public key).
+OFFICE_KEY = "3EeDzdKW8qr3H8hAmdqtXoYft3W+tM1mTKnz1CW5qCI="
+
+
+def _office(**external: str) -> dict[str, Any]:
+    return {
+        "name": "office",
+        "cidr": "192.168.10.0/24",
+        "interface": "wg0",
+        "external": {"publicKey": OFFICE_KEY, **external},
+    }
+
+
+def _aws_site(name: str, cidr: str) -> dict[str, Any]:
+    return {"name": name, "region": "eu-north-1", "cidr": cidr, "interface": "wg0"}
+
+
+def _with_sites(*sites: dict[str, Any], hub: str | None = None) -> Change:
+    """More sites (and room for them in the tunnel), and a hub if given."""
+
+    def change(config: dict[str, Any]) -> None:
+        config["tunnel"]["cidr"] = "10.255.255.0/29"
+        config["sites"] += copy.deepcopy(list(sites))
+        if hub is not None:
+            config["topology"] = {"hub": hub}
+
+    return change
+
+
 def _existing_vpc(route_table_ids: list[str]) -> Change:
     def change(config: dict[str, Any]) -> None:
         config["sites"][1].update(
@@ -147,9 +176,14 @@ BAD_INPUTS: list[tuple[str, Change, list[str]]] = [
         ["wg-site-to-site:tunnel.cidr", "10.1.255.0/31", "overlaps site 'alpha'"],
     ),
     (
-        "tunnel prefix not /30 or /31",
-        _set("tunnel.cidr", "10.255.255.0/29"),
-        ["wg-site-to-site:tunnel.cidr", "10.255.255.0/29", "/31", "/30"],
+        "tunnel prefix wider than /16",
+        _set("tunnel.cidr", "10.254.0.0/15"),
+        ["wg-site-to-site:tunnel.cidr", "10.254.0.0/15", "between /16 and /31"],
+    ),
+    (
+        "tunnel prefix too small for the sites",
+        _append_site,
+        ["wg-site-to-site:tunnel.cidr", "10.255.255.0/31 holds 2", "too few for 3 sites"],
     ),
     (
         "host bits set",
@@ -197,19 +231,69 @@ BAD_INPUTS: list[tuple[str, Change, list[str]]] = [
         ["wg-site-to-site:sites[1].name", "'alpha' is used twice"],
     ),
     (
-        "duplicate interfaces",
-        _set("sites.1.interface", "wgA"),
-        ["wg-site-to-site:sites[1].interface", "'wgA' is used twice"],
-    ),
-    (
-        "three sites",
-        _append_site,
-        ["wg-site-to-site:sites", "exactly two sites", "got 3"],
-    ),
-    (
         "one site",
         _drop_site,
-        ["wg-site-to-site:sites", "exactly two sites", "got 1"],
+        ["wg-site-to-site:sites", "at least two sites", "got 1"],
+    ),
+    (
+        "overlapping CIDRs among three sites",
+        _with_sites(_aws_site("gamma", "10.2.128.0/17")),
+        ["wg-site-to-site:sites[2].cidr", "10.2.128.0/17", "overlaps site 'beta'"],
+    ),
+    (
+        "hub outside AWS",
+        _with_sites(_office(publicIp="198.51.100.7"), hub="office"),
+        ["wg-site-to-site:topology.hub", "'office' is outside AWS", "must be an AWS site"],
+    ),
+    (
+        "hub that is no site",
+        _with_sites(hub="nowhere"),
+        ["wg-site-to-site:topology.hub", "'nowhere' is not a site"],
+    ),
+    (
+        "external site with neither publicIp nor sourceCidr",
+        _with_sites(_office()),
+        ["wg-site-to-site:sites[2].external.publicIp", "is missing, and so is sourceCidr"],
+    ),
+    *[
+        (
+            f"external site with {key}",
+            _with_sites({**_office(publicIp="198.51.100.7"), key: value}),
+            [f"wg-site-to-site:sites[2].{key}", "outside AWS", "for AWS sites only"],
+        )
+        for key, value in (
+            ("region", "us-east-1"),
+            ("instanceType", "t4g.nano"),
+            ("image", "20251212"),
+        )
+    ],
+    (
+        "sourceCidr of the whole internet",
+        _with_sites(_office(sourceCidr="0.0.0.0/0")),
+        ["wg-site-to-site:sites[2].external.sourceCidr", "'0.0.0.0/0'", "wider than a /24"],
+    ),
+    (
+        "sourceCidr wider than a /24",
+        _with_sites(_office(sourceCidr="198.51.96.0/20")),
+        ["wg-site-to-site:sites[2].external.sourceCidr", "'198.51.96.0/20'", "wider than a /24"],
+    ),
+    (
+        "publicKey that is no base64 key",
+        _with_sites(_office(publicIp="198.51.100.7", publicKey="AAAA")),
+        ["wg-site-to-site:sites[2].external.publicKey", "'AAAA'", "32 bytes of base64"],
+    ),
+    (
+        "publicKey of 31 bytes",
+        _with_sites(_office(publicIp="198.51.100.7", publicKey="A" * 40 + "==")),
+        ["wg-site-to-site:sites[2].external.publicKey", "32 bytes of base64"],
+    ),
+    (
+        "two sites with the same publicKey",
+        _with_sites(
+            _office(publicIp="198.51.100.7"),
+            {**_office(publicIp="198.51.100.8"), "name": "office2", "cidr": "192.168.20.0/24"},
+        ),
+        ["wg-site-to-site:sites[3].external.publicKey", "same key as site 'office'"],
     ),
     (
         "malformed region",
@@ -385,6 +469,20 @@ def test_bad_input_is_rejected_with_one_line_naming_key_and_value(
         assert fragment in line, (fragment, line)
 
 
+def test_n_sites_with_offices_and_repeated_interface_names_are_valid() -> None:
+    config = stack_config("dev")
+    _with_sites(
+        _aws_site("gamma", "10.3.0.0/16"),
+        _office(sourceCidr="198.51.100.0/24"),
+        hub="alpha",
+    )(config)
+    for site in config["sites"]:
+        site["interface"] = "wg0"  # as in the issue's example: one name on every gateway
+    loaded = load_stack_config(config)
+    assert [site.name for site in loaded.sites] == ["alpha", "beta", "gamma", "office"]
+    assert [site.is_aws for site in loaded.sites] == [True, True, True, False]
+
+
 def test_every_problem_is_reported_at_once() -> None:
     config = stack_config("dev")
     config["tunnel"]["port"] = 0
@@ -510,7 +608,7 @@ def test_program_reports_a_misspelt_top_level_key() -> None:
 
 def test_planning_bad_config_declares_nothing() -> None:
     config = stack_config("dev")
-    config["tunnel"]["cidr"] = "10.255.255.0/24"
+    config["tunnel"]["cidr"] = "10.255.0.0/15"
     with pytest.raises(PlanError) as caught:
         run_program("dev", config)
     assert "wg-site-to-site:tunnel.cidr" in str(caught.value)

@@ -206,3 +206,74 @@ def test_bad_alerts_config_is_one_line(raw, message):
     assert len(problems) == 1
     assert message in problems[0]
     assert ConfigError(problems).problems == problems
+
+
+# --- per peer: the dimensions the probe publishes and the alarms watch ------------------
+
+
+def test_tunnel_metrics_are_per_peer_and_the_source_dest_check_per_gateway():
+    assert health.DIMENSION_PEER == "Peer"
+    up = health.metric_dimensions(health.TUNNEL_UP, "dev", "alpha", "beta")
+    assert up == {"Stack": "dev", "Site": "alpha", "Peer": "beta"}
+    for metric in (health.HANDSHAKE_AGE, health.PROBE_RTT):
+        assert health.metric_dimensions(metric, "dev", "alpha", "beta")["Peer"] == "beta"
+        with pytest.raises(ValueError, match="per peer"):
+            health.metric_dimensions(metric, "dev", "alpha")
+    assert health.metric_dimensions(health.SOURCE_DEST_CHECK, "dev", "alpha") == {
+        "Stack": "dev",
+        "Site": "alpha",
+    }
+    assert health.metric_dimensions(health.TUNNEL_UP, "dev", "alpha", "beta", "i-1") == {
+        "Stack": "dev",
+        "Site": "alpha",
+        "Peer": "beta",
+        "InstanceId": "i-1",
+    }
+    with pytest.raises(ValueError, match="not published per instance"):
+        health.metric_dimensions(health.HANDSHAKE_AGE, "dev", "alpha", "beta", "i-1")
+
+
+def test_custom_metrics_grow_per_peer():
+    # Per peer: TunnelUp, handshake age, RTT and both byte counts, and TunnelUp again per
+    # instance; per gateway: the source/dest check. A two-site gateway keeps its 7.
+    assert health.custom_metric_count(1) == 7
+    assert health.custom_metric_count(9) == 6 * 9 + 1
+
+
+def test_each_tunnel_alarm_watches_one_peer_and_the_recovery_alarm_the_instance():
+    dimensions = {
+        rule.key: health.alarm_dimensions(rule, "dev", "alpha", "beta", "i-1")
+        for rule in (*health.TUNNEL_RULES, health.SYSTEM_CHECK)
+    }
+    assert dimensions == {
+        "tunnel-down": {"Stack": "dev", "Site": "alpha", "Peer": "beta", "InstanceId": "i-1"},
+        "not-reporting": {"Stack": "dev", "Site": "alpha", "Peer": "beta", "InstanceId": "i-1"},
+        "handshake-stale": {"Stack": "dev", "Site": "alpha", "Peer": "beta"},
+        "system-check": {"InstanceId": "i-1"},
+    }
+    assert all(rule.per_peer for rule in health.TUNNEL_RULES)
+    assert not health.SYSTEM_CHECK.per_peer
+    with pytest.raises(ValueError, match="per peer"):
+        health.alarm_dimensions(TUNNEL_DOWN, "dev", "alpha", None, "i-1")
+    # Each alarm's series is one the probe publishes.
+    for rule in health.TUNNEL_RULES:
+        instance = "i-1" if rule.per_instance else None
+        assert dimensions[rule.key] == health.metric_dimensions(
+            rule.metric, "dev", "alpha", "beta", instance
+        )
+
+
+def test_alarm_names_name_the_site_or_the_pair():
+    assert (
+        health.alarm_name("dev", "alpha", TUNNEL_DOWN, "beta")
+        == "wg-site-to-site-dev-alpha-beta-tunnel-down"
+    )
+    # Without a peer, the site's own alarm (as for a two-site stack before).
+    assert (
+        health.alarm_name("dev", "alpha", NOT_REPORTING)
+        == "wg-site-to-site-dev-alpha-not-reporting"
+    )
+    assert (
+        health.alarm_name("dev", "alpha", health.SYSTEM_CHECK)
+        == "wg-site-to-site-dev-alpha-system-check"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 from typing import Any
 
@@ -38,8 +39,9 @@ def test_dev_cost_counts_every_billed_resource(base):
     assert lines["public IPv4 (Elastic IP)"].quantity == "2 x $0.005/h"
     assert lines["EBS gp3 root volumes (us-east-1)"].quantity == "8 GB x $0.08/GB-month"
     assert lines["KMS keys"].quantity == "2 x $1.00/month"
-    # What the probes publish: every metric per site (Stack, Site) and TunnelUp again per
-    # instance (the tunnel alarms' series), for each of the two gateways.
+    # What the probes publish: the source/dest check per gateway (Stack, Site), every other
+    # metric per peer (Stack, Site, Peer) and TunnelUp again per instance and peer (the
+    # tunnel alarms' series); each of the two gateways has one peer.
     per_gateway = len(health.METRICS) + len(health.PER_INSTANCE_METRICS)
     assert per_gateway == 7
     assert lines["CloudWatch custom metrics"].quantity == f"{2 * per_gateway} x $0.30/month"
@@ -60,10 +62,21 @@ def test_adding_a_site_or_an_alarm_changes_the_total(base):
     site = _added(base, "aws:ec2/instance:Instance", "gamma-gateway", region="us-east-1")
     site = _added(site, "aws:ec2/eip:Eip", "gamma-address")
     site = _added(site, "aws:kms/key:Key", "gamma-wireguard-key")
+    state = {"peers": [{"name": "alpha"}, {"name": "beta"}]}
+    site = _added(
+        site,
+        "aws:ssm/parameter:Parameter",
+        "gamma-desired-state",
+        inputs={
+            "name": "/wg-site-to-site/dev/gamma/desired-state",
+            "insecureValue": json.dumps(state),
+        },
+    )
     found = cost.monthly_cost(site)
-    # One more t4g.nano and its 8 GB in us-east-1, an address, a key, 7 metrics.
+    # One more t4g.nano and its 8 GB in us-east-1, an address, a key, and its metrics: the
+    # source/dest check, and 5 metrics plus the per-instance TunnelUp for each of 2 peers.
     hours = cost.HOURS_PER_MONTH
-    more = 0.0042 * hours + 0.005 * hours + 8 * 0.08 + 1.00 + 7 * 0.30
+    more = 0.0042 * hours + 0.005 * hours + 8 * 0.08 + 1.00 + (1 + 6 * 2) * 0.30
     assert found.total_cents - before == pytest.approx(more * 100, abs=2)
     assert found.total_cents == sum(line.cents or 0 for line in found.lines)
 

@@ -155,8 +155,11 @@ def test_firewall_port_change_through_git_with_planted_keys(repo, tmp_path, monk
     ]
     assert [line for line in changed_lines if "s2s-fw-wg" in line] == rules
     others = [line for line in changed_lines if line not in rules]
-    assert len(others) == 8
-    assert all(re.match(r"[-+](PublicKey = |PostUp = wg set %i peer )", x) for x in others)
+    # Per site, its PublicKey and PostUp lines, and the desired state's peers[].publicKey.
+    assert len(others) == 12
+    assert all(
+        re.match(r"[-+](PublicKey = |PostUp = wg set %i peer |\s*publicKey: )", x) for x in others
+    )
     assert lines.count("      ~ value: [secret changed]") == 2
     derived = {s: plan_private_key("dev", f"{s}-wireguard-key") for s in ("alpha", "beta")}
     outputs = {"stdout": captured.out, "stderr": captured.err, "json": out.read_text()}
@@ -317,9 +320,9 @@ def test_key_rotation_lists_the_four_key_parameters_as_secret_changed(base, dev_
 
     secret = sorted(c.name for c in changes for p in c.properties if p.secret and p.key == "value")
     assert secret == [
-        "alpha-preshared-key",
+        "alpha-preshared-key-beta",
         "alpha-wireguard-key",
-        "beta-preshared-key",
+        "beta-preshared-key-alpha",
         "beta-wireguard-key",
     ]
     lines = text.splitlines()

@@ -23,6 +23,7 @@ from pulumi_policy import (
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, unknown_checking_proxy
 
 from components.gateway import KEY_ADMINISTRATION_ACTIONS
+from components.tunnel_health import PEER_RULES
 from core import health
 from core.render import decode_user_data
 from plan.document import public_document
@@ -37,7 +38,7 @@ PARAMETER = "aws:ssm/parameter:Parameter"
 KMS_KEY = "aws:kms/key:Key"
 ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
 ALPHA_KEY = "/wg-site-to-site/dev/alpha/wireguard-private-key"
-ALPHA_PSK = "/wg-site-to-site/dev/alpha/wireguard-preshared-key"
+ALPHA_PSK = "/wg-site-to-site/dev/alpha/beta/wireguard-preshared-key"
 BETA_ARN = (
     "arn:aws:ssm:eu-west-1:123456789012:parameter/wg-site-to-site/dev/beta/wireguard-private-key"
 )
@@ -214,53 +215,53 @@ CASES = [
     (
         "gateway-has-tunnel-alarm",
         set_input(
-            "aws:cloudwatch/metricAlarm:MetricAlarm", "alpha-tunnel-down", "alarmActions", []
+            "aws:cloudwatch/metricAlarm:MetricAlarm", "alpha-beta-tunnel-down", "alarmActions", []
         ),
-        "alpha-tunnel-down",
+        "alpha-beta-tunnel-down",
         "TunnelUp alarm of gateway alpha-gateway has no alarm action",
     ),
     (
         "wireguard-port-not-public",
         set_input(
             "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
-            "alpha-tunnel-from-peer",
+            "alpha-tunnel-from-beta",
             "cidrIpv4",
             "0.0.0.0/0",
         ),
-        "alpha-tunnel-from-peer",
+        "alpha-tunnel-from-beta",
         "admits udp from 0.0.0.0/0",
     ),
     (
         "wireguard-port-not-public",
         set_input(
             "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
-            "alpha-tunnel-from-peer",
+            "alpha-tunnel-from-beta",
             "cidrIpv4",
             "0.0.0.0/1",
         ),
-        "alpha-tunnel-from-peer",
+        "alpha-tunnel-from-beta",
         "admits udp from 0.0.0.0/1: the WireGuard port must admit only the peer's address",
     ),
     (
         "wireguard-port-not-public",
         set_input(
             "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
-            "beta-tunnel-from-peer",
+            "beta-tunnel-from-alpha",
             "cidrIpv4",
             "203.0.113.0/24",
         ),
-        "beta-tunnel-from-peer",
+        "beta-tunnel-from-alpha",
         "admits udp from 203.0.113.0/24",
     ),
     (
         "wireguard-port-not-public",
         set_input(
             "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
-            "alpha-tunnel-from-peer",
+            "alpha-tunnel-from-beta",
             "cidrIpv6",
             "2001:db8::/64",
         ),
-        "alpha-tunnel-from-peer",
+        "alpha-tunnel-from-beta",
         "admits udp from 2001:db8::/64",
     ),
     (
@@ -436,19 +437,19 @@ CASES = [
     ),
     (
         "key-decrypted-only-by-own-gateway",
-        set_input(PARAMETER, "alpha-preshared-key", "keyId", None),
-        "alpha-preshared-key",
+        set_input(PARAMETER, "alpha-preshared-key-beta", "keyId", None),
+        "alpha-preshared-key-beta",
         "encrypted with the account's default aws/ssm key",
     ),
     (
         "key-decrypted-only-by-own-gateway",
-        set_input(PARAMETER, "beta-preshared-key", "keyId", "alias/aws/ssm"),
-        "beta-preshared-key",
+        set_input(PARAMETER, "beta-preshared-key-alpha", "keyId", "alias/aws/ssm"),
+        "beta-preshared-key-alpha",
         "encrypted with the account's default aws/ssm key",
     ),
     (
         "key-decrypted-only-by-own-gateway",
-        under_key("alpha-preshared-key", "beta-wireguard-key"),
+        under_key("alpha-preshared-key-beta", "beta-wireguard-key"),
         "beta-wireguard-key",
         "its gateway may not decrypt this parameter with it",
     ),
@@ -526,8 +527,8 @@ CASES = [
     ),
     (
         "key-parameter-secure-string",
-        set_input(PARAMETER, "alpha-preshared-key", "type", "String"),
-        "alpha-preshared-key",
+        set_input(PARAMETER, "alpha-preshared-key-beta", "type", "String"),
+        "alpha-preshared-key-beta",
         f"parameter {ALPHA_PSK} holds a pre-shared key but has type 'String'",
     ),
     (
@@ -647,6 +648,13 @@ def test_create_grant_for_aws_resources_only_passes(dev):
 SILENT = "notifies only topic tunnel-health-{} (no subscription): nobody hears it"
 # Every alarm a site has, by the last part of its resource name.
 ALARM_RULES = sorted(rule.key for rule in (*health.TUNNEL_RULES, health.SYSTEM_CHECK))
+PEER_RULE_KEYS = {rule.key for rule in PEER_RULES}
+
+
+def alarm(site: str, rule: str) -> str:
+    """The alarm's resource name: a pair's rule is per peer (dev: each site has one)."""
+    peer = {"alpha": "beta", "beta": "alpha"}[site]
+    return f"{site}-{peer}-{rule}" if rule in PEER_RULE_KEYS else f"{site}-{rule}"
 
 
 def _alarm_findings(document: Document) -> dict[str, str]:
@@ -658,8 +666,10 @@ def _alarm_findings(document: Document) -> dict[str, str]:
 def test_alarms_of_topics_without_subscribers_are_advisory_findings(dev):
     found = _alarm_findings(dev)
 
-    assert sorted(found) == [f"{site}-{rule}" for site in ("alpha", "beta") for rule in ALARM_RULES]
-    assert found["alpha-tunnel-down"].startswith(SILENT.format("us-east-1"))
+    assert sorted(found) == sorted(
+        alarm(site, rule) for site in ("alpha", "beta") for rule in ALARM_RULES
+    )
+    assert found["alpha-beta-tunnel-down"].startswith(SILENT.format("us-east-1"))
     assert found["beta-system-check"].startswith(SILENT.format("eu-west-1"))
 
 
@@ -678,14 +688,14 @@ def test_a_subscription_or_an_outside_topic_reaches_someone(dev):
     document = copy.deepcopy(dev)
     _subscribe(document, "us-east-1")
     # Only beta's alarms are left: the subscription is to the us-east-1 topic.
-    assert sorted(_alarm_findings(document)) == [f"beta-{rule}" for rule in ALARM_RULES]
+    assert sorted(_alarm_findings(document)) == sorted(alarm("beta", rule) for rule in ALARM_RULES)
 
     pager = "arn:aws:sns:eu-west-1:123456789012:ops-pager"  # alerts.topicArn
     for rule in ALARM_RULES:
-        alarm = resource(document, ALARM, f"beta-{rule}")
+        found = resource(document, ALARM, alarm("beta", rule))
         # not-reporting pages on silence (INSUFFICIENT_DATA), the others on ALARM.
         key = "insufficientDataActions" if rule == "not-reporting" else "alarmActions"
-        alarm["inputs"][key] = [*alarm["inputs"].get(key, []), pager]
+        found["inputs"][key] = [*found["inputs"].get(key, []), pager]
     assert _alarm_findings(document) == {}
 
 

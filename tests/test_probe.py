@@ -18,7 +18,14 @@ import pytest
 from core import health
 from core.config import load_stack_config
 from core.facts import PROBE_PATH, PROBE_TIMER_PATH, GatewayFacts, gateway_facts
-from core.render import render_aws_call, render_check, render_probe, render_probe_units
+from core.render import (
+    render_apply,
+    render_aws_call,
+    render_bootstrap,
+    render_check,
+    render_probe,
+    render_probe_units,
+)
 from lab import imds as imds_stand_in
 from tests.aws_stand_in import CREDENTIALS, REGION, boto_client, moto_endpoint, script_env
 from tests.conftest import stack_config
@@ -26,22 +33,44 @@ from tests.conftest import stack_config
 __all__ = ["moto_endpoint"]  # fixture
 MAC = "0e:12:34:56:78:9a"
 
-PUBLIC_KEY = "cGVlci1wdWJsaWMta2V5LWZvci10aGUtcHJvYmUtdGVzdA="
+# The gateway's peers: beta (an AWS site) and an office behind NAT, which dials in (its
+# peers have no Endpoint for it: until it does, it has no handshake).
+PEERS = ("beta", "office")
+PEER_KEYS = {
+    "beta": "cGVlci1wdWJsaWMta2V5LWZvci10aGUtcHJvYmUtdGVzdA=",
+    "office": "b2ZmaWNlLXB1YmxpYy1rZXktZm9yLXRoZS1wcm9iZXM=",
+}
+OFFICE_PUBLIC_KEY = "T2ZmaWNlUHVibGljS2V5Rm9yVGhlUHJvYmVUZXN0cyE="
+
+
+def probe_config() -> dict[str, Any]:
+    config = stack_config("dev")
+    config["tunnel"]["cidr"] = "10.255.255.0/29"
+    config["sites"].append(
+        {
+            "name": "office",
+            "cidr": "192.168.10.0/24",
+            "interface": "wg0",
+            "external": {"publicKey": OFFICE_PUBLIC_KEY, "sourceCidr": "198.51.100.0/28"},
+        }
+    )
+    return config
+
 
 FAKE_WG = """#!/bin/sh
-# wg show IFACE latest-handshakes|transfer, from files the test writes.
+# wg show IFACE [allowed-ips|latest-handshakes|transfer], from files the test writes.
 [ -e "$FAKE/missing" ] && { echo "Unable to access interface: No such device" >&2; exit 1; }
 [ "$1 $2" = "show $WANT_IFACE" ] || { echo "unexpected: $*" >&2; exit 3; }
 case "$3" in
     "") exit 0 ;;
-    latest-handshakes) printf '%s\\t%s\\n' "$PEER_KEY" "$(cat "$FAKE/handshake")" ;;
-    transfer) printf '%s\\t%s\\n' "$PEER_KEY" "$(cat "$FAKE/transfer")" ;;
+    allowed-ips | latest-handshakes | transfer) cat "$FAKE/wg.$3" ;;
     *) exit 3 ;;
 esac
 """
 FAKE_PING = """#!/bin/sh
 echo "$*" >> "$FAKE/ping.args"
-if [ -e "$FAKE/ping-fails" ]; then
+for target; do :; done
+if [ -e "$FAKE/ping-fails" ] || [ -e "$FAKE/ping-fails-$target" ]; then
     echo "3 packets transmitted, 0 received, 100% packet loss, time 2003ms"
     exit 1
 fi
@@ -80,20 +109,50 @@ class Gateway:
         else:
             path.write_text(value)
 
+    def address(self, peer: str) -> str:
+        return str(self.facts.peer(peer).tunnel_address)
+
+    def wg(self, handshakes: dict[str, int], transfer: dict[str, tuple[int, int]]) -> None:
+        """What `wg show` says, per peer: latest handshake (unix time, 0: none yet) and
+        the byte counters (received, sent)."""
+        self.set(
+            "wg.allowed-ips",
+            "".join(
+                f"{PEER_KEYS[p.name]}\t{' '.join(str(n) for n in p.allowed_ips)}\n"
+                for p in self.facts.peers
+            ),
+        )
+        self.set(
+            "wg.latest-handshakes",
+            "".join(f"{PEER_KEYS[name]}\t{handshakes.get(name, 0)}\n" for name in PEERS),
+        )
+        self.set(
+            "wg.transfer",
+            "".join(
+                f"{PEER_KEYS[name]}\t{rx}\t{tx}\n"
+                for name, (rx, tx) in ((n, transfer.get(n, (0, 0))) for n in PEERS)
+            ),
+        )
+
     def source_dest_check(self, on: bool) -> None:
         """What the provider bug (terraform-provider-aws#44768) does to the interface."""
         _ec2(self.endpoint).modify_network_interface_attribute(
             NetworkInterfaceId=self.eni, SourceDestCheck={"Value": on}
         )
 
-    def values(self, metric: str, stat: str = "Maximum", instance: bool = True) -> list[float]:
-        """Every value published for `metric` (one per run: each run is its own period)."""
-        dimensions = [
-            {"Name": health.DIMENSION_STACK, "Value": self.facts.stack},
-            {"Name": health.DIMENSION_SITE, "Value": self.facts.name},
-        ]
-        if metric == health.TUNNEL_UP and instance:
-            dimensions.append({"Name": health.DIMENSION_INSTANCE, "Value": self.instance_id})
+    def values(
+        self, metric: str, stat: str = "Maximum", peer: str = "beta", instance: bool = True
+    ) -> list[float]:
+        """Every value published for `metric` (one per run: each run is its own period):
+        of `peer` if the metric is per peer; TunnelUp of this instance unless not asked."""
+        per_instance = metric in health.PER_INSTANCE_METRICS and instance
+        dimensions = health.metric_dimensions(
+            metric,
+            self.facts.stack,
+            self.facts.name,
+            peer if metric in health.PER_PEER_METRICS else None,
+            self.instance_id if per_instance else None,
+        )
         now = datetime.datetime.now(datetime.UTC)
         result = boto_client(self.endpoint, "cloudwatch").get_metric_data(
             MetricDataQueries=[
@@ -103,7 +162,7 @@ class Gateway:
                         "Metric": {
                             "Namespace": health.NAMESPACE,
                             "MetricName": metric,
-                            "Dimensions": dimensions,
+                            "Dimensions": [{"Name": k, "Value": v} for k, v in dimensions.items()],
                         },
                         "Period": 1,
                         "Stat": stat,
@@ -157,7 +216,7 @@ def imds() -> Iterator[Imds]:
 @pytest.fixture(scope="module")
 def subnet(moto_endpoint: str) -> str:
     """A public subnet in moto's EC2, once: each gateway gets an interface of its own."""
-    facts, _ = gateway_facts(load_stack_config(stack_config("dev")), "dev")
+    facts = gateway_facts(load_stack_config(stack_config("dev")), "dev")[0]
     ec2 = _ec2(moto_endpoint)
     vpc = ec2.create_vpc(CidrBlock=str(facts.site.cidr))["Vpc"]["VpcId"]
     created = ec2.create_subnet(VpcId=vpc, CidrBlock=str(facts.layout.public_subnet))
@@ -168,8 +227,9 @@ def subnet(moto_endpoint: str) -> str:
 def gateway(tmp_path: Path, moto_endpoint: str, imds: Imds, subnet: str) -> Gateway:
     # A stack of its own, so each test reads only its own metrics from the shared server.
     stack = f"probe-{uuid.uuid4().hex[:8]}"
-    facts, _ = gateway_facts(load_stack_config(stack_config("dev")), stack)
+    facts = gateway_facts(load_stack_config(probe_config()), stack)[0]
     assert facts.site.region == REGION
+    assert tuple(peer.name for peer in facts.peers) == PEERS
     # The gateway's standalone interface, in moto's EC2, with the check off as declared.
     ec2 = _ec2(moto_endpoint)
     eni = ec2.create_network_interface(SubnetId=subnet)
@@ -187,7 +247,10 @@ def gateway(tmp_path: Path, moto_endpoint: str, imds: Imds, subnet: str) -> Gate
             f"network/interfaces/macs/{MAC}/interface-id": eni_id,
         }
     )
-    (tmp_path / "peer").write_text(f"{facts.peer_tunnel_address}\n")
+    # What the apply writes from the desired state: "name address [target]" per peer.
+    (tmp_path / "peers").write_text(
+        "".join(f"{peer.name} {peer.tunnel_address}\n" for peer in facts.peers)
+    )
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     _executable(bin_dir / "wg", FAKE_WG)
@@ -200,11 +263,10 @@ def gateway(tmp_path: Path, moto_endpoint: str, imds: Imds, subnet: str) -> Gate
         moto_endpoint,
         WG_S2S_ENDPOINT_EC2=moto_endpoint,
         WG_S2S_IMDS_ENDPOINT=imds.url,
-        WG_S2S_PEER_FILE=str(tmp_path / "peer"),
+        WG_S2S_PEER_FILE=str(tmp_path / "peers"),
         PATH=f"{bin_dir}:{os.environ['PATH']}",
         FAKE=str(tmp_path),
         WANT_IFACE=facts.interface,
-        PEER_KEY=PUBLIC_KEY,
         WG_S2S_STATE_DIR=str(tmp_path / "run"),
     )
     g = Gateway(
@@ -215,8 +277,8 @@ def gateway(tmp_path: Path, moto_endpoint: str, imds: Imds, subnet: str) -> Gate
         instance_id=instance_id,
         eni=eni_id,
     )
-    g.set("handshake", str(int(time.time()) - 20))
-    g.set("transfer", "1000\t2000")
+    now = int(time.time())
+    g.wg({"beta": now - 20, "office": now - 30}, {"beta": (1000, 2000), "office": (10, 20)})
     return g
 
 
@@ -225,20 +287,84 @@ def next_second() -> None:
     time.sleep(1.05 - (time.time() % 1))
 
 
-def test_healthy_tunnel_publishes_up_age_and_rtt(gateway: Gateway):
+def test_healthy_tunnel_publishes_up_age_and_rtt_per_peer(gateway: Gateway):
     result = gateway.run()
 
     assert result.returncode == 0, result.stderr
-    assert gateway.values(health.TUNNEL_UP) == [1.0]
-    (age,) = gateway.values(health.HANDSHAKE_AGE)
-    assert 20 <= age <= 25
-    assert gateway.values(health.PROBE_RTT) == [1.234]
-    ping_args = (gateway.fake / "ping.args").read_text().split()
-    assert ping_args[-1] == str(gateway.facts.peer_tunnel_address)
-    assert gateway.facts.interface in ping_args
+    for peer, handshake in (("beta", 20), ("office", 30)):
+        assert gateway.values(health.TUNNEL_UP, peer=peer) == [1.0]
+        (age,) = gateway.values(health.HANDSHAKE_AGE, peer=peer)
+        assert handshake <= age <= handshake + 5
+        assert gateway.values(health.PROBE_RTT, peer=peer) == [1.234]
+    pinged = sorted(
+        line.split()[-1] for line in (gateway.fake / "ping.args").read_text().splitlines()
+    )
+    assert pinged == sorted(gateway.address(peer) for peer in PEERS)
+    assert gateway.facts.interface in (gateway.fake / "ping.args").read_text().split()
     assert result.stderr == ""
-    assert "up=1" in result.stdout
+    assert "peer=beta" in result.stdout and "peer=office" in result.stdout
     assert gateway.values(health.SOURCE_DEST_CHECK) == [0.0]
+
+
+def test_the_probe_publishes_the_metrics_health_describes(gateway: Gateway):
+    # What the alarms, the dashboard and the cost estimate rely on (core/health.py).
+    assert gateway.run().returncode == 0
+    listed = boto_client(gateway.endpoint, "cloudwatch").list_metrics(
+        Namespace=health.NAMESPACE,
+        Dimensions=[{"Name": health.DIMENSION_STACK, "Value": gateway.facts.stack}],
+    )["Metrics"]
+    published = {
+        (m["MetricName"], tuple(sorted((d["Name"], d["Value"]) for d in m["Dimensions"])))
+        for m in listed
+    }
+    stack, site = gateway.facts.stack, gateway.facts.name
+    expected = {
+        (metric, tuple(sorted(dimensions.items())))
+        for metric, dimensions in [
+            *(
+                (m, health.metric_dimensions(m, stack, site, peer))
+                for m in health.PER_PEER_METRICS
+                if m not in (health.RECEIVED_BYTES, health.SENT_BYTES)  # from the 2nd run on
+                for peer in PEERS
+            ),
+            *(
+                (m, health.metric_dimensions(m, stack, site, peer, gateway.instance_id))
+                for m in health.PER_INSTANCE_METRICS
+                for peer in PEERS
+            ),
+            *((m, health.metric_dimensions(m, stack, site)) for m in health.PER_GATEWAY_METRICS),
+        ]
+    }
+    assert published == expected
+    assert len(expected) + 2 * len(PEERS) == health.custom_metric_count(len(PEERS))
+
+
+def test_one_peer_down_is_tunnel_up_0_for_that_peer_only(gateway: Gateway):
+    # The office behind NAT has not dialed in: no handshake, no reply. It is down like any
+    # other peer; beta, on the same interface, is up.
+    gateway.wg({"beta": int(time.time()) - 5}, {"beta": (1000, 2000)})
+    gateway.set(f"ping-fails-{gateway.address('office')}", "")
+
+    result = gateway.run()
+
+    assert result.returncode == 0, result.stderr
+    assert gateway.values(health.TUNNEL_UP, peer="beta") == [1.0]
+    assert gateway.values(health.TUNNEL_UP, peer="office", instance=False) == [0.0]
+    # It never answered since this boot: its alarms' series has not started (no page).
+    assert gateway.values(health.TUNNEL_UP, peer="office") == []
+    assert gateway.values(health.HANDSHAKE_AGE, peer="office") == []
+    assert gateway.values(health.PROBE_RTT, peer="office") == []
+    assert "peer=office target=10.255.255.3 up=0 handshake_age=nones" in result.stdout
+    next_second()
+
+    # Once it has answered, its failing ping is reported to its alarms too.
+    gateway.set(f"ping-fails-{gateway.address('office')}", None)
+    assert gateway.run().returncode == 0
+    next_second()
+    gateway.set(f"ping-fails-{gateway.address('office')}", "")
+    assert gateway.run().returncode == 0
+    assert gateway.values(health.TUNNEL_UP, "Minimum", peer="office") == [1.0, 0.0]
+    assert gateway.values(health.TUNNEL_UP, "Minimum", peer="beta") == [1.0, 1.0, 1.0]
 
 
 def test_source_dest_check_on_is_tunnel_down_with_the_reason(gateway: Gateway):
@@ -250,13 +376,14 @@ def test_source_dest_check_on_is_tunnel_down_with_the_reason(gateway: Gateway):
     result = gateway.run()
 
     assert result.returncode == 0, result.stderr
-    assert gateway.values(health.TUNNEL_UP, "Minimum") == [1.0, 0.0]
+    for peer in PEERS:
+        assert gateway.values(health.TUNNEL_UP, "Minimum", peer=peer) == [1.0, 0.0]
     assert gateway.values(health.SOURCE_DEST_CHECK) == [0.0, 1.0]
     assert result.stderr.splitlines() == [
         f"wg-site-to-site-probe: tunnel down: source/dest check is on for {gateway.eni}: "
         "the VPC drops forwarded packets"
     ]
-    assert "up=0 source_dest_check=on" in result.stdout
+    assert "source_dest_check=on peer=beta target=10.255.255.2 up=0" in result.stdout
     next_second()
 
     gateway.source_dest_check(False)
@@ -264,12 +391,17 @@ def test_source_dest_check_on_is_tunnel_down_with_the_reason(gateway: Gateway):
     assert gateway.values(health.TUNNEL_UP, "Minimum") == [1.0, 0.0, 1.0]
 
 
-def test_the_peer_address_comes_from_the_applied_desired_state(gateway: Gateway):
-    # A tunnel cidr change is day 2: the apply rewrites this file, the probe follows.
-    (gateway.fake / "peer").write_text("10.200.0.9\n")
+def test_the_peers_come_from_the_applied_desired_state(gateway: Gateway):
+    # A tunnel cidr change or a new site is day 2: the apply rewrites this file, the probe
+    # follows; a canary on a peer's site (third word) is pinged instead of its address.
+    (gateway.fake / "peers").write_text("beta 10.255.255.2 10.2.1.10\nnew-site 10.200.0.9\n")
     assert gateway.run().returncode == 0
-    assert (gateway.fake / "ping.args").read_text().split()[-1] == "10.200.0.9"
-    (gateway.fake / "peer").unlink()
+    pinged = sorted(
+        line.split()[-1] for line in (gateway.fake / "ping.args").read_text().splitlines()
+    )
+    assert pinged == ["10.2.1.10", "10.200.0.9"]
+    assert gateway.values(health.TUNNEL_UP, peer="new-site", instance=False) == [1.0]
+    (gateway.fake / "peers").unlink()
 
     result = gateway.run()
 
@@ -279,7 +411,7 @@ def test_the_peer_address_comes_from_the_applied_desired_state(gateway: Gateway)
 
 def test_tunnel_up_names_the_instance_that_measured_it(gateway: Gateway):
     # The alarms watch this instance's own metric: a replacement starts with no data.
-    # The per-site series (the dashboard's) gets the same value.
+    # The per-peer series (the dashboard's) gets the same value.
     assert gateway.run().returncode == 0
     assert gateway.values(health.TUNNEL_UP) == [1.0]
     assert gateway.values(health.TUNNEL_UP, instance=False) == [1.0]
@@ -287,11 +419,33 @@ def test_tunnel_up_names_the_instance_that_measured_it(gateway: Gateway):
     assert other.values(health.TUNNEL_UP) == []
 
 
-def test_check_passes_with_the_source_dest_check_off(gateway: Gateway):
+def test_check_passes_with_every_peer_up_and_the_source_dest_check_off(gateway: Gateway):
     result = gateway.run("wg-site-to-site-check")
 
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"check source-dest-check ok off for {gateway.eni}" in result.stdout.splitlines()
+    lines = result.stdout.splitlines()
+    assert f"check ping ok beta {gateway.address('beta')} 3/3" in lines
+    assert f"check ping ok office {gateway.address('office')} 3/3" in lines
+    assert any(line.startswith("check handshake ok beta ") for line in lines)
+    assert any(line.startswith("check handshake ok office ") for line in lines)
+    assert f"check source-dest-check ok off for {gateway.eni}" in lines
+
+
+def test_check_fails_on_one_dead_peer_of_two(gateway: Gateway):
+    gateway.wg({"beta": int(time.time()) - 5}, {})
+    gateway.set(f"ping-fails-{gateway.address('office')}", "")
+
+    result = gateway.run("wg-site-to-site-check")
+
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert f"check ping ok beta {gateway.address('beta')} 3/3" in lines
+    assert (
+        f"check ping FAILED office: no reply from {gateway.address('office')} across the tunnel"
+    ) in lines
+    assert any(line.startswith("check handshake ok beta ") for line in lines)
+    assert "check handshake FAILED office: no handshake yet" in lines
+    assert [line.split()[2] for line in lines].count("FAILED") == 2
 
 
 def test_check_fails_with_a_line_naming_the_source_dest_check(gateway: Gateway):
@@ -308,16 +462,19 @@ def test_check_fails_with_a_line_naming_the_source_dest_check(gateway: Gateway):
     assert any(line.startswith("check ping ok") for line in result.stdout.splitlines())
 
 
-def test_bytes_are_published_per_interval(gateway: Gateway):
+def test_bytes_are_published_per_interval_and_peer(gateway: Gateway):
     assert gateway.run().returncode == 0
     assert gateway.values(health.RECEIVED_BYTES) == []  # no baseline on the first run
     next_second()
-    gateway.set("transfer", "1500\t2300")
+    now = int(time.time())
+    gateway.wg({"beta": now, "office": now}, {"beta": (1500, 2300), "office": (15, 21)})
 
     assert gateway.run().returncode == 0
 
-    assert gateway.values(health.RECEIVED_BYTES) == [500.0]
-    assert gateway.values(health.SENT_BYTES) == [300.0]
+    assert gateway.values(health.RECEIVED_BYTES, peer="beta") == [500.0]
+    assert gateway.values(health.SENT_BYTES, peer="beta") == [300.0]
+    assert gateway.values(health.RECEIVED_BYTES, peer="office") == [5.0]
+    assert gateway.values(health.SENT_BYTES, peer="office") == [1.0]
 
 
 def test_failing_ping_is_tunnel_down_while_bytes_grow(gateway: Gateway):
@@ -326,7 +483,8 @@ def test_failing_ping_is_tunnel_down_while_bytes_grow(gateway: Gateway):
     gateway.set("ping-fails", "")
     for rx in (5000, 9000):
         next_second()
-        gateway.set("transfer", f"{rx}\t{rx * 2}")
+        now = int(time.time())
+        gateway.wg({"beta": now, "office": now}, {"beta": (rx, rx * 2), "office": (10, 20)})
         assert gateway.run().returncode == 0
 
     assert gateway.values(health.TUNNEL_UP, "Minimum") == [1.0, 0.0, 0.0]
@@ -346,7 +504,8 @@ def test_missing_interface_runs_apply_and_says_so(gateway: Gateway):
         f"wg-site-to-site-probe: interface {gateway.facts.interface} is missing; running "
         "wg-site-to-site-apply to bring it back"
     ]
-    assert gateway.values(health.TUNNEL_UP, instance=False) == [0.0]
+    for peer in PEERS:
+        assert gateway.values(health.TUNNEL_UP, peer=peer, instance=False) == [0.0]
     next_second()
 
     # The apply brought it back: the next run is healthy again, without another apply.
@@ -381,7 +540,19 @@ def test_a_failed_publish_fails_the_run(gateway: Gateway):
     assert "monitoring PutMetricData failed" in result.stderr
 
 
-ALPHA, _ = gateway_facts(load_stack_config(stack_config("dev")), "dev")
+def test_scripts_name_no_peer_so_a_new_site_keeps_the_user_data():
+    # Adding a site is day 2: the gateway's scripts and units render the same.
+    two = gateway_facts(load_stack_config(stack_config("dev")), "dev")[0]
+    three = gateway_facts(load_stack_config(probe_config()), "dev")[0]
+    assert len(three.peers) == len(two.peers) + 1
+    assert render_probe(two) == render_probe(three)
+    assert render_check(two) == render_check(three)
+    assert render_probe_units(two) == render_probe_units(three)
+    assert render_apply(two) == render_apply(three)
+    assert render_bootstrap(two).user_data == render_bootstrap(three).user_data
+
+
+ALPHA = gateway_facts(load_stack_config(stack_config("dev")), "dev")[0]
 
 
 def test_units_run_the_probe_on_the_interval():

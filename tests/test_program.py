@@ -473,9 +473,10 @@ def test_a_planted_key_is_used_and_never_shown() -> None:
 
 @pytest.mark.parametrize("site", SITES)
 def test_each_role_reads_exactly_its_own_parameters(dev_plan: Plan, site: str) -> None:
+    peer = next(s for s in SITES if s != site)
     own = [
         dev_plan.one(PARAMETER, f"{site}-{what}")
-        for what in ("wireguard-key", "preshared-key", "desired-state")
+        for what in ("wireguard-key", f"preshared-key-{peer}", "desired-state")
     ]
     policy = json.loads(
         dev_plan.one("aws:iam/rolePolicy:RolePolicy", f"{site}-read-own-parameters").inputs[

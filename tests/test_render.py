@@ -84,31 +84,60 @@ def test_wg_config_passes_wg_quick_strip(dev_plan: Plan, site: str, tmp_path: Pa
 
 def test_user_data_and_desired_state_are_the_core_renderings(dev_plan: Plan) -> None:
     config = load_stack_config(stack_config("dev"))
-    alpha, _ = gateway_facts(config, "dev")
+    alpha = gateway_facts(config, "dev")[0]
     bootstrap = render_bootstrap(alpha)
     assert gateway(dev_plan, "alpha").inputs["userDataBase64"] == bootstrap.user_data_base64
     assert decode_user_data(bootstrap.user_data_base64) == bootstrap.user_data
     beta_key = dev_plan.exports["sites"]["beta"]["publicKey"]
     beta_ip = dev_plan.exports["sites"]["beta"]["publicIp"]
-    state = render_desired_state(alpha, PeerEndpoint(public_key=beta_key, public_ip=beta_ip))
+    state = render_desired_state(
+        alpha, {"beta": PeerEndpoint(public_key=beta_key, public_ip=beta_ip)}
+    )
     assert desired_state(dev_plan, "alpha") == {
         "config": state.wg_config,
         "firewall": state.firewall,
         "presharedKey": True,
-        "peerAddress": str(alpha.peer_tunnel_address),
+        # What the apply writes into the peers file, for the probe and the check.
+        "peers": [{"name": "beta", "address": "10.255.255.1", "publicKey": beta_key}],
     }
 
 
 def test_user_data_is_the_same_bytes_for_the_same_text() -> None:
     # gzip with mtime=0: a plan made tomorrow must not show a changed user data.
-    alpha, _ = gateway_facts(load_stack_config(stack_config("dev")), "dev")
+    alpha = gateway_facts(load_stack_config(stack_config("dev")), "dev")[0]
     assert render_bootstrap(alpha).user_data_base64 == render_bootstrap(alpha).user_data_base64
 
 
 def test_renderer_refuses_a_bad_peer_key() -> None:
-    alpha, _ = gateway_facts(load_stack_config(stack_config("dev")), "dev")
+    alpha = gateway_facts(load_stack_config(stack_config("dev")), "dev")[0]
     with pytest.raises(ValueError, match="not a WireGuard key"):
-        render_desired_state(alpha, PeerEndpoint(public_key="not-a-key", public_ip="203.0.113.20"))
+        render_desired_state(
+            alpha, {"beta": PeerEndpoint(public_key="not-a-key", public_ip="203.0.113.20")}
+        )
+
+
+def test_each_peer_loads_its_own_preshared_key_file() -> None:
+    # The apply feeds each [Peer] the file its PostUp names (cloud-init/apply.sh.j2 feed()).
+    config = stack_config("dev")
+    config["tunnel"]["cidr"] = "10.255.255.0/29"
+    config["sites"].append(
+        {
+            "name": "gamma",
+            "region": "us-west-2",
+            "cidr": "10.3.0.0/16",
+            "interface": "wgC",
+        }
+    )
+    alpha = gateway_facts(load_stack_config(config), "dev")[0]
+    keys = {"beta": "B" * 43 + "=", "gamma": "C" * 43 + "="}
+    text = render_desired_state(
+        alpha, {name: PeerEndpoint(key, "203.0.113.9") for name, key in keys.items()}
+    ).wg_config
+    for name, key in keys.items():
+        assert f"PostUp = wg set %i peer {key} preshared-key /etc/wireguard/%i.{name}.psk" in (
+            text.splitlines()
+        )
+        assert alpha.peer(name).psk_path("wgA") == f"/etc/wireguard/wgA.{name}.psk"
 
 
 def test_public_key_matches_wg_pubkey() -> None:

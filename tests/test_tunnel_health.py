@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from components.tunnel_health import PEER_RULES
 from core import health
 from plan.engine import Plan, run_program
 from policy import offline, rules
@@ -19,6 +20,7 @@ PROGRAM = Path(__file__).resolve().parent / "health_program.py"
 ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
 TOPIC = "aws:sns/topic:Topic"
 REGIONS = {"alpha": "us-east-1", "beta": "eu-west-1"}
+PEER = {"alpha": "beta", "beta": "alpha"}
 EXISTING_TOPIC = "arn:aws:sns:eu-west-1:123456789012:ops-pager"
 
 
@@ -54,15 +56,19 @@ def topic_arn(plan: Plan, region: str) -> str:
 @pytest.mark.parametrize("site", ["alpha", "beta"])
 @pytest.mark.parametrize("rule", health.TUNNEL_RULES, ids=lambda r: r.key)
 def test_each_site_has_its_tunnel_alarms_from_the_shared_rules(update_plan, site, rule):
-    alarm = update_plan.one(ALARM, f"{site}-{rule.key}")
+    # A rule about one pair has an alarm per peer (named with it); not-reporting is the
+    # gateway's, on its first peer's series.
+    per_peer = rule in PEER_RULES
+    name = f"{site}-{PEER[site]}-{rule.key}" if per_peer else f"{site}-{rule.key}"
+    alarm = update_plan.one(ALARM, name)
     inputs = alarm.inputs
 
     assert update_plan.region_of(alarm) == REGIONS[site]
-    assert inputs["name"] == f"wg-site-to-site-dev-{site}-{rule.key}"
+    assert inputs["name"] == f"wg-site-to-site-dev-{name}"
     assert inputs["namespace"] == health.NAMESPACE
     assert inputs["metricName"] == rule.metric
     instance = update_plan.one("aws:ec2/instance:Instance", f"{site}-gateway")
-    expected = {"Stack": "dev", "Site": site}
+    expected = {"Stack": "dev", "Site": site, "Peer": PEER[site]}
     if rule.per_instance:
         expected["InstanceId"] = instance.outputs["id"]
     assert inputs["dimensions"] == expected
@@ -89,7 +95,7 @@ def test_each_site_has_its_tunnel_alarms_from_the_shared_rules(update_plan, site
 
 @pytest.mark.parametrize("site", ["alpha", "beta"])
 def test_silence_of_a_gateway_that_reported_pages_and_a_new_one_starts_quiet(update_plan, site):
-    down = update_plan.one(ALARM, f"{site}-tunnel-down")
+    down = update_plan.one(ALARM, f"{site}-{PEER[site]}-tunnel-down")
     silent = update_plan.one(ALARM, f"{site}-not-reporting")
     instance = update_plan.one("aws:ec2/instance:Instance", f"{site}-gateway")
     topic = topic_arn(update_plan, REGIONS[site])
@@ -134,18 +140,18 @@ def test_one_topic_per_region_with_the_configured_addresses(plan):
 
 
 def test_an_existing_topic_is_notified_by_alarms_of_its_region_only(plan):
-    beta = plan.one(ALARM, "beta-tunnel-down").inputs
-    alpha = plan.one(ALARM, "alpha-tunnel-down").inputs
+    beta = plan.one(ALARM, "beta-alpha-tunnel-down").inputs
+    alpha = plan.one(ALARM, "alpha-beta-tunnel-down").inputs
     assert EXISTING_TOPIC in beta["alarmActions"]
     assert EXISTING_TOPIC in beta["okActions"]
     assert EXISTING_TOPIC not in alpha["alarmActions"]
 
 
-def test_dashboard_shows_both_sites_side_by_side(update_plan):
+def test_dashboard_has_a_row_per_site_and_a_line_per_peer(update_plan):
     (dashboard,) = update_plan.by_type("aws:cloudwatch/dashboard:Dashboard")
     body = json.loads(dashboard.inputs["dashboardBody"])
     shown = {
-        (w["properties"]["region"], w["x"], tuple(m[1] for m in w["properties"]["metrics"]))
+        (w["properties"]["region"], w["y"], tuple(m[1] for m in w["properties"]["metrics"]))
         for w in body["widgets"]
     }
     for metrics in [
@@ -155,12 +161,11 @@ def test_dashboard_shows_both_sites_side_by_side(update_plan):
         (health.RECEIVED_BYTES, health.SENT_BYTES),
     ]:
         assert ("us-east-1", 0, metrics) in shown
-        assert ("eu-west-1", 12, metrics) in shown
+        assert ("eu-west-1", 5, metrics) in shown
     for widget in body["widgets"]:
-        assert widget["properties"]["metrics"][0][2:] in (
-            ["Stack", "dev", "Site", "alpha"],
-            ["Stack", "dev", "Site", "beta"],
-        )
+        site = widget["properties"]["title"].split(":")[0]
+        for line in widget["properties"]["metrics"]:
+            assert line[2:8] == ["Stack", "dev", "Site", site, "Peer", PEER[site]]
     assert update_plan.exports["dashboardUrl"] == (
         "https://us-east-1.console.aws.amazon.com/cloudwatch/home?region=us-east-1"
         "#dashboards:name=wg-site-to-site-dev"
@@ -169,10 +174,14 @@ def test_dashboard_shows_both_sites_side_by_side(update_plan):
 
 def test_outputs_name_each_sites_alarms(update_plan):
     assert update_plan.exports["alarmNames"]["beta"] == {
-        "tunnel-down": "wg-site-to-site-dev-beta-tunnel-down",
         "not-reporting": "wg-site-to-site-dev-beta-not-reporting",
-        "handshake-stale": "wg-site-to-site-dev-beta-handshake-stale",
         "system-check": "wg-site-to-site-dev-beta-system-check",
+    }
+    assert update_plan.exports["peerAlarmNames"]["beta"] == {
+        "alpha": {
+            "tunnel-down": "wg-site-to-site-dev-beta-alpha-tunnel-down",
+            "handshake-stale": "wg-site-to-site-dev-beta-alpha-handshake-stale",
+        }
     }
 
 
@@ -231,7 +240,7 @@ def test_a_gateway_without_tunnel_alarm_fails(plan):
     resources = [
         r
         for r in offline.resources_from_plan(plan)
-        if not (r.type == ALARM and r.name in ("beta-tunnel-down", "beta-not-reporting"))
+        if not (r.type == ALARM and r.name in ("beta-alpha-tunnel-down", "beta-not-reporting"))
     ]
     (violation,) = health_violations(resources)
     assert violation[:2] == ("gateway-has-tunnel-alarm", "beta-gateway")
@@ -240,12 +249,12 @@ def test_a_gateway_without_tunnel_alarm_fails(plan):
 
 def test_a_tunnel_alarm_without_action_fails(plan):
     resources = _edit(
-        offline.resources_from_plan(plan), ALARM, "alpha-tunnel-down", alarmActions=[]
+        offline.resources_from_plan(plan), ALARM, "alpha-beta-tunnel-down", alarmActions=[]
     )
     # Only tunnel-down is blamed: not-reporting has no alarm action by design (it pages
     # on INSUFFICIENT_DATA), so it is not an alarm that tells no one.
     (violation,) = health_violations(resources)
-    assert violation[:2] == ("gateway-has-tunnel-alarm", "alpha-tunnel-down")
+    assert violation[:2] == ("gateway-has-tunnel-alarm", "alpha-beta-tunnel-down")
     assert "has no alarm action" in violation[2]
 
 
@@ -254,7 +263,7 @@ def test_a_not_reporting_alarm_alone_does_not_count(plan):
     resources = [
         r
         for r in offline.resources_from_plan(plan)
-        if not (r.type == ALARM and r.name == "beta-tunnel-down")
+        if not (r.type == ALARM and r.name == "beta-alpha-tunnel-down")
     ]
     (violation,) = health_violations(resources)
     assert violation[:2] == ("gateway-has-tunnel-alarm", "beta-gateway")
@@ -265,7 +274,7 @@ def test_a_tunnel_alarm_that_names_no_gateway_does_not_count(update_plan):
     resources = offline.resources_from_plan(update_plan)
     untagged = []
     for r in resources:
-        if r.type == ALARM and r.name in ("alpha-tunnel-down", "alpha-not-reporting"):
+        if r.type == ALARM and r.name in ("alpha-beta-tunnel-down", "alpha-not-reporting"):
             props = copy.deepcopy(dict(r.props))
             del props["tags"][health.GATEWAY_TAG]
             # Without the tag, the reference (and so the dependency) to the instance is gone.

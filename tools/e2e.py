@@ -343,7 +343,7 @@ def aws_sites(
                 canary=CanaryHost(
                     f"{facts.name}-canary", str(instance), IPv4Interface(f"{address}/{prefix}")
                 ),
-                region=facts.site.region,
+                region=facts.site.aws_region,
             )
         )
     return made[0], made[1]
@@ -532,7 +532,7 @@ class Run:
             self.project, self.options.base, "e2e", "2000-01-01T00:00:00Z", canaries=True
         )
         config = load_stack_config(project_config_from_stack_file(document))
-        regions = sorted({site.region for site in config.sites})
+        regions = sorted({site.aws_region for site in config.sites if site.is_aws})
         try:
             planned = run_program(self.stack, project_config_from_stack_file(document))
         except PlanError as error:

@@ -193,10 +193,12 @@ def test_tunnel_cidr_change_restarts_and_the_probe_and_check_follow(
     ):
         shown = netns.ns_run(site.gateway.namespace, ["ip", "-4", "addr", "show", site.interface])
         assert f"inet {mine}/30 " in shown.stdout
-        assert in_etc(site.gateway.namespace, site.facts.peer_path).read_text() == f"{peer}\n"
+        (other,) = site.facts.peers
+        peers = in_etc(site.gateway.namespace, site.facts.peer_path).read_text()
+        assert peers == f"{other.name} {peer}\n"
         checked = check(lab, site)
         assert checked.returncode == 0, checked.stdout
-        assert f"check ping ok {peer} " in checked.stdout
+        assert f"check ping ok {other.name} {peer} " in checked.stdout
 
 
 def _put_desired_state(site: Site, edit: Callable[[dict[str, str]], None]) -> None:
@@ -207,7 +209,7 @@ def _put_desired_state(site: Site, edit: Callable[[dict[str, str]], None]) -> No
     aws.put_parameters(
         [
             {
-                "region": site.facts.site.region,
+                "region": site.facts.site.aws_region,
                 "name": name,
                 "type": "String",
                 "value": json.dumps(state),

@@ -152,7 +152,7 @@ def test_probe_pings_the_peer_canary_and_sees_it_unreachable(canary_lab: Lab) ->
     netns.ns_run(canary.namespace, drop)
     try:
         # The tunnel still answers: only the far site's host is out of reach.
-        assert ping(alpha.gateway.namespace, str(alpha.facts.peer_tunnel_address)).received
+        assert ping(alpha.gateway.namespace, str(alpha.facts.peers[0].tunnel_address)).received
         broken = probe()
     finally:
         netns.ns_run(canary.namespace, ["iptables", "-D", *drop[2:]])

@@ -139,7 +139,7 @@ def test_negative_control_byte_counters_as_liveness_miss_a_dead_peer(
     alpha, beta = lab.topology.sites
     script = sbin_dir(alpha.gateway.namespace) / Path(PROBE_PATH).name
     original = script.read_text()
-    anchor = 'add_tunnel_up "$up"'
+    anchor = 'add_tunnel_up "$name" "$up"'
     assert anchor in original
     script.write_text(
         original.replace(anchor, f'up=0; [ "${{tx:-0}}" -gt 0 ] && up=1\n{anchor}', 1)
