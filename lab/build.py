@@ -412,8 +412,8 @@ def _office_addresses(office: Office) -> list[str]:
             # The office's LAN sits behind its gateway; the router only needs the uplink.
         ],
     )
-    # The provider's whole sourceCidr is routed to the router (it answers for one address).
-    lines.append(f"route add {external.source_cidr} dev {office.edge_link}")
+    # Its one address in the sourceCidr (the rest of the pool is other customers').
+    lines.append(f"route add {nat.outside}/32 dev {office.edge_link}")
     return lines
 
 

@@ -31,7 +31,9 @@ DOCUMENTATION = tuple(
     IPv4Network(net) for net in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
 )
 EDGE_LINKS = IPv4Network("192.0.2.0/24")  # /30 per site between its IGW and the internet
-STRANGER = IPv4Interface("198.51.100.66/24")  # on the internet, not a peer
+# On the internet, not a peer; high in its range, clear of the example offices' NAT pools
+# (derive refuses a stack that admits it).
+STRANGER = IPv4Interface("198.51.100.200/24")
 STRANGER_ROUTER = IPv4Interface("198.51.100.1/24")
 # A NATed office's uplink, between its gateway and its masquerading router: private
 # (RFC 6598 shared address space, as a carrier's NAT would hand out), one /30 per office.
@@ -475,6 +477,12 @@ def derive(plan: Plan) -> Topology:
     for facts in every:
         if not facts.site.cidr.is_private:
             raise LabError(f"site {facts.name}: {facts.site.cidr} is not a private range")
+        external = facts.site.external
+        if external is not None and STRANGER.ip in external.admitted:
+            raise LabError(
+                f"site {facts.name}: the lab's stranger {STRANGER.ip} is inside"
+                f" {external.admitted}, which the security groups admit"
+            )
     both = [facts for facts in every if facts.is_aws]
     indexes = {facts.name: index for index, facts in enumerate(every)}
     instances = {f.name: _instance_for(plan, f) for f in both}
