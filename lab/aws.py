@@ -66,6 +66,19 @@ def gateway_env() -> dict[str, str]:
 
 def start() -> subprocess.Popen[bytes]:
     """moto's server in NAMESPACE; returns once it answers."""
+    process = launch()
+    wait_for(process)
+    return process
+
+
+def wait_for(process: subprocess.Popen[bytes]) -> None:
+    """Returns once moto's server, launched with `launch`, answers."""
+    _wait_until_it_answers(process, PORT, "moto's server (the lab's SSM and CloudWatch)")
+
+
+def launch() -> subprocess.Popen[bytes]:
+    """Starts moto's server in NAMESPACE and returns at once (it takes a second or two to
+    answer: wait_for)."""
     if not MOTO_SERVER.exists():
         raise LabError(f"{MOTO_SERVER} is missing (pip install 'moto[server]')")
     process = subprocess.Popen(
@@ -74,7 +87,6 @@ def start() -> subprocess.Popen[bytes]:
         stderr=subprocess.DEVNULL,
         env=netns.clean_env(),
     )
-    _wait_until_it_answers(process, PORT, "moto's server (the lab's SSM and CloudWatch)")
     return process
 
 

@@ -85,11 +85,31 @@ def build(
     `office_keys`: each office's private key (lab.office.with_lab_keys)."""
     notes: list[str] = []
     progress("namespaces and links")
+    # moto's server takes a second or two to start: it starts first, on the internet, and
+    # gets the parameters and interfaces beside the rest of the build.
     _namespaces(topology, state)
-    _links(topology)
-    _addresses_and_routes(topology)
-    _aws_stand_in(topology, state)
-    progress("VPC routers, internet gateways, security groups, the internet")
+    moto = _aws_stand_in(topology, state)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        stand_in = pool.submit(_aws_contents, topology, moto)
+        _links(topology)
+        _addresses_and_routes(topology)
+        progress("VPC routers, internet gateways, security groups, the internet")
+        notes += _network(topology)
+        stand_in.result()
+    state.implementation = _wireguard_implementation(topology.internet_namespace)
+    state.save()
+    names = ", ".join(site.name for site in topology.sites)
+    progress(f"booting the gateways ({names}) from their user data ({state.implementation})")
+    notes += boot_gateways(topology.sites, state)
+    if topology.offices:
+        names = ", ".join(office.name for office in topology.offices)
+        progress(f"installing the offices ({names}) from their bundles (install.sh)")
+        notes += install_offices(topology, state, office_keys or {})
+    return notes
+
+
+def _network(topology: Topology) -> list[str]:
+    notes: list[str] = []
     for site in topology.sites:
         _vpc_router_rules(site)
         security_groups(site)
@@ -101,15 +121,6 @@ def build(
         topology.internet_namespace,
         f"*filter\n-A FORWARD -m length --length {INTERNET_MTU + 1}:65535 -j DROP\nCOMMIT\n",
     )
-    state.implementation = _wireguard_implementation(topology.internet_namespace)
-    state.save()
-    names = ", ".join(site.name for site in topology.sites)
-    progress(f"booting the gateways ({names}) from their user data ({state.implementation})")
-    notes += boot_gateways(topology.sites, state)
-    if topology.offices:
-        names = ", ".join(office.name for office in topology.offices)
-        progress(f"installing the offices ({names}) from their bundles (install.sh)")
-        notes += install_offices(topology, state, office_keys or {})
     return notes
 
 
@@ -145,8 +156,8 @@ def boot_gateways(sites: tuple[Site, ...], state: State) -> list[str]:
     return [note for notes in booted for note in notes]
 
 
-def _aws_stand_in(topology: Topology, state: State) -> None:
-    """SSM and CloudWatch (moto) on the internet, with what `pulumi up` puts in SSM."""
+def _aws_stand_in(topology: Topology, state: State) -> subprocess.Popen[bytes]:
+    """SSM and CloudWatch (moto) on the internet, started (not yet answering)."""
     state.add("namespaces", aws.NAMESPACE)
     netns.add_namespace(aws.NAMESPACE)
     inet = topology.internet_namespace
@@ -163,9 +174,14 @@ def _aws_stand_in(topology: Topology, state: State) -> None:
             f"route add default via {aws.ROUTER.ip} dev {LINK_HOST}",
         ],
     )
-    aws.start()
+    return aws.launch()
+
+
+def _aws_contents(topology: Topology, moto: subprocess.Popen[bytes]) -> None:
+    """What `pulumi up` puts in SSM, the gateways' interfaces (their source/dest check) and
+    instance metadata, once moto answers."""
+    aws.wait_for(moto)
     put_parameters(topology)
-    # The gateways' interfaces (their source/dest check) and instance metadata.
     aws.serve_gateways(topology.sites)
 
 
@@ -184,10 +200,20 @@ def _namespaces(topology: Topology, state: State) -> None:
     forwarding = {topology.internet_namespace} | {s.vpc_namespace for s in topology.sites}
     forwarding |= {o.nat.namespace for o in topology.offices if o.nat is not None}
     gateways = set(topology.gateway_namespaces)
-    for namespace in topology.namespaces:
+    names = topology.namespaces
+    for namespace in names:
+        state.add("namespaces", namespace)
+
+    def one(namespace: str) -> None:
         _namespace(
             namespace, state, gateway=namespace in gateways, forwarding=namespace in forwarding
         )
+
+    # The first alone (`ip netns add` makes /run/netns a mount point once), then the rest
+    # side by side: three short commands each.
+    one(names[0])
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(one, names[1:]))
 
 
 def _site_namespaces(site: Site, state: State) -> None:
