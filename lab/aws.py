@@ -19,6 +19,7 @@ its MAC and that interface's id in moto, as IMDS answers an instance about itsel
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -261,15 +262,19 @@ def _samples_from_stdin() -> None:
 def _put_from_stdin() -> None:
     import boto3
 
+    clients: dict[str, Any] = {}  # one per region: making a client takes ~0.1 s
     for item in json.load(sys.stdin):
-        client: Any = boto3.client(  # type: ignore[call-overload]
-            "ssm", region_name=item["region"], endpoint_url=ENDPOINT, **_lower(CREDENTIALS)
-        )
+        if item["region"] not in clients:
+            clients[item["region"]] = boto3.client(  # type: ignore[call-overload]
+                "ssm", region_name=item["region"], endpoint_url=ENDPOINT, **_lower(CREDENTIALS)
+            )
+        client = clients[item["region"]]
         client.put_parameter(
             Name=item["name"], Type=item["type"], Value=item["value"], Overwrite=True
         )
 
 
+@functools.cache
 def _ec2(region: str) -> Any:
     import boto3
 

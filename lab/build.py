@@ -181,8 +181,11 @@ def _aws_contents(topology: Topology, moto: subprocess.Popen[bytes]) -> None:
     """What `pulumi up` puts in SSM, the gateways' interfaces (their source/dest check) and
     instance metadata, once moto answers."""
     aws.wait_for(moto)
-    put_parameters(topology)
-    aws.serve_gateways(topology.sites)
+    # Two clients of moto at once (each a Python with boto3 to start).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        parameters = pool.submit(put_parameters, topology)
+        aws.serve_gateways(topology.sites)
+        parameters.result()
 
 
 def put_parameters(topology: Topology) -> None:
