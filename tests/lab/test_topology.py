@@ -116,10 +116,12 @@ def test_offices_and_every_pair_of_a_hub(hub_nat):
     # The lab's key for the office is the one the plan has: it plays the office.
     from core.keys import public_key
 
-    assert public_key(keys["office"]) == office.facts.site.external.public_key
+    external = office.facts.site.external
+    assert external is not None and external.source_cidr is not None
+    assert public_key(keys["office"]) == external.public_key
     # Behind NAT: its router's outside address is in the sourceCidr, never the stranger's.
     assert office.nat is not None
-    assert office.nat.outside in office.facts.site.external.source_cidr
+    assert office.nat.outside in external.source_cidr
     assert office.public_address == office.nat.outside
     # Every ordered pair is joined (through the hub), one trace per pair.
     assert len(directions(topology)) == 12 and len(trace_directions(topology)) == 6
