@@ -571,3 +571,54 @@ def test_bad_interval_is_refused(interval: Any):
         render_probe(ALPHA, interval)
     with pytest.raises(ValueError, match="probe interval"):
         render_probe_units(ALPHA, interval)
+
+
+def test_an_offices_check_makes_no_aws_call(tmp_path: Path):
+    # Outside AWS there is no interface whose source/dest check could be on: the office's
+    # check (run by its bundle's install.sh) pings and reads handshakes, nothing else.
+    office = gateway_facts(load_stack_config(probe_config()), "dev")[2]
+    assert not office.is_aws and [p.name for p in office.peers] == ["alpha", "beta"]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _executable(bin_dir / "wg", FAKE_WG)
+    _executable(bin_dir / "ping", FAKE_PING)
+    _executable(bin_dir / "wg-site-to-site-aws", 'echo "$*" >> "$FAKE/aws-calls"; exit 1\n')
+    check = render_check(office)
+    assert "wg-site-to-site-aws" not in check
+    _executable(bin_dir / "wg-site-to-site-check", check)
+    keys = {"alpha": "YWxwaGE=", "beta": "YmV0YQ=="}
+    now = int(time.time())
+    (tmp_path / "peers").write_text("".join(f"{p.name} {p.tunnel_address}\n" for p in office.peers))
+    (tmp_path / "wg.allowed-ips").write_text(
+        "".join(f"{keys[p.name]}\t{p.tunnel_address}/32 {p.site.cidr}\n" for p in office.peers)
+    )
+    (tmp_path / "wg.latest-handshakes").write_text(
+        "".join(f"{key}\t{now - 7}\n" for key in keys.values())
+    )
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "FAKE": str(tmp_path),
+        "WANT_IFACE": office.interface,
+        "WG_S2S_PEER_FILE": str(tmp_path / "peers"),
+    }
+
+    result = subprocess.run(
+        ["bash", str(bin_dir / "wg-site-to-site-check")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [line.split()[1] for line in result.stdout.splitlines()] == [
+        "interface",
+        "ping",
+        "ping",
+        "handshake",
+        "handshake",
+    ]
+    assert any(line.startswith("check handshake ok alpha ") for line in result.stdout.splitlines())
+    assert not (tmp_path / "aws-calls").exists()

@@ -491,10 +491,15 @@ def test_each_role_reads_exactly_its_own_parameters(dev_plan: Plan, site: str) -
     agent = [s for s in policy["Statement"] if s["Resource"] == "*"]
     assert all(not a.startswith("ssm:GetParameter") for s in agent for a in s["Action"])
     assert "ssm:UpdateInstanceInformation" in agent[0]["Action"]
-    # The gateway's apply script asks for those same parameters.
+    # The gateway's apply script asks for those same parameters: the pre-shared keys' by
+    # the name it makes from each peer's (prefix, peer, leaf), so it names no peer.
     apply = written_files(user_data(dev_plan, site))["/usr/local/sbin/wg-site-to-site-apply"]
+    content = apply["content"]
+    prefix = content.split("\npsk_prefix=", 1)[1].split("\n", 1)[0]
+    leaf = content.split("\npsk_leaf=", 1)[1].split("\n", 1)[0]
     for parameter in own:
-        assert parameter.inputs["name"] in apply["content"]
+        name = parameter.inputs["name"]
+        assert name in content or name == f"{prefix}{peer}/{leaf}", name
 
 
 # --- regions, tags, outputs, structure ------------------------------------------------
