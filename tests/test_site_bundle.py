@@ -136,7 +136,7 @@ class World:
 
 def _world(root: Path, documents: dict[str, dict[str, Any]]) -> World:
     world = World(root)
-    world.stacks.mkdir()
+    world.stacks.mkdir(parents=True)
     for stack, document in documents.items():
         (world.stacks / f"Pulumi.{stack}.yaml").write_text(yaml.safe_dump(document))
     world.bin.mkdir()
@@ -479,3 +479,380 @@ def test_refuses_a_missing_parameter_without_showing_any_key(
         r"in eu-west-1: ParameterNotFound",
     )
     assert PSKS["alpha"] not in output
+
+
+# ------------------------------------------------------------------- install.sh, for real
+
+# Two throw-away namespaces (network and mount, no names: nothing of the shared lab's),
+# joined by a veth: the office at its publicIp and an AWS peer at its Elastic IP, which
+# runs WireGuard (wireguard-go, as the lab) with the keys the stand-ins handed out.
+TWO_SITES = {
+    "config": {
+        "pulumi:disable-default-providers": ["aws"],
+        "wg-site-to-site:tunnel": {"cidr": "10.255.255.0/31", "port": 51000},
+        "wg-site-to-site:sites": [
+            {"name": "alpha", "region": "us-east-1", "cidr": "10.1.0.0/16", "interface": "wg0"},
+            {
+                "name": "office",
+                "cidr": "192.168.10.0/24",
+                "interface": "wg0",
+                "external": {"publicKey": OFFICE_PUBLIC, "publicIp": "198.51.100.7"},
+            },
+        ],
+        "wg-site-to-site:firewall": [
+            {"description": "no ssh", "protocol": "tcp", "port": 22, "action": "reject"}
+        ],
+    }
+}
+RDP_RULE = {"description": "no rdp", "protocol": "tcp", "port": 3389, "action": "reject"}
+
+
+class Namespaces:
+    """Two holders (`unshare --net --mount`, each with its own /run), and commands run in
+    them with nsenter."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.holders: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str) -> None:
+        self.holders[name] = subprocess.Popen(
+            ["unshare", "--net", "--mount", "--propagation", "private", "sleep", "300"]
+        )
+        # The holder is ready once both its namespaces differ from ours.
+        for _ in range(500):
+            if self._own(name):
+                break
+            subprocess.run(["sleep", "0.01"], check=True)
+        # wireguard-go's control socket and the apply's lock and work files go in /run.
+        self.run(name, "mount -t tmpfs tmpfs /run && mkdir -p /run/wireguard")
+
+    def _own(self, name: str) -> bool:
+        pid = self.holders[name].pid
+        return all(
+            os.readlink(f"/proc/{pid}/ns/{kind}") != os.readlink(f"/proc/self/ns/{kind}")
+            for kind in ("net", "mnt")
+        )
+
+    def run(
+        self, name: str, script: str, env: dict[str, str] | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        # Never this machine's own namespaces: a mount here would cover the host's /run.
+        assert self._own(name), f"{name}: the holder has not left this machine's namespaces"
+        pid = str(self.holders[name].pid)
+        result = subprocess.run(
+            ["nsenter", "-t", pid, "-n", "-m", "bash", "-c", script],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+            env={**os.environ, **(env or {})},
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"{name}: {script}: {result.stdout}{result.stderr}")
+        return result
+
+    def stop(self) -> None:
+        for name, holder in self.holders.items():
+            # wireguard-go outlives its namespace's holder, and exits when its interface goes.
+            if holder.poll() is None:
+                self.run(name, "ip link del wg0 2>/dev/null; true", check=False)
+        for holder in self.holders.values():
+            holder.kill()
+            holder.wait()
+
+
+@pytest.fixture
+def office_and_peer(tmp_path: Path) -> Iterator[tuple[Namespaces, Path]]:
+    from lab.build import SYSTEMCTL_SHIM
+    from tests.lab.support import require_root
+
+    require_root()
+    spaces = Namespaces(tmp_path)
+    try:
+        spaces.start("alpha")
+        spaces.start("office")
+        alpha_pid, office_pid = (str(spaces.holders[n].pid) for n in ("alpha", "office"))
+        link = f"s2sb{os.getpid() % 100000}"
+        subprocess.run(
+            [
+                "ip",
+                "link",
+                "add",
+                link,
+                "netns",
+                alpha_pid,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "uplink",
+                "netns",
+                office_pid,
+            ],
+            check=True,
+        )
+        spaces.run(
+            "alpha",
+            f"ip link set {link} name uplink && ip address add 203.0.113.10/32 dev uplink && "
+            "ip link set uplink up && ip link set lo up && "
+            "ip route add 198.51.100.7/32 dev uplink",
+        )
+        spaces.run(
+            "office",
+            "ip address add 198.51.100.7/32 dev uplink && ip link set uplink up && "
+            "ip link set lo up && ip route add 203.0.113.10/32 dev uplink",
+        )
+        # The AWS peer, as its apply would leave it: its key, the pair's pre-shared key,
+        # the office as its peer.
+        (tmp_path / "alpha.key").write_text(_key(1) + "\n")
+        (tmp_path / "alpha.psk").write_text(PSKS["alpha"] + "\n")
+        spaces.run(
+            "alpha",
+            "wireguard-go wg0 >/dev/null 2>&1 && "
+            f"wg set wg0 listen-port 51000 private-key {tmp_path}/alpha.key "
+            f"peer {OFFICE_PUBLIC} preshared-key {tmp_path}/alpha.psk "
+            "allowed-ips 10.255.255.1/32,192.168.10.0/24 && "
+            "ip address add 10.255.255.0/31 dev wg0 && ip link set wg0 up",
+        )
+        # The office's /etc/wireguard and /etc/sysctl.d are its own; its key is made
+        # (wg genkey in the guide) and named in the stack.
+        for directory in ("etc-wireguard", "sysctl.d", "sbin", "shims"):
+            (tmp_path / directory).mkdir(mode=0o700)
+        (tmp_path / "etc-wireguard" / "wg0.key").write_text(OFFICE_PRIVATE + "\n")
+        (tmp_path / "etc-wireguard" / "wg0.key").chmod(0o600)
+        (tmp_path / "shims" / "systemctl").write_text(SYSTEMCTL_SHIM)
+        (tmp_path / "shims" / "systemctl").chmod(0o755)
+        spaces.run(
+            "office",
+            f"mount --bind {tmp_path}/etc-wireguard /etc/wireguard && "
+            f"mount --bind {tmp_path}/sysctl.d /etc/sysctl.d",
+        )
+        yield spaces, tmp_path
+    finally:
+        spaces.stop()
+
+
+def _install(spaces: Namespaces, root: Path, bundle: Path) -> subprocess.CompletedProcess[str]:
+    return spaces.run(
+        "office",
+        f"bash {bundle}/install.sh",
+        env={
+            "PATH": f"{root}/shims:{os.environ['PATH']}",
+            "WG_S2S_SBIN": f"{root}/sbin",
+            "WG_QUICK_USERSPACE_IMPLEMENTATION": "wireguard-go",
+        },
+        check=False,
+    )
+
+
+@pytest.mark.lab
+def test_install_sh_brings_the_office_up_then_changes_nothing_then_takes_day_2(
+    office_and_peer: tuple[Namespaces, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    spaces, root = office_and_peer
+    world = _world(root / "world", {"lab": TWO_SITES})
+    _environment(monkeypatch, world)
+    _credentials(monkeypatch)
+    ssm = {"us-east-1": MESH_SSM["us-east-1"]}
+    assert _run(world, capsys, "lab", "office", client=StubbedSsm(ssm))[0] == 0
+    bundle = world.out / "lab" / "office"
+
+    first = _install(spaces, root, bundle)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "check ping ok alpha 10.255.255.0" in first.stdout, first.stdout
+    last = first.stdout.splitlines()[-1]
+    assert last.startswith("install.sh: site office: changed: forwarding, "), last
+    etc = root / "etc-wireguard"
+    assert (etc / "wg0.alpha.psk").read_text() == PSKS["alpha"] + "\n"
+    assert stat.S_IMODE((etc / "wg0.alpha.psk").stat().st_mode) == 0o600
+    assert (etc / "wg0.key").read_text() == OFFICE_PRIVATE + "\n", "the key was replaced"
+    forwarding = spaces.run("office", "sysctl -n net.ipv4.ip_forward").stdout.strip()
+    assert forwarding == "1"
+
+    installed = {path: path.stat().st_mtime_ns for path in etc.rglob("*") if path.is_file()}
+    second = _install(spaces, root, bundle)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert second.stdout.splitlines()[-1] == (
+        "install.sh: site office: nothing changed; wg0 up, 1 peer(s) checked"
+    ), second.stdout
+    assert installed == {p: p.stat().st_mtime_ns for p in etc.rglob("*") if p.is_file()}
+
+    # Day 2: a firewall rule added to the stack, a new bundle, install.sh again.
+    TWO_SITES_DAY2 = json.loads(json.dumps(TWO_SITES))
+    TWO_SITES_DAY2["config"]["wg-site-to-site:firewall"].append(RDP_RULE)
+    (world.stacks / "Pulumi.lab.yaml").write_text(yaml.safe_dump(TWO_SITES_DAY2))
+    assert _run(world, capsys, "lab", "office", client=StubbedSsm(ssm))[0] == 0
+    third = _install(spaces, root, bundle)
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert third.stdout.splitlines()[-1].startswith(
+        "install.sh: site office: changed: desired state, wg0;"
+    ), third.stdout
+    chain = spaces.run("office", "iptables -S s2s-fw-wg0").stdout
+    assert "--dport 3389 -j REJECT" in chain, chain
+
+
+@pytest.mark.lab
+def test_install_sh_makes_a_missing_key_once_and_stops_until_the_stack_has_it(
+    office_and_peer: tuple[Namespaces, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    spaces, root = office_and_peer
+    world = _world(root / "world", {"lab": TWO_SITES})
+    _environment(monkeypatch, world)
+    _credentials(monkeypatch)
+    ssm = {"us-east-1": MESH_SSM["us-east-1"]}
+    assert _run(world, capsys, "lab", "office", client=StubbedSsm(ssm))[0] == 0
+    bundle = world.out / "lab" / "office"
+    key = root / "etc-wireguard" / "wg0.key"
+    key.unlink()
+
+    first = _install(spaces, root, bundle)
+    assert first.returncode == 1, first.stdout + first.stderr
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    made = public_key(key.read_text().strip())
+    assert "install.sh: made /etc/wireguard/wg0.key (wg genkey, 0600)" in first.stdout
+    (error,) = first.stderr.splitlines()
+    assert error.startswith(
+        f"install.sh: /etc/wireguard/wg0.key's public key is {made}; the stack has "
+        f"{OFFICE_PUBLIC}: put it in the stack as the external.publicKey of site office"
+    ), error
+    # Stopped before the tunnel: nothing of it was installed.
+    assert sorted(p.name for p in key.parent.iterdir()) == ["wg0.key"]
+
+    again = _install(spaces, root, bundle)
+    assert again.returncode == 1
+    assert public_key(key.read_text().strip()) == made, "an existing key was overwritten"
+    assert f"public key is {made};" in again.stderr
+
+
+def test_the_renderer_makes_no_bundle_for_an_aws_site() -> None:
+    from core.config import load_stack_config, project_config_from_stack_file
+    from core.facts import gateway_facts
+    from core.render import render_site_bundle
+
+    config = load_stack_config(project_config_from_stack_file(stack_document()))
+    alpha = gateway_facts(config, "lab")[0]
+    with pytest.raises(ValueError, match="site alpha is an AWS site"):
+        render_site_bundle(alpha, {})
+
+
+# ------------------------------------------------- against what the program itself declares
+
+
+class PlannedSsm:
+    """SSM as `pulumi up` would leave it: every parameter of the plan, in its region;
+    anything else is ParameterNotFound."""
+
+    def __init__(self, parameters: dict[tuple[str, str], str]) -> None:
+        self.parameters = parameters
+        self.read: list[tuple[str, str]] = []
+
+    def __call__(self, service: str, region: str) -> Any:
+        client = boto3.client(  # type: ignore[call-overload]
+            service, region_name=region, aws_access_key_id="x", aws_secret_access_key="x"
+        )
+        stubber = Stubber(client)
+        original = client.get_parameter
+
+        def get_parameter(**kwargs: Any) -> Any:
+            name = kwargs["Name"]
+            self.read.append((region, name))
+            if (region, name) in self.parameters:
+                stubber.add_response(
+                    "get_parameter",
+                    {"Parameter": {"Name": name, "Value": self.parameters[(region, name)]}},
+                    {"Name": name, "WithDecryption": True},
+                )
+            else:
+                stubber.add_client_error("get_parameter", "ParameterNotFound", http_status_code=400)
+            return original(**kwargs)
+
+        client.get_parameter = get_parameter
+        stubber.activate()
+        return client
+
+
+def test_a_planned_stacks_office_bundle_pairs_with_its_aws_gateways(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from plan.engine import read_stack_file, reveal
+    from tests.conftest import planned
+
+    stacks = REPO / "tests" / "stacks"
+    # The session's plan of the issue's example (tests/test_plan_sites.py plans it too).
+    plan = planned("office-static", read_stack_file("office-static", stacks), shared=True)
+    parameters = {}
+    for resource in plan.by_type("aws:ssm/parameter:Parameter"):
+        value = resource.inputs.get("value", resource.inputs.get("insecureValue"))
+        region = plan.region_of(resource)
+        assert region is not None
+        parameters[(region, reveal(resource.inputs["name"]))] = reveal(value)
+    world = _world(tmp_path, {})
+    (tmp_path / "outputs.json").write_text(json.dumps(reveal(plan.exports["sites"])))
+    _environment(monkeypatch, world)
+    monkeypatch.setattr(site_bundle, "STACKS", stacks)
+    _credentials(monkeypatch)
+    ssm = PlannedSsm(parameters)
+    status, _, output = _run(world, capsys, "office-static", "office", client=ssm)
+    assert status == 0, output
+
+    prefix = "/wg-site-to-site/office-static"
+    assert ssm.read == [
+        ("us-east-1", f"{prefix}/alpha/office/wireguard-preshared-key"),
+        ("eu-west-1", f"{prefix}/beta/office/wireguard-preshared-key"),
+    ]
+    bundle = world.out / "office-static" / "office"
+    office = json.loads((bundle / "state" / prefix[1:] / "office" / "desired-state").read_text())
+    office_key = "3EeDzdKW8qr3H8hAmdqtXoYft3W+tM1mTKnz1CW5qCI="
+    for site, region, address, cidr, eip in (
+        ("alpha", "us-east-1", "10.255.255.1", "10.1.0.0/16", "203.0.113.10"),
+        ("beta", "eu-west-1", "10.255.255.2", "10.2.0.0/16", "203.0.113.20"),
+    ):
+        psk = parameters[(region, f"{prefix}/{site}/office/wireguard-preshared-key")]
+        assert (
+            bundle / "state" / prefix[1:] / "office" / site / "wireguard-preshared-key"
+        ).read_text() == psk + "\n"
+        # The office's peer key is the key the gateway holds (its private key parameter).
+        gateway_key = public_key(parameters[(region, f"{prefix}/{site}/wireguard-private-key")])
+        assert (
+            f"PublicKey = {gateway_key}\nAllowedIPs = {address}/32, {cidr}\n"
+            f"Endpoint = {eip}:51000" in office["config"]
+        )
+        # And the gateway's own desired state has the office: its key, its addresses.
+        aws = json.loads(parameters[(region, f"{prefix}/{site}/desired-state")])
+        assert (
+            f"PublicKey = {office_key}\nAllowedIPs = 10.255.255.3/32, 192.168.10.0/24\n"
+            "Endpoint = 198.51.100.7:51000"
+        ) in aws["config"], aws["config"]
+    assert "Address = 10.255.255.3/29" in office["config"]
+
+
+def test_refuses_a_pair_of_offices_with_preshared_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # In a mesh two offices peer directly: no AWS gateway holds their pair's key in SSM.
+    document = stack_document()
+    document["config"]["wg-site-to-site:sites"].append(
+        {
+            "name": "branch",
+            "cidr": "192.168.20.0/24",
+            "interface": "wg0",
+            "external": {"publicKey": public_key(_key(8)), "publicIp": "198.51.100.8"},
+        }
+    )
+    world = _world(tmp_path, {"lab": document})
+    _environment(monkeypatch, world)
+    _credentials(monkeypatch)
+    ssm = StubbedSsm({})
+    status, lines, _ = _run(world, capsys, "lab", "office", client=ssm)
+    _refused(
+        world,
+        lines,
+        status,
+        r"site office's peer branch is outside AWS too: the pair has no pre-shared key in SSM",
+    )
+    assert ssm.regions == [], "refused, yet SSM was asked"

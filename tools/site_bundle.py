@@ -184,15 +184,16 @@ def preshared_keys(
     keys: dict[str, str] = {}
     if not facts.preshared_key:
         return keys
-    clients: dict[str, Any] = {}
     for peer in facts.peers:
-        aws_peer = every[peer.name]
-        if not aws_peer.is_aws:
+        if not every[peer.name].is_aws:
             raise BundleError(
                 f"site {facts.name}'s peer {peer.name} is outside AWS too: the pair has no "
                 "pre-shared key in SSM; connect offices through an AWS hub "
                 "(topology.hub) or turn tunnel.presharedKey off"
             )
+    clients: dict[str, Any] = {}
+    for peer in facts.peers:
+        aws_peer = every[peer.name]
         region = aws_peer.site.aws_region
         name = aws_peer.peer(facts.name).psk_parameter_name
         if region not in clients:
