@@ -19,7 +19,6 @@ from plan.engine import (
     PlanError,
     disabled_default_providers,
     plan_stack,
-    read_stack_file,
     run_program,
 )
 
@@ -33,9 +32,12 @@ def plan(stack: str, office_keys: dict[str, str] | None = None) -> Plan:
     replaced by one the lab makes, so that the lab can play the office
     (lab.office.with_lab_keys)."""
     try:
-        if office_keys is None:
-            return plan_stack(stack)
-        config, keys = with_lab_keys(read_stack_file(stack))
+        planned = plan_stack(stack)
+        offices = [s for s in planned.config.get("sites") or [] if "external" in s]
+        if office_keys is None or not offices:
+            return planned
+        # Planned again with the lab's keys in place of the offices' own.
+        config, keys = with_lab_keys(planned.config)
         office_keys.update(keys)
         return run_program(
             stack, config, disabled_default_providers=disabled_default_providers(stack)
