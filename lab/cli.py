@@ -17,7 +17,6 @@ from lab.topology import derive
 from plan.engine import (
     Plan,
     PlanError,
-    disabled_default_providers,
     plan_stack,
     run_program,
 )
@@ -39,9 +38,7 @@ def plan(stack: str, office_keys: dict[str, str] | None = None) -> Plan:
         # Planned again with the lab's keys in place of the offices' own.
         config, keys = with_lab_keys(planned.config)
         office_keys.update(keys)
-        return run_program(
-            stack, config, disabled_default_providers=disabled_default_providers(stack)
-        )
+        return run_program(stack, config)
     except PlanError as error:
         lines = str(error).splitlines()
         if len(lines) == 2 and lines[0].endswith(":"):
