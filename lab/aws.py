@@ -19,7 +19,10 @@ its MAC and that interface's id in moto, as IMDS answers an instance about itsel
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -28,7 +31,7 @@ from ipaddress import IPv4Interface
 from pathlib import Path
 from typing import Any
 
-from lab import PREFIX, REPO, LabError, netns
+from lab import PREFIX, REPO, STATE_DIR, LabError, netns
 from lab.topology import Site
 
 NAMESPACE = f"{PREFIX}aws"
@@ -64,6 +67,19 @@ def gateway_env() -> dict[str, str]:
 
 def start() -> subprocess.Popen[bytes]:
     """moto's server in NAMESPACE; returns once it answers."""
+    process = launch()
+    wait_for(process)
+    return process
+
+
+def wait_for(process: subprocess.Popen[bytes]) -> None:
+    """Returns once moto's server, launched with `launch`, answers."""
+    _wait_until_it_answers(process, PORT, "moto's server (the lab's SSM and CloudWatch)")
+
+
+def launch() -> subprocess.Popen[bytes]:
+    """Starts moto's server in NAMESPACE and returns at once (it takes a second or two to
+    answer: wait_for)."""
     if not MOTO_SERVER.exists():
         raise LabError(f"{MOTO_SERVER} is missing (pip install 'moto[server]')")
     process = subprocess.Popen(
@@ -72,7 +88,6 @@ def start() -> subprocess.Popen[bytes]:
         stderr=subprocess.DEVNULL,
         env=netns.clean_env(),
     )
-    _wait_until_it_answers(process, PORT, "moto's server (the lab's SSM and CloudWatch)")
     return process
 
 
@@ -113,11 +128,16 @@ def mac(site: Site) -> str:
     return f"0e:00:00:00:00:{site.index + 1:02x}"
 
 
-def serve_gateways(sites: Sequence[Site]) -> dict[str, str]:
-    """Each gateway's interface in moto's EC2, and its instance metadata; site -> ENI id."""
+# The gateways' interface ids in moto (site -> ENI) and the metadata stand-in's pid, so
+# that a site added on day 2 gets its own and the stand-in answers for every gateway.
+ENIS_FILE = STATE_DIR / "enis.json"
+IMDS_PID_FILE = STATE_DIR / "imds.pid"
+
+
+def _create_interfaces(sites: Sequence[Site]) -> dict[str, str]:
     request = [
         {
-            "region": site.facts.site.region,
+            "region": site.facts.site.aws_region,
             "cidr": str(site.facts.site.cidr),
             "subnet": str(site.facts.layout.public_subnet),
             "sourceDestCheck": site.gateway.source_dest_check,
@@ -131,13 +151,41 @@ def serve_gateways(sites: Sequence[Site]) -> dict[str, str]:
         env={"PYTHONPATH": str(REPO)},
     )
     enis: list[str] = json.loads(created.stdout)
+    return {site.name: eni for site, eni in zip(sites, enis, strict=True)}
+
+
+def serve_gateways(sites: Sequence[Site]) -> dict[str, str]:
+    """Each gateway's interface in moto's EC2, and its instance metadata; site -> ENI id."""
+    enis = _create_interfaces(sites)
+    _serve_metadata(sites, enis)
+    return enis
+
+
+def add_gateways(sites: Sequence[Site], added: Sequence[Site]) -> dict[str, str]:
+    """Day 2: interfaces for the `added` sites, and the metadata stand-in restarted to
+    answer every gateway of `sites`."""
+    enis = {**json.loads(ENIS_FILE.read_text()), **_create_interfaces(added)}
+    try:
+        pid = int(IMDS_PID_FILE.read_text())
+    except (OSError, ValueError):
+        pid = 0
+    if pid in netns.namespace_pids(NAMESPACE):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while pid in netns.namespace_pids(NAMESPACE) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    _serve_metadata(sites, enis)
+    return enis
+
+
+def _serve_metadata(sites: Sequence[Site], enis: dict[str, str]) -> None:
     metadata = {
         str(site.gateway.elastic_ip): {
             "instance-id": site.gateway.instance_id,
             "mac": mac(site),
-            f"network/interfaces/macs/{mac(site)}/interface-id": eni,
+            f"network/interfaces/macs/{mac(site)}/interface-id": enis[site.name],
         }
-        for site, eni in zip(sites, enis, strict=True)
+        for site in sites
     }
     process = subprocess.Popen(
         netns.in_ns(NAMESPACE, [sys.executable, "-m", "lab.aws", "imds", json.dumps(metadata)]),
@@ -146,14 +194,16 @@ def serve_gateways(sites: Sequence[Site]) -> dict[str, str]:
         env={**netns.clean_env(), "PYTHONPATH": str(REPO)},
     )
     _wait_until_it_answers(process, IMDS_PORT, "the lab's instance metadata stand-in")
-    return {site.name: eni for site, eni in zip(sites, enis, strict=True)}
+    STATE_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ENIS_FILE.write_text(json.dumps(enis) + "\n")
+    IMDS_PID_FILE.write_text(f"{process.pid}\n")
 
 
 def set_source_dest_check(site: Site, on: bool) -> str:
     """What ModifyNetworkInterfaceAttribute (or the provider bug, terraform-provider-aws
     #44768) does to the gateway's interface in moto; returns the interface's id."""
     request = {
-        "region": site.facts.site.region,
+        "region": site.facts.site.aws_region,
         "subnet": str(site.facts.layout.public_subnet),
         "on": on,
     }
@@ -212,15 +262,19 @@ def _samples_from_stdin() -> None:
 def _put_from_stdin() -> None:
     import boto3
 
+    clients: dict[str, Any] = {}  # one per region: making a client takes ~0.1 s
     for item in json.load(sys.stdin):
-        client: Any = boto3.client(  # type: ignore[call-overload]
-            "ssm", region_name=item["region"], endpoint_url=ENDPOINT, **_lower(CREDENTIALS)
-        )
+        if item["region"] not in clients:
+            clients[item["region"]] = boto3.client(  # type: ignore[call-overload]
+                "ssm", region_name=item["region"], endpoint_url=ENDPOINT, **_lower(CREDENTIALS)
+            )
+        client = clients[item["region"]]
         client.put_parameter(
             Name=item["name"], Type=item["type"], Value=item["value"], Overwrite=True
         )
 
 
+@functools.cache
 def _ec2(region: str) -> Any:
     import boto3
 

@@ -3,7 +3,10 @@
 Each run plans, builds and tears down a fresh lab and measures: time from the start of
 `up` to the first a1->b1 echo reply; iperf3 TCP throughput a1->b1 through the tunnel;
 iperf3 between the two gateways' Elastic IPs over the same namespaces and the same
-1500-byte internet without the tunnel; and the teardown. Medians are reported.
+1500-byte internet without the tunnel; and the teardown. Then as many runs of a 4-site
+mesh (STACK's sites plus AWS sites up to four, `four_sites`): time from the start of `up`
+(planning included) to the first reply on every one of its 12 directed pairs, and the
+teardown. Medians are reported.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ from typing import Any
 
 from lab import LabError, netns
 from lab.build import SG_INGRESS, SG_TABLE, Progress
+from lab.checks import directions
 from lab.lifecycle import down, up
 from lab.preflight import preflight
 from lab.topology import Topology
-from plan.engine import Plan, plan_stack
+from plan.engine import Plan, plan_stack, read_stack_file, run_program
 
 IPERF_SECONDS = 3
 TUNNEL_PORT = 5201
@@ -140,6 +144,62 @@ def one_run(stack: str, progress: Progress) -> tuple[dict[str, float], str]:
     return result, implementation
 
 
+FOUR = 4
+# Sites added to the stack's own for the 4-site figure: AWS sites in other regions, with
+# the next free /16s of 10.0.0.0/8.
+EXTRA_SITES = (
+    ("gamma", "us-west-2", "wgC"),
+    ("delta", "ap-southeast-2", "wgD"),
+    ("epsilon", "sa-east-1", "wgE"),
+)
+FOUR_SITE_TUNNEL = "10.255.255.0/29"
+
+
+def four_sites(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` (a stack's project keys) as a 4-site mesh: its AWS sites, then AWS sites
+    from EXTRA_SITES (the first one's image), a tunnel prefix that holds four, no hub."""
+    import ipaddress
+
+    sites = [dict(site) for site in config["sites"] if "external" not in site][:FOUR]
+    used = [ipaddress.ip_network(site["cidr"]) for site in sites]
+    free = (
+        net
+        for net in ipaddress.ip_network("10.0.0.0/8").subnets(new_prefix=16)
+        if not any(net.overlaps(other) for other in used) and net.network_address.packed[1] < 250
+    )
+    names = {site["name"] for site in sites}
+    extra = (entry for entry in EXTRA_SITES if entry[0] not in names)
+    while len(sites) < FOUR:
+        name, region, interface = next(extra)
+        site = {"name": name, "region": region, "cidr": str(next(free)), "interface": interface}
+        if "image" in sites[0]:
+            site["image"] = sites[0]["image"]
+        sites.append(site)
+    tunnel = dict(config.get("tunnel", {}), cidr=FOUR_SITE_TUNNEL)
+    result = {key: value for key, value in config.items() if key != "topology"}
+    return {**result, "sites": sites, "tunnel": tunnel}
+
+
+def one_four_site_run(stack: str, config: dict[str, Any], progress: Progress) -> dict[str, float]:
+    started = time.monotonic()
+    plan = run_program(f"{stack}-four", config)
+    lab = up(plan, check_preconditions=False)
+    first = time.monotonic()
+    pairs = len(directions(lab.topology))
+    before_down = time.monotonic()
+    down()
+    ended = time.monotonic()
+    if lab.first_reply is None:
+        raise LabError("4 sites: a pair had no reply; run the lab tests to see why")
+    result = {
+        "pairs": float(pairs),
+        "first_reply_every_pair_s": first - started,
+        "teardown_s": ended - before_down,
+    }
+    progress("4-site run: " + ", ".join(f"{key} {value:.2f}" for key, value in result.items()))
+    return result
+
+
 def _machine(implementation: str) -> dict[str, str]:
     go = netns.run(["wireguard-go", "--version"], check=False).stdout.splitlines()
     return {
@@ -162,6 +222,12 @@ def run_bench(plan: Plan, runs: int, output: str, progress: Progress) -> dict[st
         results.append(result)
     keys = list(results[0])
     medians = {key: statistics.median(r[key] for r in results) for key in keys}
+    config = four_sites(read_stack_file(plan.stack))
+    four = []
+    for number in range(runs):
+        progress(f"4-site run {number + 1} of {runs}")
+        four.append(one_four_site_run(plan.stack, config, progress))
+    four_medians = {key: statistics.median(r[key] for r in four) for key in four[0]}
     machine = _machine(implementation)
     document = {
         "stack": plan.stack,
@@ -169,6 +235,11 @@ def run_bench(plan: Plan, runs: int, output: str, progress: Progress) -> dict[st
         "median": medians,
         "machine": machine,
         "iperf_seconds": IPERF_SECONDS,
+        "four_sites": {
+            "sites": [site["name"] for site in config["sites"]],
+            "runs": four,
+            "median": four_medians,
+        },
     }
     rows = [
         ("plan the stack", f"{medians['plan_s']:.2f} s"),
@@ -177,6 +248,11 @@ def run_bench(plan: Plan, runs: int, output: str, progress: Progress) -> dict[st
         ("iperf3 gateway->gateway, no tunnel", f"{medians['plain_mbit_s']:.0f} Mbit/s"),
         ("tunnel / plain", f"{medians['ratio']:.2f}"),
         ("teardown", f"{medians['teardown_s']:.2f} s"),
+        (
+            f"4 sites: start of up -> first reply on all {four_medians['pairs']:.0f} pairs",
+            f"{four_medians['first_reply_every_pair_s']:.2f} s",
+        ),
+        ("4 sites: teardown", f"{four_medians['teardown_s']:.2f} s"),
     ]
     print(f"lab bench, stack {plan.stack}, median of {runs} runs")
     print(

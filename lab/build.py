@@ -21,7 +21,8 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from core.render import parse_user_data, written_files
@@ -32,12 +33,15 @@ from lab.topology import (
     INTERNET_MTU,
     LINK_HOST,
     LINK_IGW,
+    LINK_LAN,
     LINK_PRIVATE,
     LINK_PUBLIC,
     LINK_STRANGER,
+    LINK_UPLINK,
     PROBE_INTERFACE,
     STRANGER,
     STRANGER_ROUTER,
+    Office,
     RouteTable,
     SecurityGroupRule,
     Site,
@@ -71,38 +75,89 @@ def wg_env(state: State) -> dict[str, str]:
     return {}
 
 
-def build(topology: Topology, state: State, progress: Progress = _quiet) -> list[str]:
-    """Builds everything, recording each piece in `state` first; returns notes to show."""
+def build(
+    topology: Topology,
+    state: State,
+    progress: Progress = _quiet,
+    office_keys: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Builds everything, recording each piece in `state` first; returns notes to show.
+    `office_keys`: each office's private key (lab.office.with_lab_keys)."""
     notes: list[str] = []
     progress("namespaces and links")
+    # moto's server takes a second or two to start: it starts first, on the internet, and
+    # gets the parameters and interfaces beside the rest of the build.
     _namespaces(topology, state)
-    _links(topology)
-    _addresses_and_routes(topology)
-    _aws_stand_in(topology, state)
-    progress("VPC routers, internet gateways, security groups, the internet")
+    moto = _aws_stand_in(topology, state)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        stand_in = pool.submit(_aws_contents, topology, moto)
+        _links(topology)
+        _addresses_and_routes(topology)
+        progress("VPC routers, internet gateways, security groups, the internet")
+        notes += _network(topology)
+        stand_in.result()
+    state.implementation = _wireguard_implementation(topology.internet_namespace)
+    state.save()
+    names = ", ".join(site.name for site in topology.sites)
+    progress(f"booting the gateways ({names}) from their user data ({state.implementation})")
+    notes += boot_gateways(topology.sites, state)
+    if topology.offices:
+        names = ", ".join(office.name for office in topology.offices)
+        progress(f"installing the offices ({names}) from their bundles (install.sh)")
+        notes += install_offices(topology, state, office_keys or {})
+    return notes
+
+
+def _network(topology: Topology) -> list[str]:
+    notes: list[str] = []
     for site in topology.sites:
         _vpc_router_rules(site)
-        gateway = site.gateway
-        _security_group(gateway.namespace, gateway.ingress, gateway.egress, probe=True)
-        for host in site.hosts:
-            if host.ingress is not None and host.egress is not None:
-                _security_group(host.namespace, host.ingress, host.egress, probe=False)
+        security_groups(site)
         notes += [f"{site.name}: {note}" for note in site.notes]
+    for office in topology.offices:
+        _nat_router(office)
     _internet_carries_packets(topology)
     netns.iptables_restore(
         topology.internet_namespace,
         f"*filter\n-A FORWARD -m length --length {INTERNET_MTU + 1}:65535 -j DROP\nCOMMIT\n",
     )
-    state.implementation = _wireguard_implementation(topology.internet_namespace)
-    state.save()
-    for site in topology.sites:
-        progress(f"booting the {site.name} gateway from its user data ({state.implementation})")
-        notes += _boot_gateway(site, state)
     return notes
 
 
-def _aws_stand_in(topology: Topology, state: State) -> None:
-    """SSM and CloudWatch (moto) on the internet, with what `pulumi up` puts in SSM."""
+def install_offices(topology: Topology, state: State, office_keys: Mapping[str, str]) -> list[str]:
+    """Each office's gateway, configured only by its bundle's install.sh, side by side."""
+    from lab import office as offices
+
+    missing = [office.name for office in topology.offices if office.name not in office_keys]
+    if missing:
+        raise LabError(
+            f"site {missing[0]} is an office: the lab plays it with a key of its own"
+            " (plan the config from lab.office.with_lab_keys)"
+        )
+    for office in topology.offices:
+        state.add("etc_dirs", str(etc_dir(office.gateway.namespace)))
+        state.add("interfaces", office.facts.interface)
+
+    def one(office: Office) -> str:
+        line = offices.install(topology, office, state, office_keys[office.name])
+        return f"{office.name}: {line}"
+
+    with ThreadPoolExecutor(max_workers=len(topology.offices)) as pool:
+        return list(pool.map(one, topology.offices))
+
+
+def boot_gateways(sites: tuple[Site, ...], state: State) -> list[str]:
+    """Boots the gateways side by side, as EC2 boots instances; notes in site order."""
+    for site in sites:
+        state.add("etc_dirs", str(etc_dir(site.gateway.namespace)))
+        state.add("interfaces", site.facts.interface)
+    with ThreadPoolExecutor(max_workers=max(1, len(sites))) as pool:
+        booted = list(pool.map(lambda site: _boot_gateway(site, state), sites))
+    return [note for notes in booted for note in notes]
+
+
+def _aws_stand_in(topology: Topology, state: State) -> subprocess.Popen[bytes]:
+    """SSM and CloudWatch (moto) on the internet, started (not yet answering)."""
     state.add("namespaces", aws.NAMESPACE)
     netns.add_namespace(aws.NAMESPACE)
     inet = topology.internet_namespace
@@ -119,10 +174,18 @@ def _aws_stand_in(topology: Topology, state: State) -> None:
             f"route add default via {aws.ROUTER.ip} dev {LINK_HOST}",
         ],
     )
-    aws.start()
-    put_parameters(topology)
-    # The gateways' interfaces (their source/dest check) and instance metadata.
-    aws.serve_gateways(topology.sites)
+    return aws.launch()
+
+
+def _aws_contents(topology: Topology, moto: subprocess.Popen[bytes]) -> None:
+    """What `pulumi up` puts in SSM, the gateways' interfaces (their source/dest check) and
+    instance metadata, once moto answers."""
+    aws.wait_for(moto)
+    # Two clients of moto at once (each a Python with boto3 to start).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        parameters = pool.submit(put_parameters, topology)
+        aws.serve_gateways(topology.sites)
+        parameters.result()
 
 
 def put_parameters(topology: Topology) -> None:
@@ -138,32 +201,71 @@ def put_parameters(topology: Topology) -> None:
 
 def _namespaces(topology: Topology, state: State) -> None:
     forwarding = {topology.internet_namespace} | {s.vpc_namespace for s in topology.sites}
-    gateways = {s.gateway.namespace for s in topology.sites}
-    for namespace in topology.namespaces:
+    forwarding |= {o.nat.namespace for o in topology.offices if o.nat is not None}
+    gateways = set(topology.gateway_namespaces)
+    names = topology.namespaces
+    for namespace in names:
         state.add("namespaces", namespace)
-        netns.add_namespace(namespace)
-        if namespace in gateways:
-            # A fresh Ubuntu instance: no forwarding until its user data turns it on.
-            settings = {"net.ipv4.ip_forward": "0", "net.ipv4.conf.all.rp_filter": "2"}
-            settings["net.ipv4.conf.default.rp_filter"] = "2"
-        else:
-            # AWS's router filters nothing by reverse path; the rest do not route.
-            on = "1" if namespace in forwarding else "0"
-            settings = {"net.ipv4.ip_forward": on, "net.ipv4.conf.all.rp_filter": "0"}
-            settings["net.ipv4.conf.default.rp_filter"] = "0"
-        # New namespaces inherit the host's defaults; pin ours before links exist.
-        netns.sysctl(namespace, settings)
+
+    def one(namespace: str) -> None:
+        _namespace(
+            namespace, state, gateway=namespace in gateways, forwarding=namespace in forwarding
+        )
+
+    # The first alone (`ip netns add` makes /run/netns a mount point once), then the rest
+    # side by side: three short commands each.
+    one(names[0])
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(one, names[1:]))
+
+
+def _site_namespaces(site: Site, state: State) -> None:
+    _namespace(site.vpc_namespace, state, gateway=False, forwarding=True)
+    _namespace(site.gateway.namespace, state, gateway=True, forwarding=False)
+    for host in site.hosts:
+        _namespace(host.namespace, state, gateway=False, forwarding=False)
+
+
+def _namespace(namespace: str, state: State, *, gateway: bool, forwarding: bool) -> None:
+    state.add("namespaces", namespace)
+    netns.add_namespace(namespace)
+    if gateway:
+        netns.give_own_wireguard_run(namespace)
+        # A fresh Ubuntu instance: no forwarding until its user data turns it on.
+        settings = {"net.ipv4.ip_forward": "0", "net.ipv4.conf.all.rp_filter": "2"}
+        settings["net.ipv4.conf.default.rp_filter"] = "2"
+    else:
+        # AWS's router filters nothing by reverse path; the rest do not route.
+        on = "1" if forwarding else "0"
+        settings = {"net.ipv4.ip_forward": on, "net.ipv4.conf.all.rp_filter": "0"}
+        settings["net.ipv4.conf.default.rp_filter"] = "0"
+    # New namespaces inherit the host's defaults; pin ours before links exist.
+    netns.sysctl(namespace, settings)
 
 
 def _links(topology: Topology) -> None:
     inet = topology.internet_namespace
     for site in topology.sites:
-        netns.veth(inet, site.edge_link, site.vpc_namespace, LINK_IGW, EC2_MTU)
-        netns.veth(site.vpc_namespace, LINK_PUBLIC, site.gateway.namespace, LINK_HOST, EC2_MTU)
-        # One workload host per site: a veth is the subnet (a bridge would be the next step).
-        for host in site.hosts:
-            netns.veth(site.vpc_namespace, LINK_PRIVATE, host.namespace, LINK_HOST, EC2_MTU)
+        _site_links(inet, site)
+    for office in topology.offices:
+        # An office line carries 1500 bytes; its LAN is plain Ethernet.
+        gateway = office.gateway.namespace
+        if office.nat is None:
+            netns.veth(inet, office.edge_link, gateway, LINK_UPLINK, INTERNET_MTU)
+        else:
+            netns.veth(inet, office.edge_link, office.nat.namespace, LINK_UPLINK, INTERNET_MTU)
+            netns.veth(office.nat.namespace, LINK_LAN, gateway, LINK_UPLINK, INTERNET_MTU)
+        for host in office.hosts:
+            netns.veth(gateway, LINK_LAN, host.namespace, LINK_HOST, INTERNET_MTU)
     netns.veth(inet, LINK_STRANGER, topology.stranger_namespace, LINK_HOST, EC2_MTU)
+
+
+def _site_links(inet: str, site: Site) -> None:
+    netns.veth(inet, site.edge_link, site.vpc_namespace, LINK_IGW, EC2_MTU)
+    netns.veth(site.vpc_namespace, LINK_PUBLIC, site.gateway.namespace, LINK_HOST, EC2_MTU)
+    # One workload host per site: a veth is the subnet (a bridge would be the next step).
+    for host in site.hosts:
+        netns.veth(site.vpc_namespace, LINK_PRIVATE, host.namespace, LINK_HOST, EC2_MTU)
 
 
 def _table_routes(site: Site, table: RouteTable) -> list[str]:
@@ -199,58 +301,9 @@ def _addresses_and_routes(topology: Topology) -> None:
         f"link set {LINK_STRANGER} up",
     ]
     for site in topology.sites:
-        layout = site.facts.layout
-        lines = [
-            f"address add {site.public_router} dev {LINK_PUBLIC}",
-            f"address add {site.private_router} dev {LINK_PRIVATE}",
-            f"address add {site.edge} dev {LINK_IGW}",
-            f"link set {LINK_PUBLIC} up",
-            f"link set {LINK_PRIVATE} up",
-            f"link set {LINK_IGW} up",
-            # What arrives through the internet gateway only reaches the VPC itself.
-            f"route add {layout.public_subnet} dev {LINK_PUBLIC} table {EDGE_TABLE}",
-            f"route add {layout.private_subnet} dev {LINK_PRIVATE} table {EDGE_TABLE}",
-        ]
-        tables = {site.public_table.table: site.public_table}
-        tables[site.private_table.table] = site.private_table
-        for table in tables.values():
-            lines += _table_routes(site, table)
-        # The subnet a packet comes from picks its route table; nothing falls through to
-        # the namespace's main table, so a missing route means no path, as in AWS.
-        for pref, link, number in (
-            (100, LINK_PUBLIC, site.public_table.table),
-            (110, LINK_PRIVATE, site.private_table.table),
-            (120, LINK_IGW, EDGE_TABLE),
-        ):
-            lines += [
-                f"rule add pref {pref} iif {link} lookup {number}",
-                f"rule add pref {pref + 1} iif {link} blackhole",
-            ]
-        netns.ip_batch(site.vpc_namespace, lines)
-
-        gateway = site.gateway
-        netns.ip_batch(
-            gateway.namespace,
-            [
-                f"address add {gateway.private_address} dev {LINK_HOST}",
-                f"link set {LINK_HOST} up",
-                f"route add default via {site.public_router.ip} dev {LINK_HOST}",
-            ],
-        )
-        for host in site.hosts:
-            netns.ip_batch(
-                host.namespace,
-                [
-                    f"address add {host.address} dev {LINK_HOST}",
-                    f"link set {LINK_HOST} up",
-                    f"route add default via {host.router} dev {LINK_HOST}",
-                ],
-            )
-        inet_lines += [
-            f"address add {site.edge_peer} dev {site.edge_link}",
-            f"link set {site.edge_link} up",
-            f"route add {gateway.elastic_ip}/32 via {site.edge.ip} dev {site.edge_link}",
-        ]
+        inet_lines += _site_addresses(site)
+    for office in topology.offices:
+        inet_lines += _office_addresses(office)
     netns.ip_batch(inet, inet_lines)
     netns.ip_batch(
         topology.stranger_namespace,
@@ -260,6 +313,166 @@ def _addresses_and_routes(topology: Topology) -> None:
             f"route add default via {STRANGER_ROUTER.ip} dev {LINK_HOST}",
         ],
     )
+
+
+def _site_addresses(site: Site) -> list[str]:
+    """A site's VPC router, gateway and hosts; returns the internet's lines for it."""
+    layout = site.facts.layout
+    lines = [
+        f"address add {site.public_router} dev {LINK_PUBLIC}",
+        f"address add {site.private_router} dev {LINK_PRIVATE}",
+        f"address add {site.edge} dev {LINK_IGW}",
+        f"link set {LINK_PUBLIC} up",
+        f"link set {LINK_PRIVATE} up",
+        f"link set {LINK_IGW} up",
+        # What arrives through the internet gateway only reaches the VPC itself.
+        f"route add {layout.public_subnet} dev {LINK_PUBLIC} table {EDGE_TABLE}",
+        f"route add {layout.private_subnet} dev {LINK_PRIVATE} table {EDGE_TABLE}",
+    ]
+    tables = {site.public_table.table: site.public_table}
+    tables[site.private_table.table] = site.private_table
+    for table in tables.values():
+        lines += _table_routes(site, table)
+    # The subnet a packet comes from picks its route table; nothing falls through to
+    # the namespace's main table, so a missing route means no path, as in AWS.
+    for pref, link, number in (
+        (100, LINK_PUBLIC, site.public_table.table),
+        (110, LINK_PRIVATE, site.private_table.table),
+        (120, LINK_IGW, EDGE_TABLE),
+    ):
+        lines += [
+            f"rule add pref {pref} iif {link} lookup {number}",
+            f"rule add pref {pref + 1} iif {link} blackhole",
+        ]
+    netns.ip_batch(site.vpc_namespace, lines)
+
+    gateway = site.gateway
+    netns.ip_batch(
+        gateway.namespace,
+        [
+            f"address add {gateway.private_address} dev {LINK_HOST}",
+            f"link set {LINK_HOST} up",
+            f"route add default via {site.public_router.ip} dev {LINK_HOST}",
+        ],
+    )
+    for host in site.hosts:
+        netns.ip_batch(
+            host.namespace,
+            [
+                f"address add {host.address} dev {LINK_HOST}",
+                f"link set {LINK_HOST} up",
+                f"route add default via {host.router} dev {LINK_HOST}",
+            ],
+        )
+    return [
+        f"address add {site.edge_peer} dev {site.edge_link}",
+        f"link set {site.edge_link} up",
+        f"route add {gateway.elastic_ip}/32 via {site.edge.ip} dev {site.edge_link}",
+    ]
+
+
+def add_site(topology: Topology, site: Site, state: State) -> None:
+    """Day 2: a new site's VPC, gateway (not yet booted) and hosts next to a running lab."""
+    inet = topology.internet_namespace
+    _site_namespaces(site, state)
+    _site_links(inet, site)
+    netns.ip_batch(inet, _site_addresses(site))
+    _vpc_router_rules(site)
+    security_groups(site)
+    offloads_off(site.vpc_namespace, [LINK_IGW])
+    offloads_off(inet, [site.edge_link])
+
+
+def update_routes(site: Site) -> None:
+    """Day 2: the site's route tables as the plan now declares them. Routes are replaced
+    (an unchanged one stays as it is) and added, never removed first."""
+    lines = []
+    for table in dict.fromkeys((site.public_table, site.private_table)):
+        for route in table.routes:
+            if route.kind == "gateway":
+                lines.append(
+                    f"route replace {route.destination} via {route.via} dev {LINK_PUBLIC}"
+                    f" table {table.table}"
+                )
+    netns.ip_batch(site.vpc_namespace, lines)
+
+
+def _office_addresses(office: Office) -> list[str]:
+    """Addresses and routes of an office's gateway, NAT router and hosts; returns the
+    internet's side (its lines for the internet namespace)."""
+    gateway = office.gateway
+    # The uplink's only address is the office's own (its publicIp /32, or behind NAT the
+    # inside of its router), so whatever leaves it comes from that address.
+    netns.ip_batch(
+        gateway.namespace,
+        [
+            f"address add {gateway.uplink} dev {LINK_UPLINK}",
+            f"address add {gateway.private_address} dev {LINK_LAN}",
+            f"link set {LINK_UPLINK} up",
+            f"link set {LINK_LAN} up",
+            f"route add default via {gateway.uplink_router} dev {LINK_UPLINK} onlink",
+        ],
+    )
+    for host in office.hosts:
+        netns.ip_batch(
+            host.namespace,
+            [
+                f"address add {host.address} dev {LINK_HOST}",
+                f"link set {LINK_HOST} up",
+                f"route add default via {host.router} dev {LINK_HOST}",
+            ],
+        )
+    external = office.facts.site.external
+    assert external is not None
+    lines = [f"address add {office.edge_peer} dev {office.edge_link}"]
+    lines.append(f"link set {office.edge_link} up")
+    if office.nat is None:
+        lines.append(f"route add {gateway.uplink.ip}/32 dev {office.edge_link}")
+        return lines
+    nat = office.nat
+    netns.ip_batch(
+        nat.namespace,
+        [
+            f"address add {nat.outside}/32 dev {LINK_UPLINK}",
+            f"address add {nat.inside} dev {LINK_LAN}",
+            f"link set {LINK_UPLINK} up",
+            f"link set {LINK_LAN} up",
+            f"route add default via {office.edge_peer.ip} dev {LINK_UPLINK} onlink",
+            # The office's LAN sits behind its gateway; the router only needs the uplink.
+        ],
+    )
+    # Its one address in the sourceCidr (the rest of the pool is other customers').
+    lines.append(f"route add {nat.outside}/32 dev {office.edge_link}")
+    return lines
+
+
+def _nat_router(office: Office) -> None:
+    """A masquerading router on a NATed office's uplink: every packet from the office
+    leaves with the router's address (and a port it picks); only replies come back in."""
+    if office.nat is None:
+        return
+    netns.iptables_restore(
+        office.nat.namespace,
+        "*nat\n"
+        f"-A POSTROUTING -o {LINK_UPLINK} -j MASQUERADE\n"
+        "COMMIT\n"
+        "*filter\n"
+        ":FORWARD DROP [0:0]\n"
+        f"-A FORWARD -i {LINK_LAN} -o {LINK_UPLINK} -j ACCEPT\n"
+        f"-A FORWARD -i {LINK_UPLINK} -o {LINK_LAN} -m conntrack --ctstate ESTABLISHED,RELATED"
+        " -j ACCEPT\n"
+        "COMMIT\n",
+    )
+
+
+def security_groups(site: Site) -> None:
+    """The gateway's and the hosts' groups as the plan declares them (again: replaced whole,
+    in one transaction, as a rule change on AWS takes effect)."""
+    gateway = site.gateway
+    _security_group(gateway.namespace, gateway.ingress, gateway.egress, probe=True)
+    for host in site.hosts:
+        if host.ingress is not None and host.egress is not None:
+            _security_group(host.namespace, host.ingress, host.egress, probe=False)
 
 
 def _vpc_router_rules(site: Site) -> None:
@@ -368,7 +581,11 @@ def _security_group(
             f'    iifname "{LINK_HOST}" ip saddr {STRANGER.ip} counter\n'
             "  }\n"
         )
+    # Declared, emptied and filled in one transaction: applied again (day 2), the group
+    # changes at once, and the connections it tracks (conntrack's) stay established.
     ruleset = (
+        f"table inet {SG_TABLE}\n"
+        f"delete table inet {SG_TABLE}\n"
         f"table inet {SG_TABLE} {{\n"
         f"{_rule_chain(SG_INGRESS, ingress, 'not admitted')}"
         f"{_rule_chain(SG_EGRESS, egress, 'not allowed out')}"
@@ -395,15 +612,23 @@ def _internet_carries_packets(topology: Topology) -> None:
     """Segmentation offloads off on every link into and inside the internet, so that the
     1500-byte limit judges packets as a wire carries them, not 64 KB TSO batches."""
     sides = [(site.vpc_namespace, [LINK_IGW]) for site in topology.sites]
+    for office in topology.offices:
+        outermost = office.nat.namespace if office.nat else office.gateway.namespace
+        sides.append((outermost, [LINK_UPLINK]))
     sides.append((topology.stranger_namespace, [LINK_HOST]))
-    inet_links = [site.edge_link for site in topology.sites] + [LINK_STRANGER]
+    inet_links = [site.edge_link for site in topology.sites]
+    inet_links += [office.edge_link for office in topology.offices] + [LINK_STRANGER]
     sides.append((topology.internet_namespace, inet_links))
     for namespace, links in sides:
-        netns.ns_run(
-            namespace,
-            [sys.executable, "-m", "lab.agent", "offloads-off", *links],
-            env={"PYTHONPATH": str(REPO)},
-        )
+        offloads_off(namespace, links)
+
+
+def offloads_off(namespace: str, links: list[str]) -> None:
+    netns.ns_run(
+        namespace,
+        [sys.executable, "-m", "lab.agent", "offloads-off", *links],
+        env={"PYTHONPATH": str(REPO)},
+    )
 
 
 def _wireguard_implementation(namespace: str) -> str:
@@ -473,18 +698,35 @@ def gateway_run(
     extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """A command on the gateway, as the instance runs it: its own /usr/local/sbin, /etc,
-    network and AWS credentials. `ip netns exec` gives each call a private mount
-    namespace, so the bind mount ends with the command."""
+    network and AWS credentials."""
+    return host_run(
+        site.gateway.namespace, state, argv, timeout=timeout, check=check, extra_env=extra_env
+    )
+
+
+def host_run(
+    namespace: str,
+    state: State,
+    argv: list[str],
+    *,
+    timeout: float = WG_QUICK_TIMEOUT,
+    check: bool = True,
+    extra_env: dict[str, str] | None = None,
+    aws_env: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """A command on a gateway host (an AWS instance, or with `aws_env` False an office's
+    router): its own /usr/local/sbin, /etc and network. `ip netns exec` gives each call a
+    private mount namespace, so the bind mount ends with the command."""
     env = {
-        **aws.gateway_env(),
+        **(aws.gateway_env() if aws_env else {}),
         **wg_env(state),
         "PATH": f"{_shims()}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
         **(extra_env or {}),
     }
     script = 'mount --bind "$0" ' + SBIN + ' && exec "$@"'
     return netns.ns_run(
-        site.gateway.namespace,
-        ["bash", "-c", script, str(sbin_dir(site.gateway.namespace)), *argv],
+        namespace,
+        ["bash", "-c", script, str(sbin_dir(namespace)), *argv],
         env=env,
         timeout=timeout,
         check=check,
@@ -502,8 +744,6 @@ def _boot_gateway(site: Site, state: State) -> list[str]:
     """What cloud-init and systemd do with the user data, inside the gateway namespace."""
     gateway, ns = site.gateway, site.gateway.namespace
     etc = etc_dir(ns)
-    state.add("etc_dirs", str(etc))
-    state.add("interfaces", site.facts.interface)
     # As the wireguard-tools package leaves it: only root may look inside.
     (etc / "wireguard").mkdir(mode=0o700, parents=True, exist_ok=True)
     (etc / "sysctl.d").mkdir(mode=0o755, parents=True, exist_ok=True)

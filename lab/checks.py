@@ -19,8 +19,9 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from ipaddress import IPv4Interface
 from typing import Any, Protocol
@@ -311,9 +312,41 @@ class Direction:
         return f"{self.source.name}->{self.target.name}"
 
 
+def reaches(source: SiteLike, target: SiteLike) -> bool:
+    """Whether the topology lets `source`'s hosts reach `target`'s: one of its gateway's
+    peers carries the target's CIDR (the target itself, or in a hub the hub)."""
+    return any(target.facts.site.cidr in peer.reached_cidrs for peer in source.facts.peers)
+
+
 def directions(topology: Topology) -> list[Direction]:
-    a, b = topology.sites
-    return [Direction(a, a.hosts[0], b, b.hosts[0]), Direction(b, b.hosts[0], a, a.hosts[0])]
+    """Host to host for every ordered pair of sites the topology allows, in site order
+    (a1->b1, a1->c1, b1->a1, ...)."""
+    members = topology.members
+    return [
+        Direction(s, s.hosts[0], t, t.hosts[0])
+        for s in members
+        for t in members
+        if s is not t and reaches(s, t)
+    ]
+
+
+def isolated(topology: Topology) -> list[Direction]:
+    """The ordered pairs the topology does not allow: no path must carry them."""
+    members = topology.members
+    return [
+        Direction(s, s.hosts[0], t, t.hosts[0])
+        for s in members
+        for t in members
+        if s is not t and not reaches(s, t)
+    ]
+
+
+def trace_directions(topology: Topology) -> list[Direction]:
+    """One trace per pair of sites, from the later site to the earlier (b1->a1 for two)."""
+    members = {member.name: index for index, member in enumerate(topology.members)}
+    return [
+        d for d in directions(topology) if members[d.source_site.name] > members[d.target_site.name]
+    ]
 
 
 def check_ping(direction: Direction, runner: Runner = LAB) -> Check:
@@ -321,7 +354,14 @@ def check_ping(direction: Direction, runner: Runner = LAB) -> Check:
     return Check(f"ping {direction.label}", result.loss == 0, result.figure())
 
 
-def check_handshake(site: Site) -> Check:
+def check_isolated(direction: Direction, runner: Runner = LAB) -> Check:
+    """A pair the topology does not join: not one ping may get through."""
+    result = ping(direction.source.namespace, str(direction.target.address.ip), count=3)
+    return Check(f"isolated {direction.label}", result.received == 0, result.figure())
+
+
+def check_handshake(site: SiteLike) -> Check:
+    """Every peer of the gateway has a recent handshake."""
     name = f"handshake {site.name} ({site.interface})"
     result = netns.ns_run(
         site.gateway.namespace, ["wg", "show", site.interface, "latest-handshakes"], check=False
@@ -331,23 +371,44 @@ def check_handshake(site: Site) -> Check:
     stamps = [int(line.split()[1]) for line in result.stdout.splitlines() if line.strip()]
     if not stamps or max(stamps) == 0:
         return Check(name, False, "no handshake yet")
-    age = max(0, int(time.time()) - max(stamps))
-    return Check(name, age <= HANDSHAKE_MAX_AGE, f"latest handshake {age} s ago")
+    now = int(time.time())
+    if len(site.facts.peers) == 1 and len(stamps) == 1:
+        age = max(0, now - stamps[0])
+        return Check(name, age <= HANDSHAKE_MAX_AGE, f"latest handshake {age} s ago")
+    ages = [max(0, now - stamp) if stamp else None for stamp in stamps]
+    fresh = [age for age in ages if age is not None and age <= HANDSHAKE_MAX_AGE]
+    expected = len(site.facts.peers)
+    shown = ", ".join("none" if age is None else f"{age} s" for age in ages)
+    return Check(
+        name,
+        len(stamps) == expected and len(fresh) == expected,
+        f"{len(fresh)} of {expected} peers with a recent handshake (ages {shown})",
+    )
 
 
 def expected_hops(direction: Direction) -> list[str]:
-    """The guide's trace: own gateway, the other gateway's tunnel address, the host."""
-    return [
-        str(direction.source_site.gateway.private_address.ip),
-        str(direction.target_site.facts.tunnel_address.ip),
-        str(direction.target.address.ip),
+    """The guide's trace: own gateway, (in a hub, from a spoke to a spoke: the hub's
+    tunnel address,) the other gateway's tunnel address, the host."""
+    hops = [str(direction.source_site.gateway.private_address.ip)]
+    target = direction.target_site
+    through = [
+        peer
+        for peer in direction.source_site.facts.peers
+        if target.facts.site.cidr in peer.reached_cidrs
     ]
+    if through and through[0].name != target.name:
+        hops.append(str(through[0].tunnel_address))
+    return [*hops, str(target.facts.tunnel_address.ip), str(direction.target.address.ip)]
 
 
 # mtr's report where mtr is installed (the lab); elsewhere (a canary with no internet to
-# install it from) the same report lines from pings with a rising TTL.
+# install it from) the same report lines from pings with a rising TTL. Its probes span
+# more than a second: Linux sends "time exceeded" to a destination at most once a second
+# (net.ipv4.icmp_ratelimit), from a bucket that starts empty for a destination it has not
+# answered yet, so three probes 0.2 s apart can all go unanswered at a hop (seen at a
+# hub right after the lab came up).
 _TRACE = r"""
-if command -v mtr >/dev/null 2>&1; then exec mtr -n -r -c 3 -i 0.2 -Z 1 "$1"; fi
+if command -v mtr >/dev/null 2>&1; then exec mtr -n -r -c 3 -i 0.6 -Z 1 "$1"; fi
 ttl=1
 while [ "$ttl" -le 8 ]; do
   out=$(ping -n -c 1 -W 1 -t "$ttl" "$1" 2>&1)
@@ -381,6 +442,8 @@ def check_trace(direction: Direction, runner: Runner = LAB, mtr: bool = True) ->
     figure = f"hops {' '.join(hops) or 'none'}"
     if hops != expected:
         figure += f" (expected {' '.join(expected)})"
+    elif len(expected) == 4:
+        figure += " (gateway, hub's tunnel address, far spoke's tunnel address, host)"
     else:
         figure += " (gateway, peer's tunnel address, host; VPC routers keep TTL as AWS's do)"
     return Check(f"mtr {direction.label}", hops == expected, figure)
@@ -598,14 +661,25 @@ def check_stranger(topology: Topology, state: State, wait: float = 8.0) -> Check
         else:
             netns.ns_run(ns, ["wireguard-go", PROBE_INTERFACE])
         argv = ["wg", "set", PROBE_INTERFACE, "private-key", str(key_file)]
-        for site in topology.sites:
+        targets: list[tuple[str, str, str]] = [
+            (public_key(s.gateway.private_key), f"{s.gateway.elastic_ip}", str(s.facts.site.cidr))
+            for s in topology.sites
+        ]
+        # An office on a fixed address is on the internet too (behind NAT it is not
+        # reachable from outside at all).
+        targets += [
+            (o.facts.site.external.public_key, str(o.public_address), str(o.facts.site.cidr))
+            for o in topology.offices
+            if o.facts.site.external is not None and o.nat is None
+        ]
+        for key, address, cidr in targets:
             argv += [
                 "peer",
-                public_key(site.gateway.private_key),
+                key,
                 "endpoint",
-                f"{site.gateway.elastic_ip}:{site.facts.listen_port}",
+                f"{address}:{topology.sites[0].facts.listen_port}",
                 "allowed-ips",
-                str(site.facts.site.cidr),
+                cidr,
                 # Sends at once, which starts a handshake; retried every 5 s.
                 "persistent-keepalive",
                 "1",
@@ -634,21 +708,29 @@ def check_stranger(topology: Topology, state: State, wait: float = 8.0) -> Check
             f"{site.name} {site.gateway.elastic_ip}:{site.facts.listen_port}"
             f" {got} arrived/{passed} past the security group"
         )
-    unreachable = 0
-    targets = []
-    for site in topology.sites:
-        targets += [str(h.address.ip) for h in site.hosts]
-        targets += [str(site.gateway.private_address.ip), str(site.facts.tunnel_address.ip)]
-    for target in targets:
-        if ping(ns, target, count=1, wait=0.5).received == 0:
-            unreachable += 1
-    ok = ok and unreachable == len(targets)
+    addresses = []
+    for member in topology.members:
+        addresses += [str(h.address.ip) for h in member.hosts]
+        addresses += [str(member.gateway.private_address.ip), str(member.facts.tunnel_address.ip)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answered = list(pool.map(lambda a: ping(ns, a, count=1, wait=0.5).received, addresses))
+    unreachable = answered.count(0)
+    ok = ok and unreachable == len(addresses)
     figure = (
         f"{STRANGER.ip}: {'; '.join(parts)};"
         f" {'no handshake' if not shaken else 'HANDSHAKE COMPLETED'};"
-        f" {unreachable}/{len(targets)} site addresses unreachable"
+        f" {unreachable}/{len(addresses)} site addresses unreachable"
     )
     return Check("stranger", ok, figure)
+
+
+# Checks of different pairs run side by side (each is a few packets, mostly waiting).
+PARALLEL = 6
+
+
+def _each(function: Callable[[Direction], Check], items: Sequence[Direction]) -> list[Check]:
+    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        return list(pool.map(function, items))
 
 
 def run_all(topology: Topology, state: State, transfer_timeout: float = 60.0) -> list[Check]:
@@ -657,17 +739,20 @@ def run_all(topology: Topology, state: State, transfer_timeout: float = 60.0) ->
     checks: list[Check] = []
     pairs = directions(topology)
     control = control_port(topology)
-    checks += [check_ping(d) for d in pairs]
-    checks += [check_handshake(site) for site in topology.sites]
-    checks += [check_trace(pairs[1])]
-    checks += [check_mtu(d) for d in pairs]
+    checks += _each(check_ping, pairs)
+    checks += _each(check_isolated, isolated(topology))
+    checks += [check_handshake(member) for member in topology.members]
+    # One at a time: a gateway sends at most ~1 "time exceeded" a second to a destination
+    # after a burst of 6 (net.ipv4.icmp_ratelimit), and traces through a hub share it.
+    checks += [check_trace(d) for d in trace_directions(topology)]
+    checks += _each(check_mtu, pairs)
     ports = sorted({control, DATA_PORT} | _tcp_rule_ports(topology))
     udp_ports = sorted(_udp_rule_ports(topology))
-    with (
-        services(pairs[0].target.namespace, ports, udp_ports),
-        services(pairs[1].target.namespace, ports, udp_ports),
-    ):
-        checks += [check_no_nat(d, control) for d in pairs]
+    targets = list(dict.fromkeys(d.target.namespace for d in pairs))
+    with ExitStack() as stack:
+        for target in targets:
+            stack.enter_context(services(target, ports, udp_ports))
+        checks += _each(lambda d: check_no_nat(d, control), pairs)
         for direction in pairs:
             checks += check_firewall(direction, control)
         checks.append(check_transfer(pairs[0], timeout=transfer_timeout))
@@ -676,10 +761,10 @@ def run_all(topology: Topology, state: State, transfer_timeout: float = 60.0) ->
 
 
 def _tcp_rule_ports(topology: Topology) -> set[int]:
-    specs = [_rule_port(r) for s in topology.sites for r in s.facts.rules]
+    specs = [_rule_port(r) for s in topology.members for r in s.facts.rules]
     return {spec[1] for spec in specs if spec and spec[0] == "tcp"}
 
 
 def _udp_rule_ports(topology: Topology) -> set[int]:
-    specs = [_rule_port(r) for s in topology.sites for r in s.facts.rules]
+    specs = [_rule_port(r) for s in topology.members for r in s.facts.rules]
     return {spec[1] for spec in specs if spec and spec[0] == "udp"}

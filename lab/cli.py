@@ -9,20 +9,36 @@ from lab import LabError
 from lab.checks import run_all
 from lab.lifecycle import down as lab_down
 from lab.lifecycle import up as lab_up
+from lab.office import with_lab_keys
 from lab.preflight import require_root
 from lab.report import explore, layout, summary
 from lab.state import load
 from lab.topology import derive
-from plan.engine import Plan, PlanError, plan_stack
+from plan.engine import (
+    Plan,
+    PlanError,
+    plan_stack,
+    run_program,
+)
 
 
 def _say(message: str) -> None:
     print(f"... {message}", flush=True)
 
 
-def plan(stack: str) -> Plan:
+def plan(stack: str, office_keys: dict[str, str] | None = None) -> Plan:
+    """The stack's plan. With `office_keys` (filled in here), each office's publicKey is
+    replaced by one the lab makes, so that the lab can play the office
+    (lab.office.with_lab_keys)."""
     try:
-        return plan_stack(stack)
+        planned = plan_stack(stack)
+        offices = [s for s in planned.config.get("sites") or [] if "external" in s]
+        if office_keys is None or not offices:
+            return planned
+        # Planned again with the lab's keys in place of the offices' own.
+        config, keys = with_lab_keys(planned.config)
+        office_keys.update(keys)
+        return run_program(stack, config)
     except PlanError as error:
         lines = str(error).splitlines()
         if len(lines) == 2 and lines[0].endswith(":"):
@@ -34,13 +50,15 @@ def plan(stack: str) -> Plan:
 def up(stack: str) -> int:
     require_root()
     started = time.monotonic()
-    the_plan = plan(stack)
-    lab = lab_up(the_plan, _say)
+    office_keys: dict[str, str] = {}
+    the_plan = plan(stack, office_keys)
+    lab = lab_up(the_plan, _say, office_keys=office_keys)
     for line in layout(lab.topology, lab.state.implementation) + lab.notes:
         print(line)
     if lab.first_reply is None:
-        print("first a1->b1 reply: none within the wait")
+        print("first reply on every pair: none within the wait")
     else:
+        # The last of the pairs' first replies (a1->b1 and b1->a1 for two sites).
         print(f"first reply through the tunnel {time.monotonic() - started:.1f} s after start")
     checks = run_all(lab.topology, lab.state)
     for check in checks:

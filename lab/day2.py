@@ -17,8 +17,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from core.facts import APPLY_PATH, CHECK_PATH
-from lab import netns
-from lab.build import gateway_run, put_parameters
+from lab import LabError, aws, netns
+from lab.build import (
+    add_site,
+    boot_gateways,
+    gateway_run,
+    put_parameters,
+    security_groups,
+    update_routes,
+)
 from lab.lifecycle import Lab
 from lab.topology import Site, Topology, derive
 from plan.engine import Plan
@@ -50,9 +57,45 @@ def push(lab: Lab, plan: Plan) -> tuple[Topology, list[Applied]]:
     """What `pulumi up` does with a changed plan: parameters, then both applies at once."""
     topology = derive(plan)
     put_parameters(topology)
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, len(lab.topology.sites))) as pool:
         results = list(pool.map(lambda site: apply(lab, site), lab.topology.sites))
     return topology, results
+
+
+def add_sites(lab: Lab, plan: Plan) -> tuple[list[Applied], list[str]]:
+    """What `pulumi up` does with a plan that adds AWS sites to the running stack: the new
+    sites' networks, groups and gateways are created, every existing route table gains
+    routes to them and every existing gateway's group admits them, the parameters are
+    written, and then the existing gateways' applies run while the new gateways boot.
+    Returns the applies and the new gateways' boot notes; `lab.topology` becomes the new
+    plan's."""
+    topology = derive(plan)
+    before = {member.name: member for member in lab.topology.members}
+    added = [site for site in topology.sites if site.name not in before]
+    if not added or any(office.name not in before for office in topology.offices):
+        raise LabError("day 2 in the lab adds AWS sites only, and this plan adds none")
+    if [m.name for m in topology.members[: len(before)]] != list(before):
+        raise LabError("day 2 in the lab adds sites after the existing ones only")
+    for site in topology.sites:
+        old = before.get(site.name)
+        if old is not None and (
+            not isinstance(old, type(site)) or old.gateway.elastic_ip != site.gateway.elastic_ip
+        ):
+            raise LabError(f"site {site.name} changed its address: not an added site")
+    existing = [site for site in topology.sites if site.name in before]
+    for site in added:
+        add_site(topology, site, lab.state)
+    for site in existing:
+        update_routes(site)
+        security_groups(site)
+    aws.add_gateways(topology.sites, added)
+    put_parameters(topology)
+    with ThreadPoolExecutor(max_workers=len(existing) + 1) as pool:
+        booting = pool.submit(boot_gateways, tuple(added), lab.state)
+        results = list(pool.map(lambda site: apply(lab, site), existing))
+        notes = booting.result()
+    lab.topology = topology
+    return results, notes
 
 
 def check(lab: Lab, site: Site) -> subprocess.CompletedProcess[str]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from lab import NETNS_ETC, WIREGUARD_RUN, LabError
 from lab.build import Progress, build
-from lab.checks import wait_for_reply
+from lab.checks import directions, wait_for_reply
 from lab.preflight import preflight
 from lab.state import State, record_created_host_dirs
 from lab.teardown import teardown
@@ -21,7 +23,9 @@ class Lab:
     topology: Topology
     state: State
     notes: list[str]
-    first_reply: float | None  # seconds from the end of the build to the first a1->b1 reply
+    # Seconds from the end of the build until every pair of sites the topology joins had
+    # its first reply (a1->b1 for two sites), None if one had none within the wait.
+    first_reply: float | None
 
 
 def _quiet(_: str) -> None:
@@ -34,8 +38,10 @@ def up(
     *,
     check_preconditions: bool = True,
     wait: float = FIRST_REPLY_TIMEOUT,
+    office_keys: Mapping[str, str] | None = None,
 ) -> Lab:
-    """Builds the lab for a plan and waits up to `wait` s for the tunnel to carry a ping."""
+    """Builds the lab for a plan and waits up to `wait` s for the tunnel to carry a ping
+    on every pair. `office_keys`: the offices' private keys (lab.office.with_lab_keys)."""
     if check_preconditions:
         preflight()
     topology = derive(plan)
@@ -47,10 +53,9 @@ def up(
     record_created_host_dirs([str(d) for d in (NETNS_ETC, WIREGUARD_RUN) if not d.exists()])
     state.save()
     try:
-        notes = build(topology, state, progress)
-        a, b = topology.sites
-        progress("waiting for the first reply through the tunnel")
-        first = wait_for_reply(a.hosts[0].namespace, str(b.hosts[0].address.ip), wait)
+        notes = build(topology, state, progress, office_keys)
+        progress("waiting for the first reply through the tunnel on every pair")
+        first = first_replies(topology, wait)
     except BaseException as error:
         # Also on Ctrl-C: a half-built lab must not outlive the command that built it.
         teardown()
@@ -58,6 +63,22 @@ def up(
             raise LabError(f"lab build failed and was removed again: {error}") from None
         raise
     return Lab(topology, state, notes, first)
+
+
+def first_replies(topology: Topology, wait: float) -> float | None:
+    """Seconds until every pair the topology joins has answered a ping (all pairs at once),
+    None if one did not within `wait`."""
+    pairs = directions(topology)
+    with ThreadPoolExecutor(max_workers=len(pairs)) as pool:
+        replies = list(
+            pool.map(
+                lambda d: wait_for_reply(d.source.namespace, str(d.target.address.ip), wait),
+                pairs,
+            )
+        )
+    if any(reply is None for reply in replies):
+        return None
+    return max(reply for reply in replies if reply is not None)
 
 
 def down() -> list[str]:

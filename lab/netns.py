@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
-from lab import PREFIX, LabError
+from lab import PREFIX, STATE_DIR, WIREGUARD_RUN, LabError
 
 DEFAULT_TIMEOUT = 20.0
 # Only what the tools need: a caller's LOG_LEVEL would make wireguard-go keep our
@@ -71,7 +72,31 @@ def _own(namespace: str) -> str:
     return namespace
 
 
+def wireguard_run_dir(namespace: str) -> Path:
+    """A gateway's own /var/run/wireguard (see in_ns)."""
+    return STATE_DIR / _own(namespace) / "wireguard"
+
+
+def give_own_wireguard_run(namespace: str) -> Path:
+    """From now on every command the lab runs in `namespace` sees its own
+    /var/run/wireguard. wireguard-go and wg(8) find an interface by its socket there
+    (/var/run/wireguard/<iface>.sock), and that directory is not per network namespace:
+    two gateways with the same interface name (wg0 at every site) would share one socket
+    path, the second wireguard-go taking the first one's name."""
+    WIREGUARD_RUN.mkdir(mode=0o755, parents=True, exist_ok=True)
+    directory = wireguard_run_dir(namespace)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return directory
+
+
 def in_ns(namespace: str, argv: Sequence[str]) -> list[str]:
+    """`ip netns exec`: the command runs in a mount namespace of its own (ip unshares
+    one, and /etc/netns/<ns>/ is bind-mounted over /etc there), so a gateway's private
+    /var/run/wireguard is bind-mounted for that command alone, and is gone with it."""
+    own = wireguard_run_dir(namespace)
+    if own.is_dir():
+        script = f'mount --bind "$0" {WIREGUARD_RUN} && exec "$@"'
+        return ["ip", "netns", "exec", namespace, "sh", "-c", script, str(own), *argv]
     return ["ip", "netns", "exec", _own(namespace), *argv]
 
 

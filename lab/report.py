@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lab import LINK_NOTE
+from lab import LINK_NOTE, WIREGUARD_RUN
+from lab.netns import wireguard_run_dir
 from lab.topology import Topology
 
 
@@ -47,23 +48,48 @@ def layout(topology: Topology, implementation: str) -> list[str]:
             if host.ingress is not None and host.egress is not None:
                 rules = "; ".join(rule.describe() for rule in host.ingress + host.egress)
                 lines.append(f"    {host.name} security group: {rules or 'no rules'}")
+    for office in topology.offices:
+        office_gw, facts = office.gateway, office.facts
+        uplink = (
+            f"behind NAT: {office_gw.uplink.ip} masqueraded to {office.nat.outside} by"
+            f" {office.nat.namespace}"
+            if office.nat is not None
+            else f"on the internet at {office_gw.uplink.ip}"
+        )
+        lines.append(
+            f"  {office.name} (outside AWS): LAN {facts.site.cidr}; gateway"
+            f" {office_gw.private_address.ip} ({facts.interface} {facts.tunnel_address}, {uplink},"
+            f" configured by its bundle's install.sh) in {office_gw.namespace}"
+        )
+        for host in office.hosts:
+            lines.append(f"    host {host.name} {host.address} in {host.namespace}")
     lines.append(f"  {LINK_NOTE}")
     return lines
 
 
 def explore(topology: Topology) -> list[str]:
-    a, b = topology.sites
+    a, b = topology.members[:2]
     a1, b1 = a.hosts[0], b.hosts[0]
-    return [
+    gateway = a.gateway.namespace
+    # Each gateway has its own /var/run/wireguard (wireguard-go's sockets), bind-mounted
+    # for each command the lab runs there; a shell of yours does the same.
+    own = wireguard_run_dir(gateway)
+    lines = [
         "the lab stays up; explore it with, for example:",
         f"  ip netns exec {a1.namespace} ping {b1.address.ip}",
         f"  ip netns exec {b1.namespace} mtr -n {a1.address.ip}",
-        # By name: /var/run/wireguard is shared, so a bare `wg show` lists both gateways.
-        f"  ip netns exec {a.gateway.namespace} wg show {a.interface}",
-        f"  ip netns exec {a.gateway.namespace} iptables-save",
-        f"  ip netns exec {a.gateway.namespace} nft list table inet aws_security_group",
-        f"  ip -n {a.vpc_namespace} rule",
-        f"  ip -n {a.vpc_namespace} route show table all",
+        f"  ip netns exec {gateway} sh -c 'mount --bind {own} {WIREGUARD_RUN} && wg show'",
+        f"  ip netns exec {gateway} iptables-save",
+    ]
+    if topology.sites:
+        site = topology.sites[0]
+        lines += [
+            f"  ip netns exec {site.gateway.namespace} nft list table inet aws_security_group",
+            f"  ip -n {site.vpc_namespace} rule",
+            f"  ip -n {site.vpc_namespace} route show table all",
+        ]
+    return [
+        *lines,
         f"  ip netns exec {topology.internet_namespace} iptables -L FORWARD -v -n",
         f"  .venv/bin/python -m lab check {topology.stack}    # run the checks again",
         "remove it with `make lab-down`",

@@ -31,14 +31,21 @@ DOCUMENTATION = tuple(
     IPv4Network(net) for net in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
 )
 EDGE_LINKS = IPv4Network("192.0.2.0/24")  # /30 per site between its IGW and the internet
-STRANGER = IPv4Interface("198.51.100.66/24")  # on the internet, not a peer
+# On the internet, not a peer; high in its range, clear of the example offices' NAT pools
+# (derive refuses a stack that admits it).
+STRANGER = IPv4Interface("198.51.100.200/24")
 STRANGER_ROUTER = IPv4Interface("198.51.100.1/24")
+# A NATed office's uplink, between its gateway and its masquerading router: private
+# (RFC 6598 shared address space, as a carrier's NAT would hand out), one /30 per office.
+NAT_INSIDE = IPv4Network("100.64.0.0/16")
 # Names of links inside the lab's namespaces (IFNAMSIZ leaves 15 characters).
 LINK_PUBLIC = f"{PREFIX}pub"
 LINK_PRIVATE = f"{PREFIX}prv"
 LINK_IGW = f"{PREFIX}igw"
 LINK_HOST = f"{PREFIX}eth0"
 LINK_STRANGER = f"{PREFIX}x"
+LINK_UPLINK = f"{PREFIX}up"  # an office gateway's (or its NAT router's) internet uplink
+LINK_LAN = f"{PREFIX}lan"  # an office gateway's (or NAT router's) inside link
 PROBE_INTERFACE = f"{PREFIX}probe"
 
 TYPE_VPC = "aws:ec2/vpc:Vpc"
@@ -171,11 +178,64 @@ class Site:
 
 
 @dataclass(frozen=True)
+class NatRouter:
+    """A NATed office's router on its uplink: it masquerades what the office gateway sends
+    to the internet behind `outside` (an address in the office's sourceCidr). It sits
+    outside the tunnel path: it only ever sees the outer, encrypted packets."""
+
+    namespace: str
+    outside: IPv4Address  # on its internet uplink, inside the office's sourceCidr
+    inside: IPv4Interface  # towards the office gateway
+
+
+@dataclass(frozen=True)
+class OfficeGateway:
+    """An office's gateway host (Ubuntu, as in the guide), configured only by its bundle."""
+
+    namespace: str
+    private_address: IPv4Interface  # on the office LAN: its hosts' router
+    # Its uplink: the office's publicIp (/32, on the internet link), or behind NAT its
+    # address on the link to the NAT router.
+    uplink: IPv4Interface
+    uplink_router: IPv4Address
+
+
+@dataclass(frozen=True)
+class Office:
+    """A site outside AWS: a LAN with hosts behind a gateway host, on the internet
+    directly (publicIp) or behind a masquerading router (sourceCidr)."""
+
+    index: int
+    letter: str
+    facts: GatewayFacts = field(repr=False)
+    gateway: OfficeGateway
+    nat: NatRouter | None
+    edge_peer: IPv4Interface  # the internet's side of its uplink
+    edge_link: str  # its uplink's name inside the internet namespace
+    hosts: tuple[Host, ...]
+
+    @property
+    def name(self) -> str:
+        return self.facts.name
+
+    @property
+    def interface(self) -> str:
+        return self.facts.interface
+
+    @property
+    def public_address(self) -> IPv4Address:
+        """Where its packets come from on the internet."""
+        return self.nat.outside if self.nat is not None else self.gateway.uplink.ip
+
+
+@dataclass(frozen=True)
 class Topology:
     stack: str
-    sites: tuple[Site, Site]
+    sites: tuple[Site, ...]  # the AWS sites, in site order
     internet_namespace: str
     stranger_namespace: str
+    offices: tuple[Office, ...] = ()  # the sites outside AWS, in site order
+    hub: str | None = None
 
     @property
     def namespaces(self) -> list[str]:
@@ -183,7 +243,26 @@ class Topology:
         for site in self.sites:
             names += [site.vpc_namespace, site.gateway.namespace]
             names += [host.namespace for host in site.hosts]
+        for office in self.offices:
+            names.append(office.gateway.namespace)
+            if office.nat is not None:
+                names.append(office.nat.namespace)
+            names += [host.namespace for host in office.hosts]
         return names
+
+    @property
+    def members(self) -> tuple[Site | Office, ...]:
+        """Every site, AWS or not, in the stack's site order."""
+        return tuple(sorted((*self.sites, *self.offices), key=lambda member: member.index))
+
+    def member(self, name: str) -> Site | Office:
+        return next(member for member in self.members if member.name == name)
+
+    @property
+    def gateway_namespaces(self) -> list[str]:
+        """Every namespace that runs a WireGuard gateway (each gets its own
+        /var/run/wireguard: lab.netns)."""
+        return [member.gateway.namespace for member in self.members]
 
 
 def resource_id(resource: PlannedResource) -> str:
@@ -391,10 +470,21 @@ def _vpc_router(net: IPv4Network) -> IPv4Interface:
 
 def derive(plan: Plan) -> Topology:
     """The lab's topology for a plan; LabError if the plan lacks something the lab needs."""
-    both = gateway_facts(load_stack_config(plan.config), plan.stack)
-    for facts in both:
+    config = load_stack_config(plan.config)
+    every = gateway_facts(config, plan.stack)
+    if len(every) > len(LETTERS):
+        raise LabError(f"the lab builds at most {len(LETTERS)} sites, not {len(every)}")
+    for facts in every:
         if not facts.site.cidr.is_private:
             raise LabError(f"site {facts.name}: {facts.site.cidr} is not a private range")
+        external = facts.site.external
+        if external is not None and STRANGER.ip in external.admitted:
+            raise LabError(
+                f"site {facts.name}: the lab's stranger {STRANGER.ip} is inside"
+                f" {external.admitted}, which the security groups admit"
+            )
+    both = [facts for facts in every if facts.is_aws]
+    indexes = {facts.name: index for index, facts in enumerate(every)}
     instances = {f.name: _instance_for(plan, f) for f in both}
     gateways_by_eni: dict[str, tuple[str, IPv4Address]] = {}
     for facts in both:
@@ -404,10 +494,10 @@ def derive(plan: Plan) -> Topology:
     workload_groups = _workload_groups(plan)
 
     sites = []
-    letters = "abcdefgh"
     edges = list(EDGE_LINKS.subnets(new_prefix=30))
-    for index, facts in enumerate(both):
-        letter = letters[index]
+    for facts in both:
+        index = indexes[facts.name]
+        letter = LETTERS[index]
         interface, vpc_id, public_id, private_id = instances[facts.name]
         instance = _gateway_instance(plan, facts, resource_id(interface))
         (pub_id, pub_name), (prv_id, prv_name), notes = _route_tables(
@@ -486,11 +576,77 @@ def derive(plan: Plan) -> Topology:
                 notes=tuple(notes),
             )
         )
+    offices = [
+        _office(facts, indexes[facts.name], edges[indexes[facts.name]])
+        for facts in every
+        if not facts.is_aws
+    ]
     return Topology(
         stack=plan.stack,
-        sites=(sites[0], sites[1]),
+        sites=tuple(sites),
         internet_namespace=f"{PREFIX}inet",
         stranger_namespace=f"{PREFIX}stranger",
+        offices=tuple(offices),
+        hub=config.topology.hub,
+    )
+
+
+# One letter per site in site order (hosts a1, b1, ...); the internet links take one
+# /30 each out of 192.0.2.0/25 (the AWS stand-in sits at 192.0.2.128/30).
+LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEF"
+
+
+def _office(facts: GatewayFacts, index: int, edge: IPv4Network) -> Office:
+    """An office: its LAN is the site's cidr, the gateway at its first host, one host at
+    the fourth (as AWS sites' first workload addresses); its uplink as configured."""
+    external = facts.site.external
+    assert external is not None
+    letter = LETTERS[index]
+    lan = facts.site.cidr
+    router = IPv4Interface(f"{lan.network_address + 1}/{lan.prefixlen}")
+    edge_peer = IPv4Interface(f"{next(edge.hosts())}/{edge.prefixlen}")
+    nat = None
+    if external.public_ip is not None:
+        address = _documentation_address(external.public_ip, f"site {facts.name}'s publicIp")
+        uplink = IPv4Interface(f"{address}/32")
+        uplink_router = edge_peer.ip
+    else:
+        assert external.source_cidr is not None
+        hosts = [
+            h for h in external.source_cidr.hosts() if h not in (STRANGER.ip, STRANGER_ROUTER.ip)
+        ] or list(external.source_cidr)
+        outside = _documentation_address(hosts[-1], f"site {facts.name}'s sourceCidr")
+        inside = list(NAT_INSIDE.subnets(new_prefix=30))[index]
+        router_side, gateway_side = list(inside.hosts())
+        nat = NatRouter(
+            namespace=f"{PREFIX}{facts.name}-nat",
+            outside=outside,
+            inside=IPv4Interface(f"{router_side}/30"),
+        )
+        uplink = IPv4Interface(f"{gateway_side}/30")
+        uplink_router = router_side
+    host = Host(
+        name=f"{letter}1",
+        namespace=f"{PREFIX}{letter}1",
+        address=IPv4Interface(f"{lan.network_address + 4}/{lan.prefixlen}"),
+        router=router.ip,
+        ingress=None,
+        egress=None,
+    )
+    return Office(
+        index=index,
+        letter=letter,
+        facts=facts,
+        gateway=OfficeGateway(
+            namespace=f"{PREFIX}{facts.name}-gw",
+            private_address=router,
+            uplink=uplink,
+            uplink_router=uplink_router,
+        ),
+        nat=nat,
+        edge_peer=edge_peer,
+        edge_link=f"{PREFIX}{letter}",
+        hosts=(host,),
     )
 
 

@@ -312,4 +312,9 @@ def test_make_lab_bench_one_run(no_lab: None, env: dict[str, str], tmp_path: Pat
     (run,) = document["runs"]
     assert run["tunnel_mbit_s"] > 0 and run["plain_mbit_s"] > 0, run
     assert run["first_reply_s"] > 0 and run["teardown_s"] > 0, run
+    # And as many runs of a 4-site mesh: the first reply on each of its 12 directed pairs.
+    assert document["four_sites"]["sites"] == ["alpha", "beta", "gamma", "delta"]
+    (four,) = document["four_sites"]["runs"]
+    assert four["pairs"] == 12 and four["first_reply_every_pair_s"] > 0, four
+    assert "4 sites: start of up -> first reply on all 12 pairs" in result.stdout
     assert not leftovers()

@@ -63,12 +63,18 @@ def no_routes_to_gateways(plan: Plan) -> None:
 
 
 def tunnel_open_to_all(site: str) -> Callable[[Plan], None]:
+    """Every tunnel rule of the site's group (one per peer, `<site>-tunnel-from-<peer>`)
+    opened to the whole internet."""
+
     def change(plan: Plan) -> None:
-        # The tunnel port's rule from the site's first peer (components: one per peer).
-        first = next(
-            r for r in plan.by_type(TYPE_INGRESS) if r.name.startswith(f"{site}-tunnel-from-")
-        )
-        _set(first, "cidrIpv4", "0.0.0.0/0")
+        rules = [
+            rule
+            for rule in plan.by_type(TYPE_INGRESS)
+            if rule.name.startswith(f"{site}-tunnel-from-")
+        ]
+        assert rules, f"no tunnel rule for site {site}"
+        for rule in rules:
+            _set(rule, "cidrIpv4", "0.0.0.0/0")
 
     return change
 

@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
 from lab.build import leftovers
 from lab.checks import DATA_PORT, control_port, services, wait_for_reply
 from lab.lifecycle import Lab, down, up
-from plan.engine import Plan
+from plan.engine import Plan, read_stack_file, run_program
+
+# The issue's example stacks (helper aws's): a three-site mesh, two AWS sites and an office
+# with a static address, a hub with two spokes and a NATed office.
+EXAMPLES = Path(__file__).resolve().parent.parent / "stacks"
+
+
+@contextmanager
+def example_lab(stack: str) -> Iterator[Lab]:
+    """The lab of an example stack, its offices played by the lab with keys of its own;
+    planned once (the caller's fixture is per module) and removed afterwards."""
+    from lab.office import with_lab_keys
+
+    config, keys = with_lab_keys(read_stack_file(stack, EXAMPLES))
+    with built(run_program(stack, config), office_keys=keys) as lab:
+        yield lab
 
 
 def require_root() -> None:
@@ -59,12 +75,15 @@ def release_shared() -> None:
 
 
 @contextmanager
-def built(plan: Plan, wait: float = 30.0) -> Iterator[Lab]:
-    """A lab for `plan`, removed afterwards whatever happens; refuses to start on leftovers."""
+def built(
+    plan: Plan, wait: float = 30.0, office_keys: Mapping[str, str] | None = None
+) -> Iterator[Lab]:
+    """A lab for `plan`, removed afterwards whatever happens; refuses to start on leftovers.
+    `office_keys`: the offices' private keys (lab.office.with_lab_keys)."""
     release_shared()
     found = leftovers()
     assert not found, f"leftovers from an earlier lab: {found}"
-    lab = up(plan, wait=wait)
+    lab = up(plan, wait=wait, office_keys=office_keys)
     try:
         yield lab
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import json
 
@@ -90,3 +91,72 @@ def test_a_gateway_on_primary_network_interface_has_the_check_on(dev_plan):
     alpha, beta = derive(mutated(dev_plan, attached_as_primary("alpha"))).sites
     assert alpha.gateway.source_dest_check is True
     assert beta.gateway.source_dest_check is False
+
+
+# The example stacks (tests/stacks), planned once for this module with the lab's
+# own office keys.
+@pytest.fixture(scope="module")
+def hub_nat():
+    from lab.office import with_lab_keys
+    from plan.engine import read_stack_file, run_program
+    from tests.lab.support import EXAMPLES
+
+    config, keys = with_lab_keys(read_stack_file("hub-nat", EXAMPLES))
+    return run_program("hub-nat", config), keys, config
+
+
+def test_offices_and_every_pair_of_a_hub(hub_nat):
+    from lab.checks import directions, expected_hops, trace_directions
+
+    plan, keys, _ = hub_nat
+    topology = derive(plan)
+    assert [m.name for m in topology.members] == ["core", "spoke-a", "spoke-b", "office"]
+    (office,) = topology.offices
+    assert [s.name for s in topology.sites] == ["core", "spoke-a", "spoke-b"]
+    # The lab's key for the office is the one the plan has: it plays the office.
+    from core.keys import public_key
+
+    external = office.facts.site.external
+    assert external is not None and external.source_cidr is not None
+    assert public_key(keys["office"]) == external.public_key
+    # Behind NAT: its router's outside address is in the sourceCidr, never the stranger's.
+    assert office.nat is not None
+    assert office.nat.outside in external.source_cidr
+    assert office.public_address == office.nat.outside
+    # Every ordered pair is joined (through the hub), one trace per pair.
+    assert len(directions(topology)) == 12 and len(trace_directions(topology)) == 6
+    c1_to_b1 = next(d for d in directions(topology) if d.label == "c1->b1")
+    core, spoke_a, spoke_b = topology.sites
+    assert expected_hops(c1_to_b1) == [
+        str(spoke_b.gateway.private_address.ip),
+        str(core.facts.tunnel_address.ip),
+        str(spoke_a.facts.tunnel_address.ip),
+        str(spoke_a.hosts[0].address.ip),
+    ]
+    b1_to_a1 = next(d for d in directions(topology) if d.label == "b1->a1")
+    assert len(expected_hops(b1_to_a1)) == 3
+
+
+def test_a_stranger_inside_an_admitted_source_cidr_is_refused(hub_nat):
+    from lab import LabError
+    from lab.topology import STRANGER
+
+    plan, _, _ = hub_nat
+    broken = copy.deepcopy(plan)
+    office = next(s for s in broken.config["sites"] if s["name"] == "office")
+    office["external"]["sourceCidr"] = str(ipaddress.IPv4Network(f"{STRANGER.ip}/28", strict=False))
+    with pytest.raises(
+        LabError, match=r"site office: the lab's stranger 198\.51\.100\.200 is inside"
+    ):
+        derive(broken)
+
+
+def test_four_sites_for_the_bench(dev_plan):
+    from lab.bench import four_sites
+    from plan.engine import read_stack_file
+
+    config = four_sites(read_stack_file("dev"))
+    assert [s["name"] for s in config["sites"]] == ["alpha", "beta", "gamma", "delta"]
+    assert config["tunnel"]["cidr"] == "10.255.255.0/29"
+    cidrs = [ipaddress.IPv4Network(s["cidr"]) for s in config["sites"]]
+    assert not any(a.overlaps(b) for i, a in enumerate(cidrs) for b in cidrs[i + 1 :])
