@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import subprocess
 import threading
@@ -176,7 +177,9 @@ class Gateway:
         return list(result["MetricDataResults"][0]["Values"])
 
 
+@functools.cache
 def _ec2(endpoint: str) -> Any:
+    """One client per server: making a boto3 client (its service model) costs ~0.3 s."""
     import boto3
 
     return boto3.Session(
