@@ -620,32 +620,52 @@ def continuous_ping_start_argv(destination: str, log: str, interval: float = 0.1
     return ["sh", "-c", script, "ping10", destination, log, str(interval)]
 
 
-def continuous_ping_stop_argv(log: str) -> list[str]:
+def continuous_ping_stop_argv(log: str, settle_seconds: int = 8) -> list[str]:
     """Stops it and prints a digest (Run Command returns at most 24,000 characters of
-    output, less than minutes of ping lines): answered count, last answered, summary."""
+    output, less than minutes of ping lines): whether replies flowed again, answered
+    count, last answered, and ping's summary.
+
+    Before stopping it keeps pinging until 10 replies in a row, all newer than the stop
+    request, have come (or `settle_seconds`): a change that leaves the tunnel without a
+    session (a key rotation, a restart) is then counted whole, not cut off. WireGuard
+    retries a lost handshake after REKEY_TIMEOUT, 5 s (the WireGuard paper, section 6.4).
+    """
     script = (
-        'sleep 1; kill -INT "$(cat "$1.pid")"; sleep 0.5;'
-        " sed -n 's/.*icmp_seq=\\([0-9]*\\) ttl=.*/\\1/p' \"$1\" |"
-        ' awk \'{n++; if ($1 > m) m = $1} END {print "answered", n + 0, "last", m + 0}\';'
-        ' tail -n 3 "$1"; rm -f "$1" "$1.pid"'
+        "seqs() { sed -n 's/.*icmp_seq=\\([0-9]*\\) ttl=.*/\\1/p' \"$@\"; };"
+        ' start=$(seqs "$1" | tail -n 1); start=${start:-0}; flowing=no; waited=0;'
+        ' while [ "$waited" -lt "$(( $2 * 5 ))" ]; do'
+        '   tail -n 10 "$1" > "$1.tail";'
+        '   first=$(seqs "$1.tail" | head -n 1);'
+        '   if [ "$(seqs "$1.tail" | wc -l)" -eq 10 ] && [ "${first:-0}" -gt "$start" ];'
+        "   then flowing=yes; break; fi;"
+        "   sleep 0.2; waited=$((waited + 1));"
+        " done;"
+        ' kill -INT "$(cat "$1.pid")"; sleep 0.5; echo "flowing $flowing";'
+        ' seqs "$1" | awk \'{n++; if ($1 > m) m = $1}'
+        ' END {print "answered", n + 0, "last", m + 0}\';'
+        ' tail -n 3 "$1"; rm -f "$1" "$1.pid" "$1.tail"'
     )
-    return ["sh", "-c", script, "ping10", log]
+    return ["sh", "-c", script, "ping10", log, str(settle_seconds)]
 
 
 def ping_loss(output: str) -> tuple[int, int]:
     """(sent, lost) of a continuous ping. A ping counts as lost when a later one was
     answered and it was not: the last ones, still in flight when ping is stopped, are not
-    losses (lab/day2.py's ContinuousPing counts the same way). Reads ping's own lines, or
-    the stop command's digest of them (`answered N last M`)."""
+    losses (lab/day2.py's ContinuousPing counts the same way); if replies never flowed
+    again, every ping since the last reply is lost. Reads ping's own lines, or the stop
+    command's digest of them (`flowing yes|no`, `answered N last M`)."""
     digest = re.search(r"^answered (\d+) last (\d+)$", output, flags=re.MULTILINE)
+    transmitted = re.search(r"(\d+) packets transmitted", output)
     if digest and int(digest[1]):
-        return int(digest[2]), int(digest[2]) - int(digest[1])
-    answered = {int(seq) for seq in re.findall(r"icmp_seq=(\d+) ttl=", output)}
-    if not answered:
-        sent = re.search(r"(\d+) packets transmitted", output)
-        return (int(sent[1]), int(sent[1])) if sent else (0, 0)
-    last = max(answered)
-    return last, last - len(answered)
+        answered, last = int(digest[1]), int(digest[2])
+        if re.search(r"^flowing no$", output, flags=re.MULTILINE) and transmitted:
+            return int(transmitted[1]), int(transmitted[1]) - answered
+        return last, last - answered
+    answered_seqs = {int(seq) for seq in re.findall(r"icmp_seq=(\d+) ttl=", output)}
+    if not answered_seqs:
+        return (int(transmitted[1]), int(transmitted[1])) if transmitted else (0, 0)
+    last_seq = max(answered_seqs)
+    return last_seq, last_seq - len(answered_seqs)
 
 
 def _probe_counters(site: Site) -> tuple[int, int]:

@@ -69,8 +69,8 @@ class Canned:
                     f"{argv[4]} via x dev ens5 src {own}\n    cache expires 598sec mtu 1420\n",
                     "",
                 )
-            if name == "ping10" and argv[2].startswith("sleep 1"):
-                return Output(0, "answered 412 last 413\n", "")
+            if name == "ping10" and "kill -INT" in argv[2]:
+                return Output(0, "flowing yes\nanswered 412 last 413\n", "")
             return OK  # install the agent, start/stop servers and pings
         if argv[0] == "cat":
             return Output(0, "ready\n", "")

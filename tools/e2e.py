@@ -78,11 +78,6 @@ DAY2_RULE = {
 # regions). A rotation: both applies run at once, and each side's switch costs until the
 # other has its new key (README, "Day 2"): up to 10 s.
 LOSS_ALLOWED = {"firewall rule added": 3, "key rotation": 100}
-# The 10/s ping runs on this long after `pulumi up` returns, so that a loss that outlasts
-# the apply is counted, not hidden: after a key rotation the gateways' first handshake
-# may go to a peer that does not know the new key yet, and WireGuard retries after
-# REKEY_TIMEOUT, 5 s (the WireGuard paper, section 6.4 "Timers").
-PING_AFTER_UP_SECONDS = 6.0
 BOOT_TIMEOUT = 900.0  # a first boot: cloud-init, the SSM agent registering
 TTL_HOURS = 2  # `make test-stack-sweep` destroys an interrupted run's stack after this
 COMMAND_POLL_SECONDS = 1.0
@@ -626,7 +621,6 @@ class Run:
         try:
             deadline.check(name)
             self.pulumi.run("up", "--yes", "--stack", self.stack)
-            (self.runner.sleep if self.runner is not None else time.sleep)(PING_AFTER_UP_SECONDS)
         finally:
             stopped = runner.run(source.namespace, checks.continuous_ping_stop_argv(log), 30)
         sent, lost = checks.ping_loss(stopped.stdout)
