@@ -10,13 +10,29 @@ from pathlib import Path
 import pytest
 
 from lab.build import leftovers
-from lab.checks import DATA_PORT, control_port, services, wait_for_reply
+from lab.checks import DATA_PORT, control_port, run_all, services, wait_for_reply
 from lab.lifecycle import Lab, down, up
+from lab.report import Check
+from lab.topology import Office
 from plan.engine import Plan, read_stack_file, run_program
 
 # The issue's example stacks (helper aws's): a three-site mesh, two AWS sites and an office
 # with a static address, a hub with two spokes and a NATed office.
 EXAMPLES = Path(__file__).resolve().parent.parent / "stacks"
+
+
+def checks_by_name(lab: Lab) -> dict[str, Check]:
+    """Every check of the lab (lab.checks.run_all), printed, by name."""
+    checks = run_all(lab.topology, lab.state)
+    for check in checks:
+        print(check.line())
+    return {check.name: check for check in checks}
+
+
+def the_office(lab: Lab) -> Office:
+    """The one office of an example stack."""
+    (office,) = lab.topology.offices
+    return office
 
 
 @contextmanager

@@ -13,25 +13,12 @@ import pytest
 
 from lab import netns
 from lab.build import in_etc
-from lab.checks import directions, run_all
+from lab.checks import directions
 from lab.lifecycle import Lab
 from lab.report import Check
-from lab.topology import Office
-from tests.lab.support import example_lab
+from tests.lab.support import checks_by_name, example_lab, the_office
 
 pytestmark = pytest.mark.lab
-
-
-def _report(lab: Lab) -> dict[str, Check]:
-    checks = run_all(lab.topology, lab.state)
-    for check in checks:
-        print(check.line())
-    return {check.name: check for check in checks}
-
-
-def _office(lab: Lab) -> Office:
-    (office,) = lab.topology.offices
-    return office
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +29,7 @@ def lab(root: None) -> Iterator[Lab]:
 
 @pytest.fixture(scope="module")
 def report(lab: Lab) -> dict[str, Check]:
-    return _report(lab)
+    return checks_by_name(lab)
 
 
 def test_every_pair_carries_traffic_through_the_hub(lab: Lab, report: dict[str, Check]) -> None:
@@ -55,7 +42,7 @@ def test_every_pair_carries_traffic_through_the_hub(lab: Lab, report: dict[str, 
 
 def test_spoke_to_spoke_traces_show_the_hub(lab: Lab, report: dict[str, Check]) -> None:
     core, spoke_a, spoke_b = lab.topology.sites
-    office = _office(lab)
+    office = the_office(lab)
     hub = str(core.facts.tunnel_address.ip)
     for source, target, label in (
         (spoke_b, spoke_a, "c1->b1"),
@@ -78,7 +65,7 @@ def test_spoke_to_spoke_traces_show_the_hub(lab: Lab, report: dict[str, Check]) 
 
 def test_the_nated_office_dials_out_through_its_router(lab: Lab) -> None:
     core = lab.topology.sites[0]
-    office = _office(lab)
+    office = the_office(lab)
     assert office.nat is not None
     external = office.facts.site.external
     assert external is not None and office.nat.outside in external.source_cidr  # type: ignore[operator]

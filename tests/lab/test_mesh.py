@@ -13,12 +13,12 @@ import pytest
 
 from core.keys import public_key
 from lab import netns
-from lab.checks import check_handshake, check_ping, directions, run_all
+from lab.checks import check_handshake, check_ping, directions
 from lab.day2 import ContinuousPing, add_sites
 from lab.lifecycle import Lab
 from lab.report import Check
 from plan.engine import read_stack_file, run_program
-from tests.lab.support import EXAMPLES, example_lab
+from tests.lab.support import EXAMPLES, checks_by_name, example_lab
 
 pytestmark = pytest.mark.lab
 
@@ -41,10 +41,7 @@ def lab(root: None) -> Iterator[Lab]:
 
 @pytest.fixture(scope="module")
 def report(lab: Lab) -> dict[str, Check]:
-    checks = run_all(lab.topology, lab.state)
-    for check in checks:
-        print(check.line())
-    return {check.name: check for check in checks}
+    return checks_by_name(lab)
 
 
 def test_every_pair_carries_traffic(lab: Lab, report: dict[str, Check]) -> None:

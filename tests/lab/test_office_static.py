@@ -13,26 +13,13 @@ from core.keys import public_key
 from core.render import BUNDLE_INSTALL
 from lab import netns
 from lab.build import in_etc
-from lab.checks import directions, run_all
+from lab.checks import directions
 from lab.lifecycle import Lab
 from lab.office import bundle_dir, install
 from lab.report import Check
-from lab.topology import Office
-from tests.lab.support import example_lab
+from tests.lab.support import checks_by_name, example_lab, the_office
 
 pytestmark = pytest.mark.lab
-
-
-def _report(lab: Lab) -> dict[str, Check]:
-    checks = run_all(lab.topology, lab.state)
-    for check in checks:
-        print(check.line())
-    return {check.name: check for check in checks}
-
-
-def _office(lab: Lab) -> Office:
-    (office,) = lab.topology.offices
-    return office
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +30,7 @@ def lab(root: None) -> Iterator[Lab]:
 
 @pytest.fixture(scope="module")
 def report(lab: Lab) -> dict[str, Check]:
-    return _report(lab)
+    return checks_by_name(lab)
 
 
 def test_every_pair_carries_traffic(lab: Lab, report: dict[str, Check]) -> None:
@@ -56,7 +43,7 @@ def test_every_pair_carries_traffic(lab: Lab, report: dict[str, Check]) -> None:
 
 
 def test_the_office_is_configured_only_by_its_install_sh(lab: Lab) -> None:
-    office = _office(lab)
+    office = the_office(lab)
     # install.sh's own summary: it made the office's files and brought wg0 up.
     (said,) = [note for note in lab.notes if note.startswith("office:")]
     assert re.search(r"changed: .*desired state.*; wg0 up, 2 peer\(s\) checked", said), said
@@ -72,7 +59,7 @@ def test_the_office_is_configured_only_by_its_install_sh(lab: Lab) -> None:
 
 
 def test_running_install_sh_again_changes_nothing(lab: Lab) -> None:
-    office = _office(lab)
+    office = the_office(lab)
     key = in_etc(office.gateway.namespace, office.facts.key_path).read_text().strip()
     assert public_key(key) == office.facts.site.external.public_key  # type: ignore[union-attr]
     said = install(lab.topology, office, lab.state, key)
