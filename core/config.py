@@ -321,6 +321,8 @@ AWS_ONLY_KEYS = (
     "subnetId",
     "routeTableIds",
     "canary",
+    "gateways",
+    "secondAvailabilityZone",
 )
 
 
@@ -366,6 +368,16 @@ class SiteConfig(_Model):
     # A workload host in the private subnet (t4g.nano, SSM-managed): the peer's probe pings
     # it through the tunnel, and `make e2e` runs its checks on it (components/canary.py).
     canary: bool = False
+    # Two gateways in two zones: one holds the site's Elastic IP and routes, the other
+    # takes them over in seconds when it fails, and an image roll hands over between them
+    # (README "High availability"). Only for a VPC this program makes (two public subnets).
+    gateways: Annotated[int, Field(ge=1, le=2)] = 1
+    # The second gateway's zone (gateways: 2). None: another zone offering the instance
+    # type, chosen on the first run and kept afterwards.
+    second_availability_zone: (
+        Annotated[str, _matches(AVAILABILITY_ZONE, "an availability zone such as us-east-1b")]
+        | None
+    ) = None
     external: ExternalSite | None = None
 
     @model_validator(mode="after")
@@ -417,6 +429,37 @@ class SiteConfig(_Model):
             raise FieldProblem(
                 "availabilityZone",
                 f"{_shown(self.availability_zone)} is not in region {self.region}",
+            )
+        return self._two_gateways_fit()
+
+    def _two_gateways_fit(self) -> SiteConfig:
+        second = self.second_availability_zone
+        if self.gateways == 1:
+            if second is not None:
+                raise FieldProblem(
+                    "secondAvailabilityZone", f"{_shown(second)} is set but gateways is 1"
+                )
+            return self
+        if self.vpc_id is not None:
+            raise FieldProblem(
+                "gateways",
+                "2 needs the two public subnets in two zones this program makes; a site "
+                "with vpcId has one (leave gateways at 1, or let the program make the VPC)",
+            )
+        if self.cidr.prefixlen > 22:
+            raise FieldProblem(
+                "gateways",
+                f"2 needs three subnets (two public, one private) and {self.cidr} holds two;"
+                " use a /22 or wider",
+            )
+        if second is not None and not second.startswith(self.region or "-"):
+            raise FieldProblem(
+                "secondAvailabilityZone", f"{_shown(second)} is not in region {self.region}"
+            )
+        if second is not None and second == self.availability_zone:
+            raise FieldProblem(
+                "secondAvailabilityZone",
+                f"{_shown(second)} is the first gateway's zone too; two gateways need two zones",
             )
         return self
 

@@ -175,6 +175,15 @@ class SiteLayout:
     router: ipaddress.IPv4Address  # AWS's VPC router: the subnet's base address + 1
     gateway_private_ip: ipaddress.IPv4Address  # first address AWS does not reserve
     canary_ip: ipaddress.IPv4Address  # the canary's fixed address in the private subnet
+    # The second gateway's public subnet (gateways: 2), after the private one, so that a
+    # site going from one gateway to two keeps its subnets; None if the cidr has no room.
+    second_public_subnet: ipaddress.IPv4Network | None = None
+
+    @property
+    def second_gateway_private_ip(self) -> ipaddress.IPv4Address | None:
+        if self.second_public_subnet is None:
+            return None
+        return first_host(self.second_public_subnet)
 
 
 def vpc_router(subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
@@ -206,6 +215,7 @@ def site_layout(cidr: ipaddress.IPv4Network) -> SiteLayout:
         router=vpc_router(public),
         gateway_private_ip=first_host(public),
         canary_ip=canary_address(private),
+        second_public_subnet=next(subnets, None),
     )
 
 
@@ -288,6 +298,38 @@ class GatewayFacts:
 
     def peer(self, name: str) -> PeerFacts:
         return next(peer for peer in self.peers if peer.name == name)
+
+    @property
+    def gateway_count(self) -> int:
+        """How many gateways carry this site's identity (sites[].gateways; 1 outside AWS)."""
+        return self.site.gateways if self.is_aws else 1
+
+    @property
+    def highly_available(self) -> bool:
+        return self.gateway_count == 2
+
+    @property
+    def gateway_private_ips(self) -> tuple[ipaddress.IPv4Address, ...]:
+        """Each gateway's fixed private address, first gateway first."""
+        second = self.layout.second_gateway_private_ip
+        if self.highly_available and second is not None:
+            return (self.layout.gateway_private_ip, second)
+        return (self.layout.gateway_private_ip,)
+
+    @property
+    def routed_destinations(self) -> tuple[ipaddress.IPv4Network, ...]:
+        """What the site's route tables send to its (active) gateway: every other site's
+        CIDR, and with two gateways the tunnel cidr too, so that the standby's probes of
+        the peers' tunnel addresses take the forwarding path through the active."""
+        if self.highly_available:
+            return (*self.remote_cidrs, self.tunnel_address.network)
+        return self.remote_cidrs
+
+    @property
+    def failover_path(self) -> str:
+        """The failover agent's facts (allocation, interfaces, routes), from the desired
+        state; only with two gateways."""
+        return f"/etc/wireguard/{self.interface}.failover"
 
     @property
     def key_path(self) -> str:

@@ -71,6 +71,45 @@ def configured_endpoint(peer: PeerFacts) -> PeerEndpoint:
     )
 
 
+# A site with two gateways has three subnets, each with its own route table.
+HA_ROUTE_TABLES = 3
+
+
+@dataclass(frozen=True)
+class FailoverInputs:
+    """What a site's two gateways need to move the site between them; known at deploy.
+
+    Route table ids and interface ids are in the gateways' own order (first gateway
+    first), as the program made them.
+    """
+
+    allocation_id: str
+    elastic_ip: str
+    network_interface_ids: tuple[str, str]
+    route_table_ids: tuple[str, ...]
+
+
+def failover_section(facts: GatewayFacts, inputs: FailoverInputs) -> dict[str, object]:
+    """The desired state's `failover` entry: the agent's whole view of the site."""
+    return {
+        "allocationId": inputs.allocation_id,
+        "elasticIp": inputs.elastic_ip,
+        "region": facts.site.aws_region,
+        "gateways": [
+            {"networkInterfaceId": eni, "privateIp": str(ip)}
+            for eni, ip in zip(inputs.network_interface_ids, facts.gateway_private_ips, strict=True)
+        ],
+        "routes": [
+            {"routeTableId": table, "destination": str(destination)}
+            for table in inputs.route_table_ids
+            for destination in facts.routed_destinations
+        ],
+        # The standby pings these through the active (the tunnel cidr is routed to it):
+        # one answer from any peer says the active forwards.
+        "probeTargets": [str(peer.tunnel_address) for peer in facts.peers],
+    }
+
+
 @dataclass(frozen=True)
 class DesiredState:
     """What a gateway converges to on day 2: the value of its desired-state parameter."""
@@ -201,6 +240,7 @@ def render_desired_state(
     facts: GatewayFacts,
     endpoints: Mapping[str, PeerEndpoint],
     source: str = "SSM Parameter Store",
+    failover: FailoverInputs | None = None,
 ) -> DesiredState:
     wg_config = render_wg_config(facts, endpoints, source=source)
     firewall = render_firewall(facts)
@@ -227,6 +267,10 @@ def render_desired_state(
         "presharedKey": facts.preshared_key,
         "peers": peers,
     }
+    if facts.highly_available:
+        if failover is None:
+            raise ValueError(f"site {facts.name} has two gateways: the failover inputs are needed")
+        state["failover"] = failover_section(facts, failover)
     document = json.dumps(state, sort_keys=True)
     return DesiredState(wg_config=wg_config, firewall=firewall, document=document)
 
@@ -362,9 +406,21 @@ def limit_problems(facts: GatewayFacts) -> list[str]:
     return problems
 
 
+# The longest ids AWS hands out (17 hex digits), for a site with two gateways: its three
+# route tables (two public subnets and the private one) are all it can have.
+_LONGEST_FAILOVER = FailoverInputs(
+    allocation_id="eipalloc-" + "f" * 17,
+    elastic_ip="255.255.255.255",
+    network_interface_ids=("eni-" + "f" * 17, "eni-" + "f" * 17),
+    route_table_ids=("rtb-" + "f" * 17,) * HA_ROUTE_TABLES,
+)
+
+
 def desired_state_bound(facts: GatewayFacts) -> int:
     """The most bytes this gateway's desired state can take, whoever the peer is."""
-    return len(render_desired_state(facts, _longest_endpoints(facts)).document.encode())
+    failover = _LONGEST_FAILOVER if facts.highly_available else None
+    state = render_desired_state(facts, _longest_endpoints(facts), failover=failover)
+    return len(state.document.encode())
 
 
 def desired_state_tier(facts: GatewayFacts) -> str:
