@@ -95,6 +95,11 @@ def _existing_vpc(route_table_ids: list[str]) -> Change:
 RTB = "rtb-0123456789abcdef0"
 
 
+def _two_gateways_in_existing_vpc(config: dict[str, Any]) -> None:
+    _existing_vpc([RTB])(config)
+    config["sites"][1]["gateways"] = 2
+
+
 # (what is wrong, the change, every fragment the single error line must contain)
 BAD_INPUTS: list[tuple[str, Change, list[str]]] = [
     (
@@ -438,6 +443,43 @@ BAD_INPUTS: list[tuple[str, Change, list[str]]] = [
         "key that is not text (YAML `yes:` reads as True)",
         lambda config: config["sites"][0].update({True: 1}),
         ["wg-site-to-site:sites[0]: key True is a boolean, not text; quote it"],
+    ),
+    (
+        "three gateways",
+        _set("sites.0.gateways", 3),
+        ["wg-site-to-site:sites[0].gateways", "less than or equal to 2", "(got 3)"],
+    ),
+    (
+        "two gateways in an existing VPC (one public subnet)",
+        _two_gateways_in_existing_vpc,
+        ["wg-site-to-site:sites[1].gateways: 2 needs the two public subnets in two zones"],
+    ),
+    (
+        "two gateways in a cidr with room for two subnets",
+        lambda config: config["sites"][1].update(gateways=2, cidr="10.2.0.0/23"),
+        ["wg-site-to-site:sites[1].gateways: 2 needs three subnets", "10.2.0.0/23", "/22"],
+    ),
+    (
+        "a second zone for one gateway",
+        _set("sites.1.secondAvailabilityZone", "eu-west-1b"),
+        ["wg-site-to-site:sites[1].secondAvailabilityZone: 'eu-west-1b' is set but gateways is 1"],
+    ),
+    (
+        "a second zone outside the region",
+        lambda config: config["sites"][1].update(gateways=2, secondAvailabilityZone="us-east-1b"),
+        ["wg-site-to-site:sites[1].secondAvailabilityZone: 'us-east-1b' is not in region"],
+    ),
+    (
+        "both gateways in one zone",
+        lambda config: config["sites"][1].update(
+            gateways=2, availabilityZone="eu-west-1a", secondAvailabilityZone="eu-west-1a"
+        ),
+        ["wg-site-to-site:sites[1].secondAvailabilityZone: 'eu-west-1a' is the first gateway's"],
+    ),
+    (
+        "two gateways on an office",
+        _with_sites({**_office(publicIp="198.51.100.7"), "gateways": 2}),
+        ["wg-site-to-site:sites[2].gateways", "site outside AWS"],
     ),
     (
         "multi-line firewall description",

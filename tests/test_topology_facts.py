@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import json
 from typing import Any
 
 import pytest
 
 from core.config import load_stack_config
 from core.facts import NAT_KEEPALIVE_SECONDS, GatewayFacts, gateway_facts
-from core.render import PeerEndpoint, configured_endpoint, render_wg_config
+from core.render import (
+    FailoverInputs,
+    PeerEndpoint,
+    configured_endpoint,
+    desired_state_bound,
+    render_desired_state,
+    render_wg_config,
+)
 
 OFFICE_KEY = base64.b64encode(bytes(range(32))).decode()
 AWS_KEY = base64.b64encode(bytes(range(1, 33))).decode()
@@ -139,3 +147,55 @@ def test_tunnel_addresses_follow_site_order(cidr: str, sites: int, first: str, l
     assert addresses[0] == ipaddress.IPv4Address(first)
     assert addresses[-1] == ipaddress.IPv4Address(last)
     assert len(set(addresses)) == sites
+
+
+def test_two_gateways_get_the_third_subnet_and_the_tunnel_cidr_routed() -> None:
+    facts = _facts(
+        _site("alpha", "10.1.0.0/16", gateways=2),
+        _site("beta", "10.2.0.0/16"),
+    )
+    alpha, beta = facts["alpha"], facts["beta"]
+    # The existing subnets stay where one gateway had them; the second public one follows.
+    assert str(alpha.layout.public_subnet) == "10.1.0.0/24"
+    assert str(alpha.layout.private_subnet) == "10.1.1.0/24"
+    assert str(alpha.layout.second_public_subnet) == "10.1.2.0/24"
+    assert [str(ip) for ip in alpha.gateway_private_ips] == ["10.1.0.4", "10.1.2.4"]
+    assert [str(net) for net in alpha.routed_destinations] == ["10.2.0.0/16", "10.255.255.0/24"]
+    # A site with one gateway routes only the other sites, as before.
+    assert not beta.highly_available
+    assert [str(ip) for ip in beta.gateway_private_ips] == ["10.2.0.4"]
+    assert [str(net) for net in beta.routed_destinations] == ["10.1.0.0/16"]
+
+
+def test_only_a_site_with_two_gateways_has_a_failover_entry() -> None:
+    facts = _facts(
+        _site("alpha", "10.1.0.0/16", gateways=2),
+        _site("beta", "10.2.0.0/16"),
+        _site("gamma", "10.3.0.0/16"),
+    )
+    inputs = FailoverInputs(
+        allocation_id="eipalloc-0a",
+        elastic_ip="203.0.113.10",
+        network_interface_ids=("eni-0a", "eni-0b"),
+        route_table_ids=("rtb-0pub", "rtb-0prv", "rtb-0pub2"),
+    )
+    alpha = json.loads(
+        render_desired_state(facts["alpha"], _endpoints(facts["alpha"]), failover=inputs).document
+    )
+    assert alpha["failover"]["gateways"] == [
+        {"networkInterfaceId": "eni-0a", "privateIp": "10.1.0.4"},
+        {"networkInterfaceId": "eni-0b", "privateIp": "10.1.2.4"},
+    ]
+    # Every table, every routed destination: the agent moves them all.
+    routes = {(r["routeTableId"], r["destination"]) for r in alpha["failover"]["routes"]}
+    assert len(routes) == 3 * 3
+    assert ("rtb-0pub2", "10.255.255.0/24") in routes
+    assert alpha["failover"]["probeTargets"] == ["10.255.255.2", "10.255.255.3"]
+    beta = json.loads(render_desired_state(facts["beta"], _endpoints(facts["beta"])).document)
+    assert "failover" not in beta
+    with pytest.raises(ValueError, match="failover inputs are needed"):
+        render_desired_state(facts["alpha"], _endpoints(facts["alpha"]))
+    # The parameter's size is bounded with the longest ids AWS could hand out.
+    assert desired_state_bound(facts["alpha"]) > len(
+        render_desired_state(facts["alpha"], _endpoints(facts["alpha"]), failover=inputs).document
+    )
