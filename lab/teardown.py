@@ -92,6 +92,11 @@ def teardown() -> list[str]:
         interfaces |= _interfaces_of(etc)
 
     removed: list[str] = []
+    # The lab's long-running processes first (the controller would otherwise go on
+    # changing the VPC routers while they go).
+    daemons = [int(entry.split()[-1]) for entry in state.daemons if entry.split()[-1].isdigit()]
+    if daemons:
+        _stop(daemons)
     present = set(netns.list_namespaces())
     pids = [pid for ns in namespaces if ns in present for pid in netns.namespace_pids(ns)]
     if pids:
