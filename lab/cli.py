@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 from lab import LabError
 from lab.checks import run_all
@@ -15,6 +16,7 @@ from lab.report import explore, layout, summary
 from lab.state import load
 from lab.topology import derive
 from plan.engine import (
+    STACKS,
     Plan,
     PlanError,
     plan_stack,
@@ -26,19 +28,36 @@ def _say(message: str) -> None:
     print(f"... {message}", flush=True)
 
 
+def stack_location(stack: str) -> tuple[str, Path]:
+    """(stack name, directory of its file) for a stack name (stacks/Pulumi.<name>.yaml) or
+    a path to a stack file (e.g. tests/stacks/Pulumi.ha.yaml)."""
+    if stack.endswith(".yaml") or "/" in stack:
+        path = Path(stack)
+        name = path.name.removeprefix("Pulumi.").removesuffix(".yaml")
+        if not path.is_file() or not path.name.startswith("Pulumi.") or not name:
+            raise LabError(f"stack file {stack}: not a file named Pulumi.<stack>.yaml")
+        return name, path.parent
+    return stack, STACKS
+
+
+def stack_name(stack: str) -> str:
+    return stack_location(stack)[0]
+
+
 def plan(stack: str, office_keys: dict[str, str] | None = None) -> Plan:
-    """The stack's plan. With `office_keys` (filled in here), each office's publicKey is
-    replaced by one the lab makes, so that the lab can play the office
-    (lab.office.with_lab_keys)."""
+    """The stack's plan (STACK a name or a path to a stack file). With `office_keys`
+    (filled in here), each office's publicKey is replaced by one the lab makes, so that the
+    lab can play the office (lab.office.with_lab_keys)."""
+    name, directory = stack_location(stack)
     try:
-        planned = plan_stack(stack)
+        planned = plan_stack(name, stacks_dir=directory)
         offices = [s for s in planned.config.get("sites") or [] if "external" in s]
         if office_keys is None or not offices:
             return planned
         # Planned again with the lab's keys in place of the offices' own.
         config, keys = with_lab_keys(planned.config)
         office_keys.update(keys)
-        return run_program(stack, config)
+        return run_program(name, config)
     except PlanError as error:
         lines = str(error).splitlines()
         if len(lines) == 2 and lines[0].endswith(":"):
@@ -74,7 +93,7 @@ def check(stack: str) -> int:
     state = load()
     if state is None:
         raise LabError("no lab is up: run `make lab` first")
-    if state.stack != stack:
+    if state.stack != stack_name(stack):
         raise LabError(f"the lab that is up is for stack {state.stack}, not {stack}")
     checks = run_all(derive(plan(stack)), state)
     for line in [c.line() for c in checks] + [summary(checks)]:

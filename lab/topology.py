@@ -577,9 +577,10 @@ def derive(plan: Plan) -> Topology:
             tables.append(RouteTable(table_id, table_name, 101 + number, routes))
         if pub_id == prv_id:
             tables[1] = tables[0]
-        gateway = _gateway(plan, facts, interface, facts.layout.public_subnet)
         second_gateway = None
-        if second is not None:
+        if second is None:
+            gateway = _gateway(plan, facts, interface, facts.layout.public_subnet)
+        else:
             # Without an EipAssociation in the plan (the gateways associate the Elastic IP
             # themselves), the site's Elastic IP is the one its outputs name.
             elastic_ip, allocation_id = _site_elastic_ip(plan, facts)
