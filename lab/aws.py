@@ -513,6 +513,42 @@ def _ha_site(item: dict[str, Any]) -> dict[str, Any]:
     return {"enis": enis, "tables": tables, "allocation": allocation["AllocationId"]}
 
 
+def ec2_view() -> dict[str, dict[str, Any]]:
+    """What moto's EC2 says of each site with two gateways, by private address: site ->
+    {"holder": the private address of the interface holding the Elastic IP (None: none),
+    "routes": ["<table> <destination> -> <private address>", ...]}."""
+    result = netns.ns_run(
+        NAMESPACE, [sys.executable, "-m", "lab.aws", "ec2-view"], env={"PYTHONPATH": str(REPO)}
+    )
+    view: dict[str, dict[str, Any]] = json.loads(result.stdout)
+    return view
+
+
+def _ec2_view() -> None:
+    view = {}
+    for spec in ha_sites():
+        client = _ec2(spec["region"])
+        gateways = spec["gateways"]
+        found = client.describe_addresses(AllocationIds=[spec["allocation"]])["Addresses"]
+        holder = next((a.get("NetworkInterfaceId") or None for a in found), None)
+        routes = []
+        tables = client.describe_route_tables(RouteTableIds=list(spec["tables"]))
+        for table in tables["RouteTables"]:
+            for route in table.get("Routes", []):
+                eni = route.get("NetworkInterfaceId")
+                if eni:
+                    target = gateways[eni]["ip"] if eni in gateways else eni
+                    routes.append(
+                        f"{spec['tables'][table['RouteTableId']]}"
+                        f" {route['DestinationCidrBlock']} -> {target}"
+                    )
+        view[spec["site"]] = {
+            "holder": gateways[holder]["ip"] if holder in gateways else holder,
+            "routes": sorted(routes),
+        }
+    json.dump(view, sys.stdout)
+
+
 def _source_dest_check_from_stdin() -> None:
     item = json.load(sys.stdin)
     client = _ec2(item["region"])
@@ -556,6 +592,7 @@ if __name__ == "__main__":
         "samples": _samples_from_stdin,
         "interfaces": _interfaces_from_stdin,
         "source-dest-check": _source_dest_check_from_stdin,
+        "ec2-view": _ec2_view,
     }
     if len(sys.argv) == 3 and sys.argv[1] == "imds":
         _imds(json.loads(sys.argv[2]))
