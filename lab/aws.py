@@ -24,7 +24,7 @@ makes its own ids (moto 5.2 takes no custom id for interfaces, route tables or a
 so the lab translates the plan's ids into moto's where the gateways read them: the
 desired state's `failover` section (translate_ids). The Elastic IP moves between the two
 gateways, so the metadata stand-in answers each of them on a port of its own instead of
-by address (WG_S2S_IMDS_ENDPOINT in its environment and its aws.env).
+by address (WG_S2S_IMDS_ENDPOINT in the environment of what the lab runs on it).
 """
 
 from __future__ import annotations
@@ -75,16 +75,6 @@ def gateway_env(namespace: str | None = None) -> dict[str, str]:
         "WG_S2S_ENDPOINT_EC2": ENDPOINT,
         "WG_S2S_IMDS_ENDPOINT": f"http://{ADDRESS.ip}:{port}",
     }
-
-
-def write_env_file(path: Path, namespace: str) -> None:
-    """The gateway's /etc/wg-site-to-site/aws.env (its AWS call script reads it): the same
-    endpoints and stand-in credentials as gateway_env, for what runs without that env."""
-    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    text = "".join(f"{key}={value}\n" for key, value in gateway_env(namespace).items())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
 
 
 def _imds_ports() -> dict[str, int]:

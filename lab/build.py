@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from core.facts import AWS_ENV_PATH, PROBE_STATE_DIR
+from core.facts import PROBE_STATE_DIR
 from core.render import parse_user_data, written_files
 from lab import NETNS_ETC, PREFIX, REPO, STATE_DIR, LabError, aws, controller, netns
 from lab.state import State
@@ -859,7 +859,6 @@ def boot_gateway(site: Site, gateway: Gateway, state: State) -> list[str]:
     (etc / "sysctl.d").mkdir(mode=0o755, parents=True, exist_ok=True)
     if site.highly_available:
         run_dir(ns).mkdir(mode=0o755, parents=True, exist_ok=True)
-        aws.write_env_file(in_etc(ns, AWS_ENV_PATH), ns)
     files = written_files(gateway.user_data)
     units: dict[str, str] = {}
     notes = []

@@ -177,7 +177,11 @@ def fresh_boot(site: Site, gateway: Gateway, state: State) -> list[str]:
     wireguard = netns.wireguard_run_dir(ns)
     for leftover in wireguard.glob("*"):
         leftover.unlink(missing_ok=True)
-    netns.ip_batch(ns, [f"link set {LINK_HOST} up"])
+    # Down, the link lost its routes (the kernel drops them with the link): as at `lab up`.
+    router = site.gateway_router(gateway).ip
+    netns.ip_batch(
+        ns, [f"link set {LINK_HOST} up", f"route replace default via {router} dev {LINK_HOST}"]
+    )
     return boot_gateway(site, gateway, state)
 
 
