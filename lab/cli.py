@@ -83,7 +83,7 @@ def up(stack: str) -> int:
     for check in checks:
         print(check.line())
     print(summary(checks))
-    for line in explore(lab.topology):
+    for line in explore(lab.topology, stack):
         print(line)
     return 0 if all(c.ok for c in checks) else 1
 
