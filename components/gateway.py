@@ -342,7 +342,8 @@ class WireGuardGateway(pulumi.ComponentResource):
         fixed = None if facts.site.uses_existing_vpc else [str(facts.gateway_private_ips[index])]
         subnet_id = self._inputs.subnet_id if index == 0 else self._inputs.second_subnet_id
         assert subnet_id is not None, "a second gateway needs the second public subnet"
-        which = f" (gateway {index})" if facts.highly_available else ""
+        # Gateway 0's is a one-gateway site's, so that going to two gateways keeps it.
+        which = ", second gateway" if index else ""
         return aws.ec2.NetworkInterface(
             f"{self._site}-gateway{suffix}",
             subnet_id=subnet_id,
