@@ -206,6 +206,11 @@ def test_failover_rights_name_the_site_s_own_arns(ha: Plan, site: str) -> None:
     assert role.urn in ha.one(ROLE_POLICY, f"{site}-move-own-address").options["dependsOn"]
 
 
+def test_the_ha_stack_passes_every_mandatory_policy(ha: Plan) -> None:
+    found = rules.mandatory(rules.evaluate(offline.resources_from_plan(ha)))
+    assert [(v.policy, v.name, v.message) for v in found] == []
+
+
 def _scoped_violations(document: dict[str, Any]) -> list[str]:
     found = rules.evaluate(offline.resources_from_document(document, document["stack"]))
     return [v.message for v in found if v.policy == "failover-rights-scoped"]
@@ -372,11 +377,14 @@ def test_dev_going_to_two_gateways_keeps_the_network_and_chooses_second_zones(
         ("EipAssociation", "alpha-address"),
         ("EipAssociation", "beta-address"),
     }
-    # Replaced: only the applies (new desired state) and the verification.
+    # Replaced: only the applies (new desired state), the verification, and each
+    # not-reporting alarm (its metric becomes Active: core.health.NOT_REPORTING_HA).
     assert by_op["replace"] == {
         ("Command", "alpha-apply"),
         ("Command", "beta-apply"),
         ("Command", "verify-tunnel"),
+        ("MetricAlarm", "alpha-not-reporting"),
+        ("MetricAlarm", "beta-not-reporting"),
     }
     for site, zone in (("alpha", "us-east-1b"), ("beta", "eu-west-1b")):
         for made in ("Subnet", "RouteTable", "NetworkInterface", "Instance"):
