@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from plan import diff
+from plan import cost, diff
 from plan.document import public_document
 from plan.engine import Plan, PlanError, PlannedResource, read_stack_file, reveal
 from plan.second_run import changes_between
@@ -406,3 +406,35 @@ def test_a_second_zone_that_does_not_offer_the_type_is_one_line() -> None:
         "(zones that do: us-east-1a, us-east-1b, us-east-1c, us-east-1d, us-east-1f); pin one "
         "of those or choose another instanceType"
     )
+
+
+# ------------------------------------------------------------------------------ cost
+
+
+def test_cost_counts_both_gateways_the_standby_address_and_the_failover_metrics(
+    dev_preview_plan: Plan, dev_two_gateways: Plan
+) -> None:
+    one = cost.monthly_cost(public_document(dev_preview_plan))
+    two = cost.monthly_cost(public_document(dev_two_gateways))
+    lines = {line.item: line for line in two.lines}
+    assert lines["EC2 t4g.nano (us-east-1)"].quantity == "2 x $0.0042/h"
+    assert lines["EC2 t4g.nano (eu-west-1)"].quantity == "2 x $0.0046/h"
+    assert lines["EBS gp3 root volumes (us-east-1)"].quantity == "16 GB x $0.08/GB-month"
+    # One Elastic IP per site, and the standby's own public IPv4 (billed in use or not).
+    assert lines["public IPv4 (Elastic IP)"].quantity == "2 x $0.005/h"
+    assert lines["public IPv4 (standby gateways)"].quantity == "2 x $0.005/h"
+    assert "public IPv4 (standby gateways)" not in {line.item for line in one.lines}
+    # Per site: the second gateway's per-instance TunnelUp (one peer) and the agents'
+    # Active x 2, StandbyReady and Failovers; the site and per-peer series are shared.
+    assert lines["CloudWatch custom metrics"].quantity == f"{14 + 2 * (1 + 4)} x $0.30/month"
+    alarms = len(dev_two_gateways.by_type("aws:cloudwatch/metricAlarm:MetricAlarm"))
+    assert lines["CloudWatch alarms (standard resolution)"].quantity == f"{alarms} x $0.10/month"
+    hours = cost.HOURS_PER_MONTH
+    more = (
+        (0.0042 + 0.0046) * hours  # the second instances
+        + 2 * 0.005 * hours  # the standbys' public IPv4
+        + 8 * (0.08 + 0.088)  # their root volumes
+        + 10 * 0.30  # metrics
+        + (alarms - 8) * 0.10  # the extra alarms (dev has 8)
+    )
+    assert two.total_cents - one.total_cents == pytest.approx(more * 100, abs=3)
