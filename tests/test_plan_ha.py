@@ -21,7 +21,7 @@ import pytest
 
 from plan import cost, diff
 from plan.document import public_document
-from plan.engine import Plan, PlanError, PlannedResource, read_stack_file, reveal
+from plan.engine import Plan, PlanError, PlannedResource, read_stack_file, reveal, run_program
 from plan.second_run import changes_between
 from policy import offline, rules
 from tests.conftest import planned
@@ -131,6 +131,31 @@ def test_one_identity_for_both_gateways(ha: Plan, site: str) -> None:
     assert len(_named(ha, "aws:iam/role:Role", f"{site}-")) == 1
     assert len(_named(ha, "aws:kms/key:Key", f"{site}-")) == 1
     assert len([p for p in _named(ha, PARAMETER, site) if p.name.endswith("-desired-state")]) == 1
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_workloads_admit_the_icmp_errors_of_either_gateway(ha: Plan, site: str) -> None:
+    _, net = SITES[site]
+    ingress = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+    for kind in ("frag-needed-from-gateway", "time-exceeded-from-gateway"):
+        for suffix, address in (("", f"{net}.0.4"), ("-2", f"{net}.2.4")):
+            rule = ha.one(ingress, f"{site}-{kind}{suffix}")
+            assert rule.inputs["cidrIpv4"] == f"{address}/32"
+            assert rule.inputs["securityGroupId"] == _id(
+                ha, "aws:ec2/securityGroup:SecurityGroup", f"{site}-from-peer-site"
+            )
+
+
+def test_the_verification_checks_both_gateways_of_each_site(ha: Plan) -> None:
+    verify = ha.one(COMMAND, "verify-tunnel")
+    checked = json.loads(verify.inputs["environment"]["WG_S2S_GATEWAYS"])
+    assert [(g["site"], g["instanceId"]) for g in checked] == [
+        (site, _id(ha, INSTANCE, f"{site}-gateway{suffix}"))
+        for site in SITES
+        for suffix in ("", "-2")
+    ]
+    applies = {_step(ha, site, step).urn for site in SITES for step in ("apply", "apply-2")}
+    assert applies <= set(verify.options["dependsOn"])
 
 
 def test_one_elastic_ip_per_site_and_no_association(ha: Plan) -> None:
@@ -394,6 +419,27 @@ def test_dev_going_to_two_gateways_keeps_the_network_and_chooses_second_zones(
         subnet = dev_two_gateways.one(SUBNET, f"{site}-public-2")
         assert subnet.inputs["availabilityZone"] == zone
         assert subnet.options["ignoreChanges"] == ["availabilityZone"]
+
+
+def test_a_moved_second_zone_of_an_existing_site_is_refused() -> None:
+    # As for the first zone: AWS refuses the new subnet with the same CIDR while the old
+    # one exists (InvalidSubnet.Conflict), after the gateway was deleted.
+    existing = {
+        "id": "subnet-0a1b2c3d4e5f60719",
+        "region": "eu-west-1",
+        "vpcId": "vpc-0a1b2c3d4e5f60718",
+        "availabilityZone": "eu-west-1c",
+        "cidrBlock": "10.2.2.0/24",
+        "tags": {"project": "wg-site-to-site", "stack": "ha", "Name": "beta-public-2"},
+    }
+    with pytest.raises(PlanError) as error:
+        run_program("ha", _config(), existing_subnets=[existing])
+    assert str(error.value) == (
+        "wg-site-to-site:sites[1].secondAvailabilityZone: eu-west-1b, but site beta's subnets "
+        "exist in eu-west-1c, and AWS refuses a second subnet 10.2.2.0/24 while the old one "
+        "exists (InvalidSubnet.Conflict): keep secondAvailabilityZone eu-west-1c, or change "
+        "the site's cidr as well, or destroy the site first"
+    )
 
 
 def test_a_second_zone_that_does_not_offer_the_type_is_one_line() -> None:
