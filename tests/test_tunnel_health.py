@@ -511,3 +511,92 @@ def test_ha_site_without_its_second_instance_is_refused_and_a_single_one_with_it
         dashboard_body("ha", [ha], {"alpha": ["i-1"]})
     # One gateway: the dashboard needs no instance ids, as before.
     assert dashboard_body("dev", [single]) == dashboard_body("dev", [single], {})
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _readme_cost_rows() -> dict[str, list[str]]:
+    """The README's HA cost table: first cell -> the other cells."""
+    text = README.read_text()
+    section = text[text.index("## High availability") :]
+    section = section[section.index("| per site, per month |") :]
+    rows = {}
+    for line in section.splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip().strip("*") for cell in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def _figure(cell: str) -> int | None:
+    """The cell's amount in cents ($ figure after the last colon), None for "–"."""
+    if cell == "–":
+        return None
+    amount = cell.rsplit("$", 1)[1]
+    dollars_, cents = amount.split(".")
+    return int(dollars_) * 100 + int(cents)
+
+
+def test_readme_ha_cost_table_is_computed_from_plan_cost_and_the_plans(update_plan, ha_plan):
+    """Per site (alpha: us-east-1, t4g.nano, one peer): the README's figures from
+    plan/cost.py's prices and the counts the plans and core.health give."""
+    from plan import cost
+    from tests.conftest import shipped_plan
+
+    region, hours = "us-east-1", cost.HOURS_PER_MONTH
+    gateway = shipped_plan("dev").one("aws:ec2/instance:Instance", "alpha-gateway").inputs
+    instance_type = gateway["instanceType"]
+    volume = gateway["rootBlockDevice"]["volumeSize"]
+
+    def alarms(plan: Plan) -> int:
+        return sum(1 for a in plan.by_type(ALARM) if plan.region_of(a) == region)
+
+    peers = 1
+    metrics = {
+        1: health.custom_metric_count(peers),
+        # The per-peer and per-site series are the site's whichever gateway sends them; the
+        # per-instance TunnelUp is each gateway's; plus the failover agents' metrics.
+        2: health.custom_metric_count(peers)
+        + len(health.PER_INSTANCE_METRICS) * peers
+        + health.ha_custom_metric_count(2),
+    }
+    expected: dict[int, dict[str, int]] = {}
+    for gateways, plan in ((1, update_plan), (2, ha_plan)):
+        figures = {
+            "EC2": gateways * cost.INSTANCE_HOURLY[region][instance_type] * hours,
+            # The Elastic IP, and with two gateways the standby's own public IPv4.
+            "public IPv4": gateways * cost.PUBLIC_IPV4_HOURLY * hours,
+            "EBS": gateways * volume * cost.GP3_GB_MONTH[region],
+            "KMS": cost.KMS_KEY_MONTHLY,
+            "CloudWatch custom metrics": metrics[gateways] * cost.CUSTOM_METRIC_MONTHLY,
+            "CloudWatch alarms": alarms(plan) * cost.ALARM_METRIC_MONTHLY,
+        }
+        expected[gateways] = {key: cost._cents(value) for key, value in figures.items()}
+        expected[gateways]["total"] = sum(expected[gateways].values())
+
+    rows = _readme_cost_rows()
+    seen = set()
+    for label, cells in rows.items():
+        key = next((k for k in expected[1] if label.startswith(k) or label == k), None)
+        if key is None:
+            assert label.startswith("VPN connection")
+            assert [_figure(c) for c in cells] == [None, None, cost.vpn_monthly_cents()]
+            continue
+        seen.add(key)
+        assert [_figure(c) for c in cells] == [
+            expected[1][key],
+            expected[2][key],
+            (cost.vpn_monthly_cents() if key == "total" else None),
+        ], label
+    assert seen == set(expected[1])
+    # The counts the table names.
+    assert rows["CloudWatch alarms ($0.10/month)"][:2] == [
+        f"{alarms(update_plan)}: {cost.dollars(expected[1]['CloudWatch alarms'])}",
+        f"{alarms(ha_plan)}: {cost.dollars(expected[2]['CloudWatch alarms'])}",
+    ]
+    assert rows["CloudWatch custom metrics ($0.30/month)"][:2] == [
+        f"{metrics[1]}: {cost.dollars(expected[1]['CloudWatch custom metrics'])}",
+        f"{metrics[2]}: {cost.dollars(expected[2]['CloudWatch custom metrics'])}",
+    ]
