@@ -402,15 +402,23 @@ def test_dev_going_to_two_gateways_keeps_the_network_and_chooses_second_zones(
         ("EipAssociation", "alpha-address"),
         ("EipAssociation", "beta-address"),
     }
-    # Replaced: only the applies (new desired state), the verification, and each
-    # not-reporting alarm (its metric becomes Active: core.health.NOT_REPORTING_HA).
-    assert by_op["replace"] == {
-        ("Command", "alpha-apply"),
-        ("Command", "beta-apply"),
-        ("Command", "verify-tunnel"),
-        ("MetricAlarm", "alpha-not-reporting"),
-        ("MetricAlarm", "beta-not-reporting"),
-    }
+    # Nothing of the network, the identity or the keys is replaced or deleted: the site
+    # keeps its subnets, interface, address, routes and key (what is replaced: the
+    # applies, the verification, alarms whose metric or instance changes, and gateway 0
+    # exactly when its user data changes: the failover agent).
+    kept = {
+        "Vpc", "InternetGateway", "Subnet", "RouteTable", "RouteTableAssociation", "Route",
+        "NetworkInterface", "Eip", "SecurityGroup", "SecurityGroupIngressRule",
+        "SecurityGroupEgressRule", "Role", "RolePolicy", "InstanceProfile", "Key",
+        "Parameter", "RandomBytes",
+    }  # fmt: skip
+    gone = by_op.get("replace", set()) | by_op["delete"]
+    assert {(type_, name) for type_, name in gone if type_ in kept} == set()
+    for site in SITES:
+        before = dev_preview_plan.one(INSTANCE, f"{site}-gateway").inputs["userDataBase64"]
+        after = dev_two_gateways.one(INSTANCE, f"{site}-gateway").inputs["userDataBase64"]
+        assert (("Instance", f"{site}-gateway") in by_op["replace"]) == (before != after)
+        assert ("Command", f"{site}-apply") in by_op["replace"]
     for site, zone in (("alpha", "us-east-1b"), ("beta", "eu-west-1b")):
         for made in ("Subnet", "RouteTable", "NetworkInterface", "Instance"):
             name = f"{site}-public-2" if made in ("Subnet", "RouteTable") else f"{site}-gateway-2"
