@@ -272,6 +272,18 @@ def test_failover_rights_policy_passes_and_catches_planted_violations(ha: Plan) 
         "site's (Elastic IP, gateway interfaces, route tables)"
     ]
 
+    # NotAction grants whatever it does not list: the moving actions too.
+    inverted = copy.deepcopy(document)
+    _edit_statement(inverted, "ReadAddressesAndRoutes", NotAction="iam:*")
+    planted = next(r for r in inverted["resources"] if r["name"] == "alpha-move-own-address")
+    parsed = json.loads(planted["inputs"]["policy"])
+    del parsed["Statement"][2]["Action"]
+    planted["inputs"]["policy"] = json.dumps(parsed)
+    assert _scoped_violations(inverted) == [
+        "role policy of role alpha-gateway: ec2:associateaddress, ec2:replaceroute with "
+        "NotAction: it reaches other sites' too"
+    ]
+
     # A wildcard action reaches the moving ones too.
     broad = copy.deepcopy(document)
     _edit_statement(broad, "ReadAddressesAndRoutes", Action="ec2:*")
