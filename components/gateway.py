@@ -224,6 +224,16 @@ class WireGuardGateway(pulumi.ComponentResource):
         interfaces = [self._network_interface(security_group, index) for index in range(count)]
         interface = interfaces[0]
         if args.facts.highly_available:
+            # NO EipAssociation: the gateways associate the Elastic IP themselves (the
+            # active one; AssociateAddress with AllowReassociation at each takeover). One
+            # owned by Pulumi would be found gone (or on the other interface) by the next
+            # `pulumi up --refresh` and put back on gateway 0, possibly the dead one: the
+            # "Pulumi drift trap" of ../shared/reference/topologies-and-failover.md. A site
+            # going from one gateway to two loses its association at the end of that `up`,
+            # after drain-0 has handed the address to gateway 1: the provider's delete
+            # (DisassociateAddress by association id) finds that association gone and
+            # succeeds (terraform-provider-aws internal/service/ec2/ec2_eip_association.go,
+            # resourceEIPAssociationDelete: InvalidAssociationID.NotFound returns no error).
             self._routes_to_peer(interface, follow_failover=True)
             self._frag_needed_to_workloads(interfaces)
             parameters, role_policy, profile = self._desired_state_and_keys(interfaces)
@@ -342,7 +352,8 @@ class WireGuardGateway(pulumi.ComponentResource):
         fixed = None if facts.site.uses_existing_vpc else [str(facts.gateway_private_ips[index])]
         subnet_id = self._inputs.subnet_id if index == 0 else self._inputs.second_subnet_id
         assert subnet_id is not None, "a second gateway needs the second public subnet"
-        which = f" (gateway {index})" if facts.highly_available else ""
+        # Gateway 0's is a one-gateway site's, so that going to two gateways keeps it.
+        which = ", second gateway" if index else ""
         return aws.ec2.NetworkInterface(
             f"{self._site}-gateway{suffix}",
             subnet_id=subnet_id,
@@ -852,8 +863,8 @@ class WireGuardGateway(pulumi.ComponentResource):
         args = self._inputs
         image = self._image()
         public_ipv4 = [self._public_ipv4(i, each) for i, each in enumerate(interfaces)]
-        # No EipAssociation: the gateways associate the Elastic IP themselves. cloud-init
-        # reaches the internet through the interface's own public IPv4 (public_ipv4).
+        # No EipAssociation (see __init__): cloud-init reaches the internet through the
+        # interface's own public IPv4 (public_ipv4) until its gateway holds the address.
         boot = [*identity, *args.internet_path]
         drain_1 = self._drain(1, interfaces, image, depends_on=[*interfaces])
         second = self._instance(

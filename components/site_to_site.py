@@ -204,7 +204,10 @@ class SiteToSite(pulumi.ComponentResource):
                 stack=args.stack,
                 sites=[
                     HealthSite(
-                        facts=facts, provider=providers[facts.name], instance_id=g.instance_id
+                        facts=facts,
+                        provider=providers[facts.name],
+                        instance_id=g.instance_id,
+                        second_instance_id=g.instance_ids[1] if facts.highly_available else None,
                     )
                     for facts, g in zip(aws_sites, gateways, strict=True)
                 ],

@@ -1211,51 +1211,51 @@ def failover_rights_scoped(resources: Sequence[Resource]) -> list[tuple[Resource
     """
     found: list[tuple[Resource, str]] = []
     for role in (r for r in resources if r.type == ROLE):
-        own: set[str] | _Unknown | None = UNKNOWN
-        for blame, what, document in _policy_documents(role, resources):
-            if is_unknown(document) or document is None:
-                continue
-            try:
-                parsed = json.loads(document) if isinstance(document, str) else None
-            except ValueError:
-                parsed = None
-            statements = _as_list(parsed.get("Statement")) if isinstance(parsed, dict) else []
-            for statement in statements:
-                moving = _grants_moving(statement)
-                if not moving:
-                    continue
-                if isinstance(own, _Unknown):
-                    own = _own_site_ids(role, resources)
-                granted = ", ".join(moving)
-                where = f"{what} of role {role.name}: {granted}"
-                if "NotResource" in statement or "NotAction" in statement:
-                    key = "NotResource" if "NotResource" in statement else "NotAction"
-                    found.append((blame, f"{where} with {key}: it reaches other sites' too"))
-                    continue
-                for arn in _as_list(statement.get("Resource")):
-                    if is_unknown(arn):
-                        continue
-                    if not isinstance(arn, str) or "*" in arn or "?" in arn:
-                        found.append(
-                            (
-                                blame,
-                                f"{where} on {arn!r}, a wildcard: it could move any site's "
-                                "Elastic IP or routes; name the site's own ARNs",
-                            )
-                        )
-                        continue
-                    match = _EC2_ARN.match(arn)
-                    if own is None:
-                        continue  # its interfaces are not known yet: cannot tell
-                    if match is None or match.group(2) not in own:
-                        found.append(
-                            (
-                                blame,
-                                f"{where} on {arn}, which is not its own site's "
-                                "(Elastic IP, gateway interfaces, route tables)",
-                            )
-                        )
+        grants = [
+            (blame, f"{what} of role {role.name}: {', '.join(moving)}", statement)
+            for blame, what, document in _policy_documents(role, resources)
+            for statement in _statements(document)
+            for moving in [_grants_moving(statement)]
+            if moving
+        ]
+        own = _own_site_ids(role, resources) if grants else None
+        for blame, where, statement in grants:
+            found += [(blame, problem) for problem in _moving_problems(where, statement, own)]
     return found
+
+
+def _statements(document: Any) -> list[Any]:
+    """A policy document's statements (none if it is unknown or cannot be read)."""
+    try:
+        parsed = json.loads(document) if isinstance(document, str) else None
+    except ValueError:
+        return []
+    return _as_list(parsed.get("Statement")) if isinstance(parsed, dict) else []
+
+
+def _moving_problems(where: str, statement: Mapping[str, Any], own: set[str] | None) -> list[str]:
+    """What is wrong with a statement granting moving actions; `own`: the ids of the role's
+    own site (None if not known yet: then only wildcards can be judged)."""
+    if "NotResource" in statement or "NotAction" in statement:
+        key = "NotResource" if "NotResource" in statement else "NotAction"
+        return [f"{where} with {key}: it reaches other sites' too"]
+    problems = []
+    for arn in _as_list(statement.get("Resource")):
+        if is_unknown(arn):
+            continue
+        if not isinstance(arn, str) or "*" in arn or "?" in arn:
+            problems.append(
+                f"{where} on {arn!r}, a wildcard: it could move any site's Elastic IP or "
+                "routes; name the site's own ARNs"
+            )
+            continue
+        match = _EC2_ARN.match(arn)
+        if own is not None and (match is None or match.group(2) not in own):
+            problems.append(
+                f"{where} on {arn}, which is not its own site's (Elastic IP, gateway "
+                "interfaces, route tables)"
+            )
+    return problems
 
 
 def _is_sns_arn(value: Any) -> bool:
