@@ -144,10 +144,11 @@ class Decider:
             if self.role == ACTIVE and self.settled:
                 return None
             return self._become(ACTIVE, RESUME, "it holds the Elastic IP")
+        other = f"gateway {1 - self.index}" if holder == self.partner else holder
         if self.role == ACTIVE:
             self.hold_until = now + HOLD_DOWN
-            return self._become(STANDBY, STEP_DOWN, f"{holder} holds the Elastic IP")
-        return self._settle()
+            return self._become(STANDBY, STEP_DOWN, f"{other} holds the Elastic IP")
+        return self._settle(f"{other} holds the Elastic IP")
 
     def _free(self, now: float) -> Action | None:
         # Nobody holds the address: gateway 0 claims it at once, gateway 1 after the
@@ -159,15 +160,17 @@ class Decider:
         grace = 0.0 if self.index == 0 else INITIAL_GRACE
         if now - self.free_since >= grace and now >= self.hold_until:
             return self._become(ACTIVE, CLAIM, f"nobody held it for {grace:.0f} s")
-        return self._settle()
+        return self._settle("nobody holds the Elastic IP yet")
 
     def failed(self) -> None:
         self.role, self.settled, self.misses = STANDBY, False, 0
 
-    def _settle(self) -> Action | None:
+    def _settle(self, reason: str) -> Action | None:
+        # Once: make the standby's role true on this host (after a restart its tunnel
+        # may still be up).
         if self.settled:
             return None
-        return self._become(STANDBY, SETTLE, "not the holder")
+        return self._become(STANDBY, SETTLE, reason)
 
     def _become(self, role: str, kind: str, reason: str) -> Action:
         self.role, self.settled = role, True
@@ -204,7 +207,9 @@ class Agent:
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def say(self, line: str) -> None:
-        print(f"failover: {self.settings.site} gateway {line}", flush=True)
+        # One line per event, for the journal: "failover: <site> gateway <i> <what>".
+        assert self.decider is not None
+        print(f"failover: {self.settings.site} gateway {self.decider.index} {line}", flush=True)
 
     def complain(self, line: str) -> None:
         print(f"wg-site-to-site-failover: {line}", file=sys.stderr, flush=True)
@@ -377,11 +382,11 @@ class Agent:
             self.ping(target)
         routed = self.move_routes()
         if action.kind == TAKEOVER:
-            self.say(f"{decider.index} took over from {1 - decider.index} ({action.reason})")
+            self.say(f"took over from gateway {1 - decider.index} ({action.reason})")
         elif action.kind == CLAIM:
-            self.say(f"{decider.index} claimed the Elastic IP ({action.reason})")
+            self.say(f"claimed the Elastic IP ({action.reason})")
         else:
-            self.say(f"{decider.index} is active ({action.reason})")
+            self.say(f"is active ({action.reason})")
         return routed
 
     def act(self, action: Action | None) -> None:
@@ -396,10 +401,9 @@ class Agent:
                 self.set_role(STANDBY)
                 self.bring_down()
                 if action.kind == STEP_DOWN:
-                    reason = f"{action.reason}; no takeover for {HOLD_DOWN:.0f} s"
-                    self.say(f"{self.decider.index} stepped down ({reason})")
+                    self.say(f"stepped down ({action.reason}; no takeover for {HOLD_DOWN:.0f} s)")
                 else:
-                    self.say(f"{self.decider.index} is standby ({action.reason})")
+                    self.say(f"is standby ({action.reason})")
         values = [("Active", 1.0 if self.decider.role == ACTIVE else 0.0, True)]
         if action.kind == TAKEOVER:
             values.append(("Failovers", 1.0, False))
