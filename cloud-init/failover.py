@@ -241,8 +241,12 @@ class Agent:
         return [self.settings.aws, "ec2", action, urllib.parse.urlencode(query)]
 
     def call(self, argv: list[str]) -> str:
-        # The helper says on stderr, in one line, why a call failed.
-        done = subprocess.run(argv, stdout=subprocess.PIPE, text=True, timeout=60, check=False)
+        # The helper says on stderr, in one line, why a call failed (its own limits are
+        # 5 s for IMDS and 20 s for the API).
+        try:
+            done = subprocess.run(argv, stdout=subprocess.PIPE, text=True, timeout=60, check=False)
+        except subprocess.TimeoutExpired:
+            raise Problem(f"{argv[1]} {argv[2]} did not answer") from None
         if done.returncode != 0:
             raise Problem(f"{argv[1]} {argv[2]} failed")
         return done.stdout.strip()
@@ -295,7 +299,12 @@ class Agent:
         os.replace(f"{self.role_file}.new", self.role_file)
 
     def quiet(self, *argv: str) -> int:
-        return subprocess.run(argv, stdout=subprocess.DEVNULL, timeout=60, check=False).returncode
+        try:
+            done = subprocess.run(argv, stdout=subprocess.DEVNULL, timeout=60, check=False)
+        except subprocess.TimeoutExpired:
+            self.complain(f"{' '.join(argv)}: no answer in 60 s")
+            return 1
+        return done.returncode
 
     def bring_up(self) -> None:
         # wg-quick@ is a oneshot that stays "active" after its interface is gone: restart.

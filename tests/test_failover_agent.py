@@ -734,6 +734,9 @@ def test_the_installed_agent_is_the_source_program(ha_files: dict[str, str]) -> 
         if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "configured"
     ]
     settings = {keyword.arg: ast.literal_eval(keyword.value) for keyword in call.keywords}
+    # It publishes every metric as a Count, the unit core.health gives them.
+    assert set(health.FAILOVER_METRICS) == {health.ACTIVE, health.STANDBY_READY, health.FAILOVERS}
+    assert set(health.FAILOVER_METRICS.values()) == {"Count"}
     assert settings == {
         "sbin": "/usr/local/sbin",
         "site": "alpha",
