@@ -466,7 +466,9 @@ class Agent:
         metric_interval = float(os.environ.get("WG_S2S_METRIC_INTERVAL") or METRIC_INTERVAL)
         rounds: list[Round] = []
         holder: subprocess.Popen[str] | None = None
-        next_probe = next_holder = next_metric = time.monotonic()
+        next_probe = next_holder = time.monotonic()
+        # The first metrics once the first rounds have answered (or not).
+        next_metric = next_probe + MISSES * PROBE_INTERVAL
         while True:
             now = time.monotonic()
             facts = self.facts

@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -300,6 +301,9 @@ class Site:
                     NetworkInterfaceId=self.interfaces[index],
                 )
 
+    def failover_targets(self) -> list[str]:
+        return [str(peer.tunnel_address) for peer in self.facts.peers]
+
     def failover_facts(self) -> str:
         """The file the apply writes from the desired state's `failover` entry."""
         inputs = FailoverInputs(self.allocation, self.elastic_ip, self.interfaces, self.tables)
@@ -581,8 +585,45 @@ def test_the_daemon_takes_over_a_dead_active_and_steps_down_for_the_other(
     ]
     assert err == ""
     assert site.holder() == site.interfaces[0]  # held down: no second takeover
+    # Each round pinged the partner's private address and every peer's tunnel address.
+    pinged = set(gateway.lines("pinged"))
+    assert pinged == {f"-c1 -W1 -n {a}" for a in ("10.1.0.4", *site.failover_targets())}
     assert 1.0 in gateway.metric(health.ACTIVE, per_instance=True)
     assert gateway.metric(health.FAILOVERS, per_instance=False) == [1.0]
+
+
+def test_the_daemon_reports_a_ready_standby_and_keeps_it_through_a_peer_site_down(
+    gateway_of: Callable[[int], Gateway],
+) -> None:
+    gateway = gateway_of(1)
+    site = gateway.site
+    gateway.answer("10.1.0.4", *site.failover_targets())
+    env = {**gateway.env, "WG_S2S_METRIC_INTERVAL": "0.5"}
+    daemon = subprocess.Popen(
+        gateway.agent("run"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+    def ready() -> list[float]:
+        return gateway.metric(health.STANDBY_READY, per_instance=False)
+
+    try:
+        _wait_for(lambda: 1.0 in ready(), 5.0)
+        # The peer site goes down: the partner still answers, so no takeover; the
+        # standby is no longer ready (it cannot tell the forwarding path works).
+        shutil.rmtree(gateway.fake / "answers")
+        gateway.answer("10.1.0.4")
+        _wait_for(lambda: ready()[-1:] == [0.0], 4.0)
+    finally:
+        daemon.terminate()
+        out, err = daemon.communicate(timeout=10)
+    assert out == "failover: alpha gateway 1 is standby (gateway 0 holds the Elastic IP)\n"
+    assert err == ""
+    assert gateway.role == "standby"
+    assert site.holder() == site.interfaces[0]
+    assert set(gateway.metric(health.ACTIVE, per_instance=True)) == {0.0}
+    assert not gateway.lines("systemctl") or gateway.lines("systemctl") == [
+        "systemctl stop wg-quick@wgA"
+    ]
 
 
 def test_bad_input_is_one_line(gateway_of: Callable[[int], Gateway]) -> None:
