@@ -559,19 +559,20 @@ def test_the_daemon_takes_over_a_dead_active_and_steps_down_for_the_other(
         gateway.agent("run"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        # The first holder check at once, then 3 failed rounds of 0.5 s (each ping of the
-        # fake answers at once): about 1.5 s.
-        took = _wait_for(lambda: site.holder() == site.interfaces[1], 6.0)
-        assert 1.0 <= took <= 4.0
+        # The first holder check at once, then 3 failed rounds 0.5 s apart (each ping of
+        # the fake answers at once): about 1 s, never less (the lab measures how fast; the
+        # limits here leave room for a loaded machine).
+        took = _wait_for(lambda: site.holder() == site.interfaces[1], 15.0)
+        assert took >= 1.0
         # Then every route, all at once.
-        _wait_for(lambda: site.route_targets() == {site.interfaces[1]}, 2.0)
+        _wait_for(lambda: site.route_targets() == {site.interfaces[1]}, 10.0)
         assert gateway.role == "active"
         assert "systemctl restart wg-quick@wgA" in gateway.lines("systemctl")
         # The other gateway moves the address back (its own takeover): a holder check
         # (every 2 s) names the other interface, and this one steps down.
         site.give_to(0)
         stopped = ["systemctl stop wg-quick@wgA"]
-        _wait_for(lambda: gateway.lines("systemctl")[-1:] == stopped, 3.0)
+        _wait_for(lambda: gateway.lines("systemctl")[-1:] == stopped, 10.0)
         assert gateway.role == "standby"
     finally:
         daemon.terminate()
@@ -607,12 +608,12 @@ def test_the_daemon_reports_a_ready_standby_and_keeps_it_through_a_peer_site_dow
         return gateway.metric(health.STANDBY_READY, per_instance=False)
 
     try:
-        _wait_for(lambda: 1.0 in ready(), 5.0)
+        _wait_for(lambda: 1.0 in ready(), 15.0)
         # The peer site goes down: the partner still answers, so no takeover; the
         # standby is no longer ready (it cannot tell the forwarding path works).
         shutil.rmtree(gateway.fake / "answers")
         gateway.answer("10.1.0.4")
-        _wait_for(lambda: ready()[-1:] == [0.0], 4.0)
+        _wait_for(lambda: ready()[-1:] == [0.0], 10.0)
     finally:
         daemon.terminate()
         out, err = daemon.communicate(timeout=10)
@@ -621,9 +622,8 @@ def test_the_daemon_reports_a_ready_standby_and_keeps_it_through_a_peer_site_dow
     assert gateway.role == "standby"
     assert site.holder() == site.interfaces[0]
     assert set(gateway.metric(health.ACTIVE, per_instance=True)) == {0.0}
-    assert not gateway.lines("systemctl") or gateway.lines("systemctl") == [
-        "systemctl stop wg-quick@wgA"
-    ]
+    # Made sure its tunnel is down once (the standby's), never started it.
+    assert gateway.lines("systemctl") == ["systemctl stop wg-quick@wgA"]
 
 
 def test_bad_input_is_one_line(gateway_of: Callable[[int], Gateway]) -> None:
