@@ -282,7 +282,7 @@ class Agent:
     # ---- this host
     @property
     def role_file(self) -> str:
-        # Read by the apply, the check and the probe.
+        # "active" or "standby", read by the check and the probe.
         return os.path.join(self.settings.state_dir, f"{self.settings.interface}.role")
 
     def role(self) -> str:
@@ -421,7 +421,8 @@ class Agent:
     # ---- the subcommands
     def takeover(self) -> int:
         decider = self.identify()
-        holder = holder_of(self.call(self.describe()), self.facts.allocation)  # type: ignore[union-attr]
+        assert self.facts is not None
+        holder = holder_of(self.call(self.describe()), self.facts.allocation)
         if holder == decider.own:
             self.act(Action(RESUME, "it held the Elastic IP already"))
         else:

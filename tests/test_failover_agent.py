@@ -513,6 +513,12 @@ def test_takeover_moves_the_address_and_every_route_to_its_own_interface(
     assert [line.split()[-1] for line in gateway.lines("pinged")] == targets
     assert gateway.metric(health.FAILOVERS, per_instance=False) == [1.0]
     assert gateway.metric(health.ACTIVE, per_instance=True) == [1.0]
+    # Again (a drain that retries): it holds the site already; no second failover.
+    again = gateway.run("takeover")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == "failover: alpha gateway 1 is active (it held the Elastic IP already)\n"
+    assert site.holder() == site.interfaces[1]
+    assert gateway.metric(health.FAILOVERS, per_instance=False) == [1.0]
 
 
 def test_status_reports_the_role_and_the_holder(gateway_of: Callable[[int], Gateway]) -> None:
