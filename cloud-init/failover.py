@@ -178,7 +178,9 @@ class Decider:
 
 
 def holder_of(xml: str, allocation: str) -> str | None:
-    # DescribeAddresses' answer: the ENI that holds `allocation`, None if none does.
+    # DescribeAddresses' answer: the ENI that holds `allocation`, None if none does (an
+    # item of addressesSet has allocationId, and networkInterfaceId while associated:
+    # https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_DescribeAddresses.html).
     root = ElementTree.fromstring(xml)  # noqa: S314 - AWS's own answer, over TLS
     for item in root.iter():
         values = {child.tag.rsplit("}", 1)[-1]: (child.text or "") for child in item}
@@ -254,6 +256,8 @@ class Agent:
     def identify(self) -> Decider:
         facts = self.facts or self.load()
         aws = self.settings.aws
+        # The device-0 interface, as the probe reads it (instance metadata categories:
+        # network/interfaces/macs/<mac>/interface-id).
         mac = self.call([aws, "imds", "mac"])
         own = self.call([aws, "imds", f"network/interfaces/macs/{mac}/interface-id"])
         self.instance = self.call([aws, "imds", "instance-id"])
@@ -307,7 +311,9 @@ class Agent:
         return done.returncode
 
     def bring_up(self) -> None:
-        # wg-quick@ is a oneshot that stays "active" after its interface is gone: restart.
+        # wg-quick@.service is Type=oneshot with RemainAfterExit=yes (wireguard-tools'
+        # src/systemd/wg-quick@.service): it stays "active" after its interface is gone,
+        # and only a restart brings it back.
         if self.quiet("ip", "link", "show", "dev", self.settings.interface) != 0:
             self.quiet("systemctl", "restart", f"wg-quick@{self.settings.interface}")
 
@@ -347,7 +353,9 @@ class Agent:
 
     # ---- moving the site
     def move_routes(self) -> bool:
-        # Every route of every table to this ENI, all at once.
+        # Every route of every table to this ENI, all at once (ReplaceRoute: "Replaces an
+        # existing route within a route table in a VPC"; one target per destination,
+        # API_ReplaceRoute.html). The routes ignore their target in Pulumi's program.
         assert self.facts is not None and self.decider is not None
         own = self.decider.own
         calls = [
@@ -371,6 +379,10 @@ class Agent:
         assert self.facts is not None and self.decider is not None
         decider = self.decider
         if action.kind in (CLAIM, TAKEOVER):
+            # "Reassociation is automatic, but you can specify false to ensure the operation
+            # fails if the Elastic IP address is already associated with another resource"
+            # (API_AssociateAddress.html); older API versions and moto refuse a held address
+            # without it, so it is said. An address is on one interface at a time: the lock.
             associate = self.ec2(
                 "AssociateAddress",
                 AllocationId=self.facts.allocation,
