@@ -58,7 +58,6 @@ from core.render import (
 from lab import imds as imds_stand_in
 from plan.engine import STACKS, read_stack_file
 from tests.aws_stand_in import CREDENTIALS, REGION, boto_client, moto_endpoint, script_env
-from tests.conftest import stack_config
 from tests.test_apply import endpoints, make_gateway, planted_key
 from tests.test_render import _cloud_init_schema
 
@@ -78,16 +77,13 @@ AGENT = _load_agent()
 ENI = ("eni-00000000000000000", "eni-11111111111111111")
 
 
-def ha_config() -> dict[str, Any]:
-    """The dev stack with two gateways on both sites (tests/stacks/Pulumi.ha.yaml's sites)."""
-    config = stack_config("dev")
-    config["sites"][0].update(gateways=2, secondAvailabilityZone="us-east-1b")
-    config["sites"][1].update(gateways=2, secondAvailabilityZone="eu-west-1b")
-    return config
+TEST_STACKS = STACKS.parent / "tests" / "stacks"
 
 
 def ha_facts(stack: str = "ha") -> GatewayFacts:
-    facts = gateway_facts(load_stack_config(ha_config()), stack)[0]
+    """alpha of tests/stacks/Pulumi.ha.yaml (the dev stack's sites, two gateways each)."""
+    config = load_stack_config(read_stack_file("ha", TEST_STACKS))
+    facts = gateway_facts(config, stack)[0]
     assert facts.highly_available and facts.site.region == REGION
     return facts
 
