@@ -144,10 +144,11 @@ class Decider:
             if self.role == ACTIVE and self.settled:
                 return None
             return self._become(ACTIVE, RESUME, "it holds the Elastic IP")
+        other = f"gateway {1 - self.index}" if holder == self.partner else holder
         if self.role == ACTIVE:
             self.hold_until = now + HOLD_DOWN
-            return self._become(STANDBY, STEP_DOWN, f"{holder} holds the Elastic IP")
-        return self._settle()
+            return self._become(STANDBY, STEP_DOWN, f"{other} holds the Elastic IP")
+        return self._settle(f"{other} holds the Elastic IP")
 
     def _free(self, now: float) -> Action | None:
         # Nobody holds the address: gateway 0 claims it at once, gateway 1 after the
@@ -159,15 +160,17 @@ class Decider:
         grace = 0.0 if self.index == 0 else INITIAL_GRACE
         if now - self.free_since >= grace and now >= self.hold_until:
             return self._become(ACTIVE, CLAIM, f"nobody held it for {grace:.0f} s")
-        return self._settle()
+        return self._settle("nobody holds the Elastic IP yet")
 
     def failed(self) -> None:
         self.role, self.settled, self.misses = STANDBY, False, 0
 
-    def _settle(self) -> Action | None:
+    def _settle(self, reason: str) -> Action | None:
+        # Once: make the standby's role true on this host (after a restart its tunnel
+        # may still be up).
         if self.settled:
             return None
-        return self._become(STANDBY, SETTLE, "not the holder")
+        return self._become(STANDBY, SETTLE, reason)
 
     def _become(self, role: str, kind: str, reason: str) -> Action:
         self.role, self.settled = role, True
@@ -175,7 +178,9 @@ class Decider:
 
 
 def holder_of(xml: str, allocation: str) -> str | None:
-    # DescribeAddresses' answer: the ENI that holds `allocation`, None if none does.
+    # DescribeAddresses' answer: the ENI that holds `allocation`, None if none does (an
+    # item of addressesSet has allocationId, and networkInterfaceId while associated:
+    # https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_DescribeAddresses.html).
     root = ElementTree.fromstring(xml)  # noqa: S314 - AWS's own answer, over TLS
     for item in root.iter():
         values = {child.tag.rsplit("}", 1)[-1]: (child.text or "") for child in item}
@@ -204,7 +209,9 @@ class Agent:
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def say(self, line: str) -> None:
-        print(f"failover: {self.settings.site} gateway {line}", flush=True)
+        # One line per event, for the journal: "failover: <site> gateway <i> <what>".
+        assert self.decider is not None
+        print(f"failover: {self.settings.site} gateway {self.decider.index} {line}", flush=True)
 
     def complain(self, line: str) -> None:
         print(f"wg-site-to-site-failover: {line}", file=sys.stderr, flush=True)
@@ -236,8 +243,12 @@ class Agent:
         return [self.settings.aws, "ec2", action, urllib.parse.urlencode(query)]
 
     def call(self, argv: list[str]) -> str:
-        # The helper says on stderr, in one line, why a call failed.
-        done = subprocess.run(argv, stdout=subprocess.PIPE, text=True, timeout=60, check=False)
+        # The helper says on stderr, in one line, why a call failed (its own limits are
+        # 5 s for IMDS and 20 s for the API).
+        try:
+            done = subprocess.run(argv, stdout=subprocess.PIPE, text=True, timeout=60, check=False)
+        except subprocess.TimeoutExpired:
+            raise Problem(f"{argv[1]} {argv[2]} did not answer") from None
         if done.returncode != 0:
             raise Problem(f"{argv[1]} {argv[2]} failed")
         return done.stdout.strip()
@@ -245,6 +256,8 @@ class Agent:
     def identify(self) -> Decider:
         facts = self.facts or self.load()
         aws = self.settings.aws
+        # The device-0 interface, as the probe reads it (instance metadata categories:
+        # network/interfaces/macs/<mac>/interface-id).
         mac = self.call([aws, "imds", "mac"])
         own = self.call([aws, "imds", f"network/interfaces/macs/{mac}/interface-id"])
         self.instance = self.call([aws, "imds", "instance-id"])
@@ -273,7 +286,7 @@ class Agent:
     # ---- this host
     @property
     def role_file(self) -> str:
-        # Read by the apply, the check and the probe.
+        # "active" or "standby", read by the check and the probe.
         return os.path.join(self.settings.state_dir, f"{self.settings.interface}.role")
 
     def role(self) -> str:
@@ -290,10 +303,17 @@ class Agent:
         os.replace(f"{self.role_file}.new", self.role_file)
 
     def quiet(self, *argv: str) -> int:
-        return subprocess.run(argv, stdout=subprocess.DEVNULL, timeout=60, check=False).returncode
+        try:
+            done = subprocess.run(argv, stdout=subprocess.DEVNULL, timeout=60, check=False)
+        except subprocess.TimeoutExpired:
+            self.complain(f"{' '.join(argv)}: no answer in 60 s")
+            return 1
+        return done.returncode
 
     def bring_up(self) -> None:
-        # wg-quick@ is a oneshot that stays "active" after its interface is gone: restart.
+        # wg-quick@.service is Type=oneshot with RemainAfterExit=yes (wireguard-tools'
+        # src/systemd/wg-quick@.service): it stays "active" after its interface is gone,
+        # and only a restart brings it back.
         if self.quiet("ip", "link", "show", "dev", self.settings.interface) != 0:
             self.quiet("systemctl", "restart", f"wg-quick@{self.settings.interface}")
 
@@ -333,7 +353,9 @@ class Agent:
 
     # ---- moving the site
     def move_routes(self) -> bool:
-        # Every route of every table to this ENI, all at once.
+        # Every route of every table to this ENI, all at once (ReplaceRoute: "Replaces an
+        # existing route within a route table in a VPC"; one target per destination,
+        # API_ReplaceRoute.html). The routes ignore their target in Pulumi's program.
         assert self.facts is not None and self.decider is not None
         own = self.decider.own
         calls = [
@@ -357,6 +379,10 @@ class Agent:
         assert self.facts is not None and self.decider is not None
         decider = self.decider
         if action.kind in (CLAIM, TAKEOVER):
+            # "Reassociation is automatic, but you can specify false to ensure the operation
+            # fails if the Elastic IP address is already associated with another resource"
+            # (API_AssociateAddress.html); older API versions and moto refuse a held address
+            # without it, so it is said. An address is on one interface at a time: the lock.
             associate = self.ec2(
                 "AssociateAddress",
                 AllocationId=self.facts.allocation,
@@ -377,11 +403,11 @@ class Agent:
             self.ping(target)
         routed = self.move_routes()
         if action.kind == TAKEOVER:
-            self.say(f"{decider.index} took over from {1 - decider.index} ({action.reason})")
+            self.say(f"took over from gateway {1 - decider.index} ({action.reason})")
         elif action.kind == CLAIM:
-            self.say(f"{decider.index} claimed the Elastic IP ({action.reason})")
+            self.say(f"claimed the Elastic IP ({action.reason})")
         else:
-            self.say(f"{decider.index} is active ({action.reason})")
+            self.say(f"is active ({action.reason})")
         return routed
 
     def act(self, action: Action | None) -> None:
@@ -396,10 +422,9 @@ class Agent:
                 self.set_role(STANDBY)
                 self.bring_down()
                 if action.kind == STEP_DOWN:
-                    reason = f"{action.reason}; no takeover for {HOLD_DOWN:.0f} s"
-                    self.say(f"{self.decider.index} stepped down ({reason})")
+                    self.say(f"stepped down ({action.reason}; no takeover for {HOLD_DOWN:.0f} s)")
                 else:
-                    self.say(f"{self.decider.index} is standby ({action.reason})")
+                    self.say(f"is standby ({action.reason})")
         values = [("Active", 1.0 if self.decider.role == ACTIVE else 0.0, True)]
         if action.kind == TAKEOVER:
             values.append(("Failovers", 1.0, False))
@@ -408,7 +433,8 @@ class Agent:
     # ---- the subcommands
     def takeover(self) -> int:
         decider = self.identify()
-        holder = holder_of(self.call(self.describe()), self.facts.allocation)  # type: ignore[union-attr]
+        assert self.facts is not None
+        holder = holder_of(self.call(self.describe()), self.facts.allocation)
         if holder == decider.own:
             self.act(Action(RESUME, "it held the Elastic IP already"))
         else:
@@ -453,7 +479,9 @@ class Agent:
         metric_interval = float(os.environ.get("WG_S2S_METRIC_INTERVAL") or METRIC_INTERVAL)
         rounds: list[Round] = []
         holder: subprocess.Popen[str] | None = None
-        next_probe = next_holder = next_metric = time.monotonic()
+        next_probe = next_holder = time.monotonic()
+        # The first metrics once the first rounds have answered (or not).
+        next_metric = next_probe + MISSES * PROBE_INTERVAL
         while True:
             now = time.monotonic()
             facts = self.facts

@@ -40,8 +40,8 @@ SSM_ADVANCED_LIMIT_BYTES = 8192
 APPLY_PATH = "/usr/local/sbin/wg-site-to-site-apply"
 CHECK_PATH = "/usr/local/sbin/wg-site-to-site-check"
 PROBE_PATH = "/usr/local/sbin/wg-site-to-site-probe"
-# The failover agent of a site with two gateways (issue 16): its daemon (`run`), and the
-# one-shot `takeover` the deployer's drain runs through Run Command, and `status`.
+# The failover agent of a site with two gateways; `python -m deployer drain` runs its
+# `takeover` on the other gateway before a gateway that holds the Elastic IP is replaced.
 FAILOVER_AGENT_PATH = "/usr/local/sbin/wg-site-to-site-failover"
 
 _IPTABLES_TARGET = {"reject": "REJECT", "drop": "DROP", "accept": "ACCEPT"}

@@ -40,13 +40,6 @@ SENT_BYTES = "SentBytes"
 # 1 while the gateway interface's source/dest check is on (the VPC then drops every
 # forwarded packet, and TunnelUp is 0), 0 while it is off.
 SOURCE_DEST_CHECK = "SourceDestCheck"
-# Two gateways per site (issue 16), published by the failover agent (cloud-init/failover.py)
-# with the probe's namespace and dimensions: Active 1|0 from each gateway (Stack, Site,
-# InstanceId), StandbyReady 1|0 from the standby (Stack, Site: its config applied and both
-# of its probes answering), Failovers 1 on each takeover (Stack, Site).
-ACTIVE = "Active"
-STANDBY_READY = "StandbyReady"
-FAILOVERS = "Failovers"
 # Metric name -> CloudWatch unit, as the probe publishes them.
 METRICS: dict[str, str] = {
     TUNNEL_UP: "Count",

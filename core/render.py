@@ -343,8 +343,9 @@ def render_check(facts: GatewayFacts) -> str:
         aws=facts.is_aws,
         # WireGuard drops a session 180 s after its last handshake (REJECT_AFTER_TIME).
         max_handshake_age=health.HANDSHAKE_STALE_SECONDS,
-        # Two gateways: the standby's tunnel is down by design (the failover agent's role).
-        role_path=facts.role_path if facts.highly_available else None,
+        # Two gateways: the standby's tunnel is down by design (the failover agent's role,
+        # in facts.role_path: the state directory, which WG_S2S_STATE_DIR moves).
+        highly_available=facts.highly_available,
         state_dir=PROBE_STATE_DIR,
     )
 
