@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from core.facts import FAILOVER_AGENT_PATH
 from lab import LabError, aws, netns
 from lab.build import (
     boot_gateway,
@@ -31,9 +32,6 @@ from lab.day2 import ContinuousPing
 from lab.state import State
 from lab.topology import LINK_HOST, Gateway, Host, Site, Topology
 
-# The failover agent on each gateway of a site with two gateways (core.facts'
-# FAILOVER_AGENT_PATH on the agent's branch; the path is the design's).
-AGENT_PATH = "/usr/local/sbin/wg-site-to-site-failover"
 # How long a ping stream may stay broken after a host failure before the lab gives up.
 RECOVERY_TIMEOUT = 30.0
 READY_TIMEOUT = 60.0
@@ -92,7 +90,9 @@ def agent(
     gateway: Gateway, state: State, command: str, timeout: float = 60.0
 ) -> subprocess.CompletedProcess[str]:
     """`wg-site-to-site-failover COMMAND` on the gateway (takeover, status)."""
-    return host_run(gateway.namespace, state, [AGENT_PATH, command], timeout=timeout, check=False)
+    return host_run(
+        gateway.namespace, state, [FAILOVER_AGENT_PATH, command], timeout=timeout, check=False
+    )
 
 
 def status(gateway: Gateway, state: State) -> dict[str, object]:
