@@ -25,9 +25,18 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from core.facts import PROBE_STATE_DIR
 from core.render import parse_user_data, written_files
-from lab import NETNS_ETC, PREFIX, REPO, STATE_DIR, LabError, aws, controller, netns
+from lab import (
+    GATEWAY_RUN,
+    NETNS_ETC,
+    PREFIX,
+    REPO,
+    STATE_DIR,
+    LabError,
+    aws,
+    controller,
+    netns,
+)
 from lab.state import State
 from lab.topology import (
     EC2_MTU,
@@ -739,7 +748,6 @@ case "$verb" in
 esac
 """
 SBIN = "/usr/local/sbin"
-GATEWAY_RUN = Path(PROBE_STATE_DIR)  # /run/wg-site-to-site: the role file, the probe's markers
 
 
 def _shims() -> Path:

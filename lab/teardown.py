@@ -15,7 +15,7 @@ import socket
 import time
 from pathlib import Path
 
-from lab import NETNS_ETC, PREFIX, STATE_DIR, WIREGUARD_RUN, netns
+from lab import GATEWAY_RUN, NETNS_ETC, PREFIX, STATE_DIR, WIREGUARD_RUN, netns
 from lab.state import State, created_host_dirs, load
 from lab.topology import PROBE_INTERFACE
 
@@ -128,6 +128,7 @@ def teardown() -> list[str]:
     for created, directory in (
         (state.created_netns_etc, NETNS_ETC),
         (state.created_wireguard_run, WIREGUARD_RUN),
+        (False, GATEWAY_RUN),  # only if recorded: a lab with two gateways per site made it
     ):
         if (
             (created or str(directory) in recorded)

@@ -277,3 +277,13 @@ def test_a_stack_may_be_named_by_its_file():
     assert stack_location(str(EXAMPLES / "Pulumi.ha.yaml")) == ("ha", EXAMPLES)
     with pytest.raises(LabError, match=r"not a file named Pulumi\.<stack>\.yaml"):
         stack_location(str(EXAMPLES / "missing.yaml"))
+
+
+def test_the_gateways_own_state_directory_is_where_the_scripts_look():
+    # The role file and the probe's markers live there (core.facts); the lab mounts a
+    # directory of each HA gateway's own over that path (lab.build.run_dir), which
+    # test_failover's roles (one active, one standby at once) depend on.
+    from core.facts import PROBE_STATE_DIR
+    from lab import GATEWAY_RUN
+
+    assert str(GATEWAY_RUN) == PROBE_STATE_DIR
