@@ -160,6 +160,12 @@ def host_failure(gateway: Gateway) -> None:
     )
 
 
+def site_down(site: Site) -> None:
+    """A whole site down (the peer-site-down control): a host failure of every gateway."""
+    for gateway in site.gateways:
+        host_failure(gateway)
+
+
 def fresh_boot(site: Site, gateway: Gateway, state: State) -> list[str]:
     """A new instance on the same interface (a returning host, or a replacement): nothing of
     the old one's memory or disk (its tunnel interface, firewall, files, /run), its link up,

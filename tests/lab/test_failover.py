@@ -21,13 +21,13 @@ from lab.failover import (
     far_host,
     fresh_boot,
     holder,
-    host_failure,
     image_roll,
     interface_up,
     kill_active,
     partition,
     partner,
     route_targets,
+    site_down,
     status,
     wait_standby_ready,
 )
@@ -200,8 +200,7 @@ def test_a_peer_site_down_causes_no_takeover(lab: Lab) -> None:
     active = holder(alpha)
     assert active is not None
     standby = partner(alpha, active)
-    for gateway in beta.gateways:
-        host_failure(gateway)
+    site_down(beta)
     target = str(alpha.facts.peers[0].tunnel_address)
     probe = netns.ns_run(standby.namespace, ["ping", "-c1", "-W1", "-n", target], check=False)
     assert probe.returncode != 0, "the peer site is not down"
