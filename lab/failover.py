@@ -8,6 +8,7 @@ lab.aws.ec2_view); the lab's VPC routers and internet gateways follow moto
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -70,6 +71,19 @@ def holder(site: Site) -> Gateway | None:
     address = aws.ec2_view()[site.name]["holder"]
     found = [g for g in site.gateways if str(g.private_address.ip) == address]
     return found[0] if found else None
+
+
+def active_first(topology: Topology) -> Topology:
+    """The topology with each site's gateway that holds its Elastic IP in moto as its first
+    (`site.gateway`, what the checks look at): after a failover, the other one."""
+    sites = []
+    for site in topology.sites:
+        active = holder(site) if site.highly_available else None
+        if active is not None and active is not site.gateway:
+            sites.append(dataclasses.replace(site, gateway=active, second=partner(site, active)))
+        else:
+            sites.append(site)
+    return dataclasses.replace(topology, sites=tuple(sites))
 
 
 def route_targets(site: Site) -> set[str]:

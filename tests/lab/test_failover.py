@@ -16,8 +16,10 @@ from collections.abc import Iterator
 import pytest
 
 from lab import aws, cli, netns
+from lab.checks import check_handshake, directions, expected_hops
 from lab.day2 import ContinuousPing
 from lab.failover import (
+    active_first,
     far_host,
     fresh_boot,
     holder,
@@ -191,6 +193,17 @@ def test_the_failover_command_kills_each_active_in_turn(
         assert old is not None
         assert holder(site) is partner(site, old), site.name
         assert status(old, lab.state)["role"] == "standby", site.name
+    # `lab check` looks at the active gateways: there the handshakes are fresh, and the
+    # trace's first hop is the active's address.
+    moved = active_first(lab.topology)
+    for site, static in zip(moved.sites, lab.topology.sites, strict=True):
+        assert site.gateway is holder(site)
+        assert check_handshake(site).ok, check_handshake(site).line()
+        if static.gateway is not site.gateway:
+            # Where the standby is gateway 0, the plan's order would check the wrong one.
+            assert not check_handshake(static).ok
+    alpha_to_beta = next(d for d in directions(moved) if d.label == "a1->b1")
+    assert expected_hops(alpha_to_beta)[0] == str(moved.sites[0].gateway.private_address.ip)
 
 
 def test_a_peer_site_down_causes_no_takeover(lab: Lab) -> None:
