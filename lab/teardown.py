@@ -92,13 +92,15 @@ def teardown() -> list[str]:
         interfaces |= _interfaces_of(etc)
 
     removed: list[str] = []
-    # The lab's long-running processes first (the controller would otherwise go on
-    # changing the VPC routers while they go).
-    daemons = [int(entry.split()[-1]) for entry in state.daemons if entry.split()[-1].isdigit()]
-    if daemons:
-        _stop(daemons)
     present = set(netns.list_namespaces())
     pids = [pid for ns in namespaces if ns in present for pid in netns.namespace_pids(ns)]
+    # The lab's long-running processes first (the controller would otherwise go on
+    # changing the VPC routers while they go); only while they still run in a lab
+    # namespace: a recorded pid whose process died (a host failure) may be reused.
+    recorded = {entry.split()[-1] for entry in state.daemons}
+    daemons = [pid for pid in pids if str(pid) in recorded]
+    if daemons:
+        _stop(daemons)
     if pids:
         _stop(pids)
         removed.append(f"{len(pids)} processes")
