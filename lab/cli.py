@@ -136,8 +136,10 @@ def failover(stack: str, runs: int) -> int:
     require_root()
     if runs < 1:
         raise LabError("--runs must be 1 or more")
-    state = load()
     the_plan = plan(stack)
+    if not any(site.highly_available for site in derive(the_plan).sites):
+        raise LabError(f"stack {stack} has no site with two gateways (gateways: 2)")
+    state = load()
     if state is not None and state.stack != the_plan.stack:
         raise LabError(
             f"the lab that is up is for stack {state.stack}, not {stack}: lab down first"

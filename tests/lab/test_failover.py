@@ -206,6 +206,16 @@ def test_the_failover_command_kills_each_active_in_turn(
     assert expected_hops(alpha_to_beta)[0] == str(moved.sites[0].gateway.private_address.ip)
 
 
+def test_the_failover_command_refuses_a_stack_without_two_gateways(
+    lab: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lab.__main__ import main
+
+    assert main(["failover", "dev"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["lab: stack dev has no site with two gateways (gateways: 2)"]
+
+
 def test_a_peer_site_down_causes_no_takeover(lab: Lab) -> None:
     # Last: beta's gateways stay down. alpha's standby loses its forwarding probe (no peer
     # answers through the active), but still reaches the active: no takeover.
