@@ -10,6 +10,8 @@ BENCH_JSON ?= build/lab-bench.json
 # make plan-bench: the offline plan of a SITES-site AWS mesh, RUNS times (issue 15: 10 in 5 s).
 SITES ?= 10
 PLAN_BENCH_JSON ?= build/plan-bench.json
+# make failover-bench: a stack with two gateways per site (a name or a stack file's path).
+FAILOVER_STACK ?= tests/stacks/Pulumi.ha.yaml
 VENV := .venv
 PY := $(VENV)/bin/python
 # Debian packages the tests and the lab use: WireGuard (kernel or wireguard-go),
@@ -18,7 +20,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := wireguard-tools wireguard-go iproute2 iptables nftables iputils-ping curl \
 	mtr-tiny iperf3 procps psmisc cloud-init shellcheck
 
-.PHONY: help deps test lint typecheck unit lab lab-down lab-bench plan plan-bench pin policy \
+.PHONY: help deps test lint typecheck unit lab lab-down lab-bench failover-bench plan plan-bench pin policy \
 	test-stack test-stack-destroy test-stack-sweep e2e site-bundle clean
 
 help: ## list the targets
@@ -104,6 +106,9 @@ lab-down: deps ## remove everything the lab made
 
 lab-bench: deps ## lab benchmark (RUNS=5 fresh labs): first packet, tunnel vs plain throughput, teardown
 	$(PY) -m lab bench $(STACK) --runs $(RUNS) --output $(BENCH_JSON)
+
+failover-bench: deps ## kill each site's active gateway RUNS times (FAILOVER_STACK, gateways: 2): pings lost, median (root)
+	$(PY) -m lab failover $(FAILOVER_STACK) --runs $(RUNS); status=$$?; $(PY) -m lab down > /dev/null; exit $$status
 
 test-stack: deps ## create ephemeral stack test-NAME from BASE (default dev), alerts to ALERTS_EMAIL
 	$(PY) -m tools.ephemeral create --name "$(NAME)" --base "$(or $(BASE),dev)" \

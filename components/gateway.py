@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,7 @@ from components.tunnel_health import gateway_metrics_policy
 from core import health
 from core.facts import CANONICAL_OWNER, GatewayFacts
 from core.render import (
+    FailoverInputs,
     PeerEndpoint,
     desired_state_tier,
     render_bootstrap,
@@ -165,6 +167,20 @@ class WireGuardGatewayArgs:
     """How long `pulumi up` waits for this gateway's apply through Run Command."""
     tags: dict[str, str]
     """Tags for every resource."""
+    public_ip: pulumi.Input[str] | None = None
+    """This site's Elastic IP address (two gateways: the failover section names it)."""
+    second_subnet_id: pulumi.Input[str] | None = None
+    """Two gateways: the second gateway's public subnet (another zone)."""
+
+
+# A site with two gateways: gateway 0 keeps the names a one-gateway site has, gateway 1's
+# resources are the same names with this suffix.
+SECOND_GATEWAY_SUFFIX = "-2"
+
+
+def gateway_suffix(index: int) -> str:
+    """The suffix of gateway `index`'s resource names: none for 0, `-2` for 1."""
+    return SECOND_GATEWAY_SUFFIX if index else ""
 
 
 class WireGuardGateway(pulumi.ComponentResource):
@@ -172,15 +188,28 @@ class WireGuardGateway(pulumi.ComponentResource):
 
     Routes, the Elastic IP and the private address belong to the interface, so replacing
     the instance (a new image, another type) changes none of them.
+
+    A site with two gateways (`gateways: 2`, README "High availability") gets two of
+    each, in two zones, sharing one identity (role, key, parameters, security group); the
+    gateways move the Elastic IP and the routes between them, and an image roll replaces
+    the standby first (drain, replace, apply; then the other).
     """
 
     instance_id: pulumi.Output[str]
+    """The (first) gateway's instance."""
+    instance_ids: list[pulumi.Output[str]]
+    """Every gateway's instance, gateway 0 first."""
     network_interface_id: pulumi.Output[str]
+    network_interface_ids: list[pulumi.Output[str]]
+    """Every gateway's interface, gateway 0 first."""
     security_group_id: pulumi.Output[str]
     kms_key_arn: pulumi.Output[str]
     wg_config: pulumi.Output[str]
     desired_state_digest: pulumi.Output[str]
     apply: command.local.Command
+    """The (first) gateway's apply."""
+    applies: list[command.local.Command]
+    """Every gateway's apply, gateway 0 first."""
 
     def __init__(
         self, name: str, args: WireGuardGatewayArgs, opts: pulumi.ResourceOptions | None = None
@@ -191,29 +220,56 @@ class WireGuardGateway(pulumi.ComponentResource):
         self._child = pulumi.ResourceOptions(parent=self)
 
         security_group = self._security_group()
-        interface = self._network_interface(security_group)
-        address = aws.ec2.EipAssociation(
-            f"{name}-address",
-            allocation_id=args.allocation_id,
-            network_interface_id=interface.id,
-            # An Elastic IP can only be associated in a VPC attached to an internet
-            # gateway; on destroy it must let go before the internet gateway detaches
-            # ("has some mapped public address(es)").
-            opts=pulumi.ResourceOptions(parent=self, depends_on=args.internet_path),
-        )
-        self._routes_to_peer(interface)
-        self._frag_needed_to_workloads(interface)
-        parameters, role_policy, profile = self._desired_state_and_keys()
-        instance = self._instance(
-            interface,
-            profile,
-            # cloud-init needs the internet (packages, SSM) the moment it starts.
-            depends_on=[*parameters, role_policy, address, *args.internet_path],
-        )
-        self.apply = self._apply_in_place(instance, parameters)
+        count = args.facts.gateway_count
+        interfaces = [self._network_interface(security_group, index) for index in range(count)]
+        interface = interfaces[0]
+        if args.facts.highly_available:
+            # NO EipAssociation: the gateways associate the Elastic IP themselves (the
+            # active one; AssociateAddress with AllowReassociation at each takeover). One
+            # owned by Pulumi would be found gone (or on the other interface) by the next
+            # `pulumi up --refresh` and put back on gateway 0, possibly the dead one: the
+            # "Pulumi drift trap" of ../shared/reference/topologies-and-failover.md. A site
+            # going from one gateway to two loses its association at the end of that `up`,
+            # after drain-0 has handed the address to gateway 1: the provider's delete
+            # (DisassociateAddress by association id) finds that association gone and
+            # succeeds (terraform-provider-aws internal/service/ec2/ec2_eip_association.go,
+            # resourceEIPAssociationDelete: InvalidAssociationID.NotFound returns no error).
+            self._routes_to_peer(interface, follow_failover=True)
+            self._frag_needed_to_workloads(interfaces)
+            parameters, role_policy, profile = self._desired_state_and_keys(interfaces)
+            failover_policy = self._failover_rights(interfaces)
+            instances, applies = self._rolling_pair(
+                interfaces, profile, [*parameters, role_policy, failover_policy]
+            )
+            instance, self.apply = instances[0], applies[0]
+            self.applies = applies
+        else:
+            address = aws.ec2.EipAssociation(
+                f"{name}-address",
+                allocation_id=args.allocation_id,
+                network_interface_id=interface.id,
+                # An Elastic IP can only be associated in a VPC attached to an internet
+                # gateway; on destroy it must let go before the internet gateway detaches
+                # ("has some mapped public address(es)").
+                opts=pulumi.ResourceOptions(parent=self, depends_on=args.internet_path),
+            )
+            self._routes_to_peer(interface)
+            self._frag_needed_to_workloads(interfaces)
+            parameters, role_policy, profile = self._desired_state_and_keys(interfaces)
+            instance = self._instance(
+                interface,
+                profile,
+                # cloud-init needs the internet (packages, SSM) the moment it starts.
+                depends_on=[*parameters, role_policy, address, *args.internet_path],
+            )
+            self.apply = self._apply_in_place(instance, parameters)
+            self.applies = [self.apply]
+            instances = [instance]
 
         self.instance_id = instance.id
+        self.instance_ids = [each.id for each in instances]
         self.network_interface_id = interface.id
+        self.network_interface_ids = [each.id for each in interfaces]
         self.security_group_id = security_group.id
         self.register_outputs(
             {
@@ -286,38 +342,51 @@ class WireGuardGateway(pulumi.ComponentResource):
         )
         return group
 
-    def _network_interface(self, security_group: aws.ec2.SecurityGroup) -> aws.ec2.NetworkInterface:
-        facts = self._inputs.facts
+    def _network_interface(
+        self, security_group: aws.ec2.SecurityGroup, index: int = 0
+    ) -> aws.ec2.NetworkInterface:
+        facts, suffix = self._inputs.facts, gateway_suffix(index)
         # In a VPC the project lays out, the address is fixed (the first host of the
+        # public subnet: facts.gateway_private_ips, one per gateway, each in its own
         # public subnet); in an existing one AWS picks it, once, for the interface.
-        fixed = None if facts.site.uses_existing_vpc else [str(facts.layout.gateway_private_ip)]
+        fixed = None if facts.site.uses_existing_vpc else [str(facts.gateway_private_ips[index])]
+        subnet_id = self._inputs.subnet_id if index == 0 else self._inputs.second_subnet_id
+        assert subnet_id is not None, "a second gateway needs the second public subnet"
+        # Gateway 0's is a one-gateway site's, so that going to two gateways keeps it.
+        which = ", second gateway" if index else ""
         return aws.ec2.NetworkInterface(
-            f"{self._site}-gateway",
-            subnet_id=self._inputs.subnet_id,
+            f"{self._site}-gateway{suffix}",
+            subnet_id=subnet_id,
             private_ips=fixed,
             security_groups=[security_group.id],
             # It forwards packets for other hosts; with the check on, the VPC drops them.
             source_dest_check=False,
-            description=f"WireGuard gateway of site {facts.name} (outlives its instances)",
-            tags=self._tags("gateway"),
+            description=f"WireGuard gateway of site {facts.name}{which} (outlives its instances)",
+            tags=self._tags(f"gateway{suffix}"),
             opts=self._child,
         )
 
-    def _frag_needed_to_workloads(self, interface: aws.ec2.NetworkInterface) -> None:
+    def _frag_needed_to_workloads(self, interfaces: list[aws.ec2.NetworkInterface]) -> None:
+        for index, interface in enumerate(interfaces):
+            self._frag_needed_from(interface, index)
+
+    def _frag_needed_from(self, interface: aws.ec2.NetworkInterface, index: int) -> None:
         # A workload sending DF packets bigger than the tunnel MTU learns the path MTU
         # from this gateway's ICMP "fragmentation needed"; security groups admit it only
         # with an explicit rule ("Path MTU Discovery", EC2 user guide:
         # https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/network_mtu.html#path_mtu_discovery).
         source = interface.private_ip.apply(lambda ip: f"{ip}/32")
-        for role, icmp_type, icmp_code, what in (
+        for kind, icmp_type, icmp_code, what in (
             ("frag-needed-from-gateway", 3, 4, "path MTU discovery: fragmentation needed"),
             # A trace through the tunnel: the gateway's own hop.
             ("time-exceeded-from-gateway", 11, -1, "time exceeded"),
         ):
+            # With two gateways, either may be the active one that sends these.
+            role = kind + gateway_suffix(index)
             aws.vpc.SecurityGroupIngressRule(
                 f"{self._site}-{role}",
                 security_group_id=self._inputs.workload_security_group_id,
-                description=f"{what} from the gateway",
+                description=f"{what} from the gateway" + (f" {index}" if index else ""),
                 ip_protocol="icmp",
                 from_port=icmp_type,
                 to_port=icmp_code,
@@ -337,11 +406,14 @@ class WireGuardGateway(pulumi.ComponentResource):
         )
 
     def _desired_state_and_keys(
-        self,
+        self, interfaces: list[aws.ec2.NetworkInterface]
     ) -> tuple[list[aws.ssm.Parameter], aws.iam.RolePolicy, aws.iam.InstanceProfile]:
-        """What the gateway converges to, in SSM, readable by this gateway's role only."""
+        """What the gateway converges to, in SSM, readable by this gateway's role only.
+
+        With two gateways both read the same parameters with the same role: one identity.
+        """
         name, args, facts = self._site, self._inputs, self._inputs.facts
-        role = aws.iam.Role(
+        self._role = role = aws.iam.Role(
             f"{name}-gateway",
             assume_role_policy=EC2_ASSUME_ROLE,
             description=f"wg-site-to-site gateway of site {facts.name}",
@@ -412,7 +484,13 @@ class WireGuardGateway(pulumi.ComponentResource):
                 for peer, key_ip in known.items()
             }
         )
-        desired = endpoints.apply(lambda known: render_desired_state(facts, known))
+        if facts.highly_available:
+            failover = self._failover_inputs(interfaces)
+            desired = pulumi.Output.all(endpoints, failover).apply(
+                lambda parts: render_desired_state(facts, parts[0], failover=parts[1])
+            )
+        else:
+            desired = endpoints.apply(lambda known: render_desired_state(facts, known))
         self.wg_config = desired.apply(lambda state: state.wg_config)
         self.desired_state_digest = desired.apply(lambda state: state.digest)
         # A plain String: it holds no secret, and a reviewer sees the change in the diff.
@@ -469,19 +547,30 @@ class WireGuardGateway(pulumi.ComponentResource):
         profile = aws.iam.InstanceProfile(
             f"{name}-gateway", role=role.name, tags=self._tags("gateway"), opts=self._child
         )
+        self._parameters = parameters
         return parameters, policy, profile
 
     def _apply_in_place(
-        self, instance: aws.ec2.Instance, parameters: list[aws.ssm.Parameter]
+        self, instance: aws.ec2.Instance, parameters: list[aws.ssm.Parameter], index: int = 0
     ) -> command.local.Command:
         """Sends the apply to the gateway with Run Command whenever its desired state changes.
 
         The triggers are a digest of the desired state and the key generation, never a
-        secret: a change replaces this resource, which runs the apply again.
+        secret: a change replaces this resource, which runs the apply again. With two
+        gateways the instance id is one too: a replaced gateway is applied again, so the
+        next step of the rolling replacement (the other gateway's drain) waits until the
+        new one is up and applied.
         """
         facts, args = self._inputs.facts, self._inputs
+        triggers: list[pulumi.Input[str]] = [
+            self.desired_state_digest,
+            f"key-generation={facts.key_generation:d}",
+            f"preshared-key={'on' if facts.preshared_key else 'off'}",
+        ]
+        if facts.highly_available:
+            triggers.append(instance.id)
         return command.local.Command(
-            f"{self._site}-apply",
+            f"{self._site}-apply{gateway_suffix(index)}",
             create=f"{DEPLOYER} apply",
             environment={
                 "WG_S2S_SITE": facts.name,
@@ -491,11 +580,7 @@ class WireGuardGateway(pulumi.ComponentResource):
             },
             # Plain `name=value` text: the generation as a number, the pre-shared key as
             # on|off (never a Python repr such as `True`).
-            triggers=[
-                self.desired_state_digest,
-                f"key-generation={facts.key_generation:d}",
-                f"preshared-key={'on' if facts.preshared_key else 'off'}",
-            ],
+            triggers=triggers,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[instance, *parameters]),
         )
 
@@ -530,11 +615,13 @@ class WireGuardGateway(pulumi.ComponentResource):
         interface: aws.ec2.NetworkInterface,
         profile: aws.iam.InstanceProfile,
         depends_on: list[pulumi.Resource],
+        index: int = 0,
+        image: pulumi.Output[str] | None = None,
     ) -> aws.ec2.Instance:
-        name, facts = self._site, self._inputs.facts
+        name, facts, suffix = self._site, self._inputs.facts, gateway_suffix(index)
         return aws.ec2.Instance(
-            f"{name}-gateway",
-            ami=self._image(),
+            f"{name}-gateway{suffix}",
+            ami=self._image() if image is None else image,
             instance_type=facts.site.instance_type,
             # Device 0 is the standalone interface: subnet, address, security group and
             # source/dest check are its, and stay when the instance is replaced.
@@ -577,8 +664,8 @@ class WireGuardGateway(pulumi.ComponentResource):
             # cloud-init runs only on first boot: a changed bootstrap needs a new instance
             # (the interface keeps the address, routes and Elastic IP).
             user_data_replace_on_change=True,
-            tags=self._tags("gateway"),
-            volume_tags=self._tags("gateway"),
+            tags=self._tags(f"gateway{suffix}"),
+            volume_tags=self._tags(f"gateway{suffix}"),
             opts=pulumi.ResourceOptions(
                 parent=self,
                 depends_on=depends_on,
@@ -588,19 +675,208 @@ class WireGuardGateway(pulumi.ComponentResource):
             ),
         )
 
-    def _routes_to_peer(self, interface: aws.ec2.NetworkInterface) -> None:
+    def _routes_to_peer(
+        self, interface: aws.ec2.NetworkInterface, follow_failover: bool = False
+    ) -> None:
         # Every other site's CIDR, in every route table of the site: in a hub topology a
         # spoke's gateway sends them all to the hub (its AllowedIPs), so the tables do not
         # depend on the topology.
-        for remote, cidr in self._inputs.remote_sites.items():
+        destinations = dict(self._inputs.remote_sites)
+        opts = self._child
+        if follow_failover:
+            # Two gateways: the tunnel cidr too (facts.routed_destinations), so that the
+            # standby's probes of the peers' tunnel addresses go through the active.
+            destinations["tunnel"] = str(self._inputs.facts.tunnel_address.network)
+            # Created pointing at gateway 0; from then on the active gateway owns the
+            # target (ReplaceRoute at each takeover). Without ignore_changes the next
+            # `pulumi up` (or `up --refresh`) would point every route back at gateway 0,
+            # possibly the dead one: the "Pulumi drift trap" of
+            # ../shared/reference/topologies-and-failover.md. The route's table and
+            # destination are still Pulumi's (both ForceNew: plan/replacement.py).
+            opts = pulumi.ResourceOptions(parent=self, ignore_changes=["networkInterfaceId"])
+        for remote, cidr in destinations.items():
             for index, route_table_id in enumerate(self._inputs.route_table_ids):
                 aws.ec2.Route(
                     f"{self._site}-to-{remote}-{index}",
                     route_table_id=route_table_id,
                     destination_cidr_block=cidr,
                     network_interface_id=interface.id,
-                    opts=self._child,
+                    opts=opts,
                 )
+
+    # ------------------------------------------------------------- two gateways per site
+
+    def _failover_inputs(
+        self, interfaces: list[aws.ec2.NetworkInterface]
+    ) -> pulumi.Output[FailoverInputs]:
+        """The desired state's failover facts (core.render.failover_section), once every id
+        is known: the site's Elastic IP, both interfaces and every route table."""
+        args = self._inputs
+        assert args.public_ip is not None, "a site with two gateways needs its Elastic IP"
+        tables = pulumi.Output.all(*args.route_table_ids)
+        return pulumi.Output.all(
+            args.allocation_id, args.public_ip, interfaces[0].id, interfaces[1].id, tables
+        ).apply(
+            lambda known: FailoverInputs(
+                allocation_id=known[0],
+                elastic_ip=known[1],
+                network_interface_ids=(known[2], known[3]),
+                route_table_ids=tuple(known[4]),
+            )
+        )
+
+    def _ec2_arn(self, kind: str, id_: pulumi.Input[str]) -> pulumi.Output[str]:
+        args = self._inputs
+        return pulumi.Output.format(
+            "arn:{0}:ec2:{1}:{2}:{3}/{4}",
+            args.partition,
+            args.facts.site.aws_region,
+            args.account_id,
+            kind,
+            id_,
+        )
+
+    def _failover_rights(self, interfaces: list[aws.ec2.NetworkInterface]) -> aws.iam.RolePolicy:
+        """What the failover agent may do: move THIS site's Elastic IP between its two
+        interfaces, and point THIS site's route tables at either; read addresses and routes.
+
+        Resource types from the Service Authorization Reference, Amazon EC2
+        (https://docs.aws.amazon.com/service-authorization/latest/reference/list_amazonec2.html):
+        AssociateAddress authorizes on elastic-ip (arn:${Partition}:ec2:${Region}:${Account}:
+        elastic-ip/${AllocationId}) and network-interface (...:network-interface/
+        ${NetworkInterfaceId}); ReplaceRoute on route-table (...:route-table/${RouteTableId}).
+        DescribeAddresses and DescribeRouteTables support no resource-level permissions
+        (the reference lists no resource type for them): `*` is the only resource they take,
+        and they only read. policy/rules.py (failover-rights-scoped) holds the moving
+        actions to this site's own ARNs.
+        """
+        args = self._inputs
+        document = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "MoveOwnElasticIp",
+                    "Effect": "Allow",
+                    "Action": "ec2:AssociateAddress",
+                    "Resource": [
+                        self._ec2_arn("elastic-ip", args.allocation_id),
+                        *(self._ec2_arn("network-interface", each.id) for each in interfaces),
+                    ],
+                },
+                {
+                    "Sid": "MoveOwnRoutes",
+                    "Effect": "Allow",
+                    "Action": "ec2:ReplaceRoute",
+                    "Resource": [self._ec2_arn("route-table", t) for t in args.route_table_ids],
+                },
+                {
+                    "Sid": "ReadAddressesAndRoutes",
+                    "Effect": "Allow",
+                    "Action": ["ec2:DescribeAddresses", "ec2:DescribeRouteTables"],
+                    "Resource": "*",
+                },
+            ],
+        }
+        return aws.iam.RolePolicy(
+            f"{self._site}-move-own-address",
+            role=self._role.id,
+            policy=pulumi.Output.json_dumps(document),
+            opts=self._child,
+        )
+
+    def _public_ipv4(
+        self, index: int, interface: aws.ec2.NetworkInterface
+    ) -> command.local.Command:
+        """The interface's own public IPv4 for whenever it does not hold the Elastic IP (the
+        standby still needs SSM, the EC2 API and CloudWatch): ENI attribute
+        AssociatePublicIpAddress, through ModifyNetworkInterfaceAttribute ("can be enabled
+        for any network interface but will only apply to the primary network interface
+        (eth0)": https://docs.aws.amazon.com/AWSEC2/latest/APIReference/
+        API_ModifyNetworkInterfaceAttribute.html). pulumi-aws 7.51's NetworkInterface has
+        no such argument, so `python -m deployer public-ipv4` sets it (idempotent)."""
+        facts = self._inputs.facts
+        return command.local.Command(
+            f"{self._site}-public-ipv4{gateway_suffix(index)}",
+            create=f"{DEPLOYER} public-ipv4",
+            environment={
+                "WG_S2S_SITE": facts.name,
+                "WG_S2S_REGION": facts.site.aws_region,
+                "WG_S2S_GATEWAY": str(index),
+                "WG_S2S_NETWORK_INTERFACE_ID": interface.id,
+            },
+            # A new interface (a new id) gets it set again.
+            triggers=[interface.id],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[interface]),
+        )
+
+    def _replacement_inputs(self, image: pulumi.Output[str]) -> list[pulumi.Input[str]]:
+        """What replaces (or stops) a gateway's instance: the image, the type and the user
+        data (a digest: it holds no secret, but is 10 KB). Never a secret."""
+        facts = self._inputs.facts
+        user_data = render_bootstrap(facts).user_data_base64
+        digest = hashlib.sha256(user_data.encode()).hexdigest()
+        return [
+            image.apply(lambda ami: f"image={ami}"),
+            f"instance-type={facts.site.instance_type}",
+            f"user-data={digest}",
+        ]
+
+    def _drain(
+        self,
+        index: int,
+        interfaces: list[aws.ec2.NetworkInterface],
+        image: pulumi.Output[str],
+        depends_on: list[pulumi.Resource],
+    ) -> command.local.Command:
+        """Before gateway `index` is replaced: if it holds the Elastic IP, the other one
+        takes over (`python -m deployer drain`), so the active hands over before it goes.
+        Its triggers are that gateway's replacement inputs: a change replaces this command,
+        which runs it again, before the instance (which depends on it) is replaced."""
+        facts, args = self._inputs.facts, self._inputs
+        return command.local.Command(
+            f"{self._site}-drain-{index}",
+            create=f"{DEPLOYER} drain",
+            environment={
+                "WG_S2S_SITE": facts.name,
+                "WG_S2S_REGION": facts.site.aws_region,
+                "WG_S2S_GATEWAY": str(index),
+                "WG_S2S_NETWORK_INTERFACE_ID": interfaces[index].id,
+                "WG_S2S_OTHER_NETWORK_INTERFACE_ID": interfaces[1 - index].id,
+                "WG_S2S_ALLOCATION_ID": args.allocation_id,
+                "WG_S2S_DEADLINE_SECONDS": str(args.deadline_seconds),
+            },
+            triggers=self._replacement_inputs(image),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=depends_on),
+        )
+
+    def _rolling_pair(
+        self,
+        interfaces: list[aws.ec2.NetworkInterface],
+        profile: aws.iam.InstanceProfile,
+        identity: list[pulumi.Resource],
+    ) -> tuple[list[aws.ec2.Instance], list[command.local.Command]]:
+        """Both gateways, in the order a replacement must take: drain-1, gateway 1, its
+        apply, drain-0, gateway 0, its apply. Gateway 1 goes first; if it was the active
+        one, drain-1 hands over to gateway 0 first; drain-0 waits until the new gateway 1
+        is applied, then hands over to it if gateway 0 is the active one. So the standby
+        is always the one replaced, and the site keeps a gateway throughout."""
+        args = self._inputs
+        image = self._image()
+        public_ipv4 = [self._public_ipv4(i, each) for i, each in enumerate(interfaces)]
+        # No EipAssociation (see __init__): cloud-init reaches the internet through the
+        # interface's own public IPv4 (public_ipv4) until its gateway holds the address.
+        boot = [*identity, *args.internet_path]
+        drain_1 = self._drain(1, interfaces, image, depends_on=[*interfaces])
+        second = self._instance(
+            interfaces[1], profile, [*boot, public_ipv4[1], drain_1], index=1, image=image
+        )
+        second_apply = self._apply_in_place(second, self._parameters, index=1)
+        drain_0 = self._drain(0, interfaces, image, depends_on=[*interfaces, second_apply])
+        first = self._instance(
+            interfaces[0], profile, [*boot, public_ipv4[0], drain_0], image=image
+        )
+        first_apply = self._apply_in_place(first, self._parameters)
+        return [first, second], [first_apply, second_apply]
 
 
 def _key_policy(

@@ -31,6 +31,11 @@ class SiteNetworkArgs:
     tunnel addresses."""
     tags: dict[str, str]
     """Tags for every resource."""
+    second_availability_zone: pulumi.Input[str] | None = None
+    """With two gateways (site.gateways 2): the second public subnet's zone, another zone
+    offering the type; None for one gateway."""
+    second_zone_pinned: bool = False
+    """As zone_pinned, for the second zone (secondAvailabilityZone)."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,10 @@ class SiteNetwork(pulumi.ComponentResource):
     vpc_id: pulumi.Output[str]
     gateway_subnet_id: pulumi.Output[str]
     route_table_ids: list[pulumi.Output[str]]
+    """Every route table of the site: public, private, and with two gateways the second
+    public one, in that order."""
+    second_gateway_subnet_id: pulumi.Output[str] | None = None
+    """The second gateway's public subnet (two gateways only)."""
     internet_path: list[pulumi.Resource]
     """The internet gateway, the public default route and its association: what the
     gateway needs at boot and must outlive it on destroy (empty for an existing VPC)."""
@@ -199,22 +208,54 @@ class SiteNetwork(pulumi.ComponentResource):
         self.gateway_subnet_id = public.id
         self.route_table_ids = [public_routes.id, private_routes.id]
         self.internet_path = [igw, default_route, public_association]
+        if args.site.gateways == 2:
+            self._second_public_subnet(vpc, igw)
+
+    def _second_public_subnet(self, vpc: aws.ec2.Vpc, igw: aws.ec2.InternetGateway) -> None:
+        """The second gateway's public subnet, in the second zone, with its own route table
+        (the third of the site: the gateway routes the other sites in it too) and its own
+        default route to the internet gateway."""
+        name, args = self._site, self._inputs
+        cidr, zone = args.layout.second_public_subnet, args.second_availability_zone
+        # core.config refuses gateways 2 on a cidr with no room for a third subnet.
+        assert cidr is not None and zone is not None
+        subnet, routes, association = self._subnet(
+            vpc, "public-2", cidr, zone=zone, pinned=args.second_zone_pinned
+        )
+        default_route = aws.ec2.Route(
+            f"{name}-public-2-internet",
+            route_table_id=routes.id,
+            destination_cidr_block="0.0.0.0/0",
+            gateway_id=igw.id,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.second_gateway_subnet_id = subnet.id
+        self.route_table_ids.append(routes.id)
+        self.internet_path += [default_route, association]
 
     def _subnet(
-        self, vpc: aws.ec2.Vpc, role: str, cidr: ipaddress.IPv4Network
+        self,
+        vpc: aws.ec2.Vpc,
+        role: str,
+        cidr: ipaddress.IPv4Network,
+        *,
+        zone: pulumi.Input[str] | None = None,
+        pinned: bool | None = None,
     ) -> tuple[aws.ec2.Subnet, aws.ec2.RouteTable, aws.ec2.RouteTableAssociation]:
-        """A subnet with a route table of its own (the gateway adds the peer route)."""
+        """A subnet with a route table of its own (the gateway adds the peer route), in the
+        site's zone unless `zone` names another (the second gateway's)."""
         name, child = f"{self._site}-{role}", pulumi.ResourceOptions(parent=self)
+        pinned = self._inputs.zone_pinned if pinned is None else pinned
         subnet = aws.ec2.Subnet(
             name,
             vpc_id=vpc.id,
             cidr_block=str(cidr),
-            availability_zone=self._inputs.availability_zone,
+            availability_zone=self._inputs.availability_zone if zone is None else zone,
             # Only the gateway gets a public address, and it asks for one itself.
             map_public_ip_on_launch=False,
             tags=self._tags(role),
             opts=child
-            if self._inputs.zone_pinned
+            if pinned
             # A zone that moved would replace the subnet create-before-delete with the
             # same CIDR, which AWS refuses (InvalidSubnet.Conflict, pulumi-awsx#910).
             else pulumi.ResourceOptions(parent=self, ignore_changes=["availabilityZone"]),

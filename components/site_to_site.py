@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,6 +164,8 @@ class SiteToSite(pulumi.ComponentResource):
                     account_id=account.account_id,
                     partition=account.partition,
                     tags=tags,
+                    public_ip=own.public_ip,
+                    second_subnet_id=network.second_gateway_subnet_id,
                 ),
                 opts=pulumi.ResourceOptions(parent=self, providers=[providers[facts.name]]),
             )
@@ -201,7 +204,10 @@ class SiteToSite(pulumi.ComponentResource):
                 stack=args.stack,
                 sites=[
                     HealthSite(
-                        facts=facts, provider=providers[facts.name], instance_id=g.instance_id
+                        facts=facts,
+                        provider=providers[facts.name],
+                        instance_id=g.instance_id,
+                        second_instance_id=g.instance_ids[1] if facts.highly_available else None,
                     )
                     for facts, g in zip(aws_sites, gateways, strict=True)
                 ],
@@ -257,15 +263,18 @@ class SiteToSite(pulumi.ComponentResource):
         deadline: int,
     ) -> command.local.Command:
         """After every apply: do the tunnels carry traffic? Fails `pulumi up` if not."""
+        # Every gateway of every site: with two, the standby's check says so and passes
+        # (`check role standby ok`), the active's checks the tunnels.
         targets = pulumi.Output.json_dumps(
             [
                 {
                     "site": facts.name,
                     "region": facts.site.aws_region,
-                    "instanceId": gateway.instance_id,
+                    "instanceId": instance_id,
                     "interface": facts.interface,
                 }
                 for facts, gateway in zip(both, gateways, strict=True)
+                for instance_id in gateway.instance_ids
             ]
         )
         return command.local.Command(
@@ -274,9 +283,9 @@ class SiteToSite(pulumi.ComponentResource):
             environment={"WG_S2S_GATEWAYS": targets, "WG_S2S_DEADLINE_SECONDS": str(deadline)},
             # Runs again whenever any gateway was applied again.
             triggers=[gateway.desired_state_digest for gateway in gateways]
-            + [gateway.apply.id for gateway in gateways],
+            + [apply.id for gateway in gateways for apply in gateway.applies],
             opts=pulumi.ResourceOptions(
-                parent=self, depends_on=[gateway.apply for gateway in gateways]
+                parent=self, depends_on=[apply for gateway in gateways for apply in gateway.applies]
             ),
         )
 
@@ -331,13 +340,16 @@ class SiteToSite(pulumi.ComponentResource):
         tags: dict[str, str],
     ) -> SiteNetwork:
         provider = providers[facts.name]
+        zone, second_zone = self._zones(index, facts, provider, tags)
         return SiteNetwork(
             facts.name,
             SiteNetworkArgs(
                 site=facts.site,
                 layout=facts.layout,
-                availability_zone=self._zone(index, facts, provider, tags),
+                availability_zone=zone,
                 zone_pinned=facts.site.availability_zone is not None,
+                second_availability_zone=second_zone,
+                second_zone_pinned=facts.site.second_availability_zone is not None,
                 remote_sites=[
                     RemoteSite(name=other.name, cidr=str(other.site.cidr))
                     for other in every
@@ -349,10 +361,11 @@ class SiteToSite(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, providers=[provider]),
         )
 
-    def _zone(
+    def _zones(
         self, index: int, facts: GatewayFacts, provider: aws.Provider, tags: dict[str, str]
-    ) -> str:
-        """The site's zone, checked against what AWS would refuse only after a delete.
+    ) -> tuple[str, str | None]:
+        """The site's zone, and with two gateways the second gateway's (else None), each
+        checked against what AWS would refuse only after a delete.
 
         Blocking invokes, so a refusal stops the program before anything of the site is
         declared, with one line naming the key.
@@ -373,11 +386,25 @@ class SiteToSite(pulumi.ComponentResource):
             ],
             opts=invoke,
         )
-        zone = _offered_zone(list(offerings.locations), facts, key)
+        zones = list(offerings.locations)
+        zone = _offered_zone(zones, facts, key)
         if facts.site.availability_zone and not facts.site.uses_existing_vpc:
             _refuse_moved_zone(zone, _existing_public_subnet(facts, tags, invoke), facts, key)
-        # An existing VPC's subnets are not this program's: the zone is unused there.
-        return zone
+        if not facts.highly_available:
+            # An existing VPC's subnets are not this program's: the zone is unused there.
+            return zone, None
+        second = _second_zone(zones, zone, facts, key)
+        if facts.site.second_availability_zone:
+            existing = _existing_public_subnet(facts, tags, invoke, role="public-2")
+            _refuse_moved_zone(
+                second,
+                existing,
+                facts,
+                key,
+                zone_key="secondAvailabilityZone",
+                subnet=facts.layout.second_public_subnet,
+            )
+        return zone, second
 
 
 def name_clashes(names: list[str]) -> list[str]:
@@ -403,15 +430,16 @@ def name_clashes(names: list[str]) -> list[str]:
 
 
 def _existing_public_subnet(
-    facts: GatewayFacts, tags: dict[str, str], invoke: pulumi.InvokeOptions
+    facts: GatewayFacts, tags: dict[str, str], invoke: pulumi.InvokeOptions, role: str = "public"
 ) -> tuple[str, str] | None:
-    """(zone, cidr) of the site's public subnet if an earlier `up` made it, else None.
+    """(zone, cidr) of the site's public subnet (`role` public-2: the second gateway's) if
+    an earlier `up` made it, else None.
 
     The program cannot read its own state; AWS can tell by the tags the program set
     (project, stack and the subnet's Name, as SiteNetwork writes them).
     """
     found = aws.ec2.get_subnets(
-        tags={"project": tags["project"], "stack": tags["stack"], "Name": f"{facts.name}-public"},
+        tags={"project": tags["project"], "stack": tags["stack"], "Name": f"{facts.name}-{role}"},
         opts=invoke,
     )
     if not found.ids:
@@ -443,23 +471,57 @@ def _offered_zone(zones: list[str], facts: GatewayFacts, key: str) -> str:
     return site.availability_zone
 
 
+def _second_zone(zones: list[str], first: str, facts: GatewayFacts, key: str) -> str:
+    """The second gateway's zone: the pinned one if it offers the type, else the first
+    other zone that does (kept afterwards: SiteNetwork ignores its later changes)."""
+    site, type_ = facts.site, _shown(facts.site.instance_type)
+    pinned = site.second_availability_zone
+    if pinned is not None:
+        if pinned not in zones:
+            raise pulumi.RunError(
+                f"{key}.secondAvailabilityZone: {pinned} does not offer {type_} "
+                f"(zones that do: {', '.join(sorted(zones))}); pin one of those or choose "
+                "another instanceType"
+            )
+        if pinned == first:
+            raise pulumi.RunError(
+                f"{key}.secondAvailabilityZone: {pinned} is the first gateway's zone too; "
+                "two gateways need two zones"
+            )
+        return pinned
+    others = sorted(zone for zone in zones if zone != first)
+    if not others:
+        raise pulumi.RunError(
+            f"{key}.gateways: 2 needs a second zone offering {type_}, and {site.region} has "
+            f"only {first}; choose another instanceType or leave gateways at 1"
+        )
+    return others[0]
+
+
 def _refuse_moved_zone(
-    zone: str, existing: tuple[str, str] | None, facts: GatewayFacts, key: str
+    zone: str,
+    existing: tuple[str, str] | None,
+    facts: GatewayFacts,
+    key: str,
+    *,
+    zone_key: str = "availabilityZone",
+    subnet: ipaddress.IPv4Network | None = None,
 ) -> None:
     """Refuses a pinned zone that moves a subnet AWS would refuse to make anew.
 
     A changed zone replaces the subnets create-before-delete with the same CIDR in the
     same VPC, which AWS refuses (InvalidSubnet.Conflict), after the old gateway is gone.
+    `zone_key` and `subnet`: the second gateway's (secondAvailabilityZone, its subnet).
     """
     if existing is None:
         return
     old_zone, cidr = existing
-    if old_zone == zone or cidr != str(facts.layout.public_subnet):
+    if old_zone == zone or cidr != str(subnet or facts.layout.public_subnet):
         # Same zone, or a new site cidr: the subnets go into a new VPC, no conflict.
         return
     raise pulumi.RunError(
-        f"{key}.availabilityZone: {zone}, but site {facts.name}'s subnets exist in {old_zone}, "
+        f"{key}.{zone_key}: {zone}, but site {facts.name}'s subnets exist in {old_zone}, "
         f"and AWS refuses a second subnet {cidr} while the old one exists "
-        f"(InvalidSubnet.Conflict): keep availabilityZone {old_zone}, or change the site's "
+        f"(InvalidSubnet.Conflict): keep {zone_key} {old_zone}, or change the site's "
         "cidr as well, or destroy the site first"
     )

@@ -40,6 +40,9 @@ SSM_ADVANCED_LIMIT_BYTES = 8192
 APPLY_PATH = "/usr/local/sbin/wg-site-to-site-apply"
 CHECK_PATH = "/usr/local/sbin/wg-site-to-site-check"
 PROBE_PATH = "/usr/local/sbin/wg-site-to-site-probe"
+# The failover agent of a site with two gateways; `python -m deployer drain` runs its
+# `takeover` on the other gateway before a gateway that holds the Elastic IP is replaced.
+FAILOVER_AGENT_PATH = "/usr/local/sbin/wg-site-to-site-failover"
 
 _IPTABLES_TARGET = {"reject": "REJECT", "drop": "DROP", "accept": "ACCEPT"}
 
@@ -332,6 +335,13 @@ class GatewayFacts:
         return f"/etc/wireguard/{self.interface}.failover"
 
     @property
+    def role_path(self) -> str:
+        """The role, active or standby (two gateways): written by the failover agent, read by
+        the check and the probe; in the probe's state directory (WG_S2S_STATE_DIR
+        moves both, as in the lab)."""
+        return f"{PROBE_STATE_DIR}/{self.interface}.role"
+
+    @property
     def key_path(self) -> str:
         return f"/etc/wireguard/{self.interface}.key"
 
@@ -523,3 +533,5 @@ AWS_ENV_PATH = "/etc/wg-site-to-site/aws.env"
 PROBE_SERVICE_PATH = "/etc/systemd/system/wg-site-to-site-probe.service"
 PROBE_TIMER_PATH = "/etc/systemd/system/wg-site-to-site-probe.timer"
 PROBE_STATE_DIR = "/run/wg-site-to-site"
+# The failover agent's unit (only on a site with two gateways): Type=simple, always restarted.
+FAILOVER_UNIT_PATH = "/etc/systemd/system/wg-site-to-site-failover.service"

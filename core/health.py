@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar
 
 from core.config import PROJECT
@@ -66,6 +66,33 @@ PER_GATEWAY_METRICS: tuple[str, ...] = (SOURCE_DEST_CHECK,)
 PER_INSTANCE_METRICS: tuple[str, ...] = (TUNNEL_UP,)
 
 
+# --- two gateways per site (issue 16) ------------------------------------------------
+# The failover agent (cloud-init/, /usr/local/sbin/wg-site-to-site-failover) publishes these,
+# in NAMESPACE, with the probe's Stack and Site dimensions (metric_dimensions):
+# 1 while this gateway holds the site's Elastic IP (it is the active), else 0; from both
+# gateways, each with its own InstanceId. Its not-reporting alarm watches this series: a
+# standby publishes no TunnelUp.
+ACTIVE = "Active"
+# From the standby only (Stack, Site): 1 when its config is applied and both of its probes
+# (the partner's private address, the peers' tunnel addresses through the active) answer,
+# else 0. A dead standby publishes nothing: the redundancy-lost alarm treats that as 0.
+STANDBY_READY = "StandbyReady"
+# 1 (Stack, Site) from the gateway that just took over, once per takeover.
+FAILOVERS = "Failovers"
+FAILOVER_METRICS: dict[str, str] = {ACTIVE: "Count", STANDBY_READY: "Count", FAILOVERS: "Count"}
+# Published once per gateway with its InstanceId (Stack, Site, InstanceId).
+HA_GATEWAY_METRICS: tuple[str, ...] = (ACTIVE,)
+# Published per site (Stack, Site), whichever gateway sends them.
+HA_SITE_METRICS: tuple[str, ...] = (STANDBY_READY, FAILOVERS)
+
+
+def ha_custom_metric_count(gateways: int = 2) -> int:
+    """How many custom metrics a site's failover agents add (none with one gateway)."""
+    if gateways < 2:
+        return 0
+    return len(HA_GATEWAY_METRICS) * gateways + len(HA_SITE_METRICS)
+
+
 def custom_metric_count(peers: int) -> int:
     """How many custom metrics (name + dimension set) one gateway's probe publishes."""
     return (len(PER_PEER_METRICS) + len(PER_INSTANCE_METRICS)) * peers + len(PER_GATEWAY_METRICS)
@@ -82,9 +109,11 @@ def metric_dimensions(
             raise ValueError(f"{metric} is published per peer: name the peer")
         dimensions[DIMENSION_PEER] = peer
     if instance is not None:
-        if metric not in PER_INSTANCE_METRICS:
+        if metric not in PER_INSTANCE_METRICS + HA_GATEWAY_METRICS:
             raise ValueError(f"{metric} is not published per instance")
         dimensions[DIMENSION_INSTANCE] = instance
+    elif metric in HA_GATEWAY_METRICS:
+        raise ValueError(f"{metric} is published per instance: name the instance")
     return dimensions
 
 
@@ -240,14 +269,84 @@ SYSTEM_CHECK = AlarmRule(
 
 TUNNEL_RULES = (TUNNEL_DOWN, NOT_REPORTING, HANDSHAKE_STALE)
 
+# --- a site with two gateways ------------------------------------------------------------
 
-def alarm_name(stack: str, site: str, rule: AlarmRule, peer: str | None = None) -> str:
+# Each gateway of an HA site has its own not-reporting alarm, on its own Active series: the
+# standby publishes no TunnelUp, so the single-gateway rule would read a healthy standby as
+# silent. Same evaluation (and the same "never reported: no message" start).
+NOT_REPORTING_HA = replace(
+    NOT_REPORTING,
+    description=(
+        "The gateway reported before and has sent no Active for about 3 minutes: the instance "
+        "or its failover agent is down."
+    ),
+    metric=ACTIVE,
+)
+
+REDUNDANCY_LOST = AlarmRule(
+    key="redundancy-lost",
+    description=(
+        "No standby ready to take over for 3 minutes (StandbyReady below 1, or not sent): "
+        "the site runs on one gateway, and losing it takes the site down."
+    ),
+    metric=STANDBY_READY,
+    statistic="Maximum",
+    comparison="LessThanThreshold",
+    threshold=1,
+    period_seconds=DEFAULT_PROBE_INTERVAL_SECONDS,
+    evaluation_periods=3,
+    datapoints_to_alarm=3,
+    # A dead standby (terminated, stopped, its agent crashed) publishes nothing: silence is
+    # the very thing to page on. On a first deploy this pages until the standby is ready.
+    treat_missing_data="breaching",
+)
+
+FAILED_OVER = AlarmRule(
+    key="failed-over",
+    description=(
+        "A gateway took the site over (Failovers): the other gateway stopped forwarding. "
+        "Nothing to do for traffic; find out why the other one failed."
+    ),
+    metric=FAILOVERS,
+    statistic="Sum",
+    comparison="GreaterThanOrEqualToThreshold",
+    threshold=1,
+    period_seconds=DEFAULT_PROBE_INTERVAL_SECONDS,
+    evaluation_periods=1,
+    datapoints_to_alarm=1,
+    # A minute without a takeover is a minute without one.
+    treat_missing_data="notBreaching",
+    # One message per failover; its return to OK a minute later is no news.
+    notify=frozenset({"ALARM"}),
+)
+
+# The alarms about the site as a whole that a site with two gateways adds.
+HA_SITE_RULES = (REDUNDANCY_LOST, FAILED_OVER)
+
+
+def not_reporting_rule(highly_available: bool) -> AlarmRule:
+    """The not-reporting rule of a gateway: on Active with two gateways, else TunnelUp."""
+    return NOT_REPORTING_HA if highly_available else NOT_REPORTING
+
+
+def alarm_name(
+    stack: str, site: str, rule: AlarmRule, peer: str | None = None, gateway: int = 0
+) -> str:
     """<project>-<stack>-<site>-<key>, the site's alarm; with `peer`, the alarm of one
     peer's series: <project>-<stack>-<site>-<peer>-<key> (the same rule as the
-    components' per-peer alarms; config refuses site names whose pairs would join alike)."""
+    components' per-peer alarms; config refuses site names whose pairs would join alike).
+    The second gateway of an HA site (`gateway` 1) adds `-gateway-1` at the end: the first
+    keeps the names it had with one gateway, and no rule key ends that way, so no other
+    site's or pair's alarm can take the name."""
+    key = alarm_key(rule, gateway)
     if peer is not None:
-        return f"{PROJECT}-{stack}-{site}-{peer}-{rule.key}"
-    return f"{PROJECT}-{stack}-{site}-{rule.key}"
+        return f"{PROJECT}-{stack}-{site}-{peer}-{key}"
+    return f"{PROJECT}-{stack}-{site}-{key}"
+
+
+def alarm_key(rule: AlarmRule, gateway: int = 0) -> str:
+    """The rule's key for one gateway of a site: `<key>`, or `<key>-gateway-1`."""
+    return rule.key if gateway == 0 else f"{rule.key}-gateway-{gateway}"
 
 
 def alarm_dimensions(

@@ -29,6 +29,8 @@ from core.facts import (
     AWS_CALL_PATH,
     AWS_ENV_PATH,
     CHECK_PATH,
+    FAILOVER_AGENT_PATH,
+    FAILOVER_UNIT_PATH,
     PRESHARED_KEY_LEAF,
     PROBE_PATH,
     PROBE_SERVICE_PATH,
@@ -318,6 +320,9 @@ def render_apply(facts: GatewayFacts) -> str:
         psk_base_template=PSK_PATH_TEMPLATE.format(peer="")[: -len(".psk")],
         site_name_pattern=SITE_NAME.pattern.removeprefix("^").removesuffix("$"),
         jumps=facts.jumps,
+        # Two gateways: the failover agent's facts from the desired state, and the tunnel
+        # left down unless the agent has brought it up (only the active's is up).
+        failover_path=facts.failover_path if facts.highly_available else None,
     )
 
 
@@ -338,6 +343,10 @@ def render_check(facts: GatewayFacts) -> str:
         aws=facts.is_aws,
         # WireGuard drops a session 180 s after its last handshake (REJECT_AFTER_TIME).
         max_handshake_age=health.HANDSHAKE_STALE_SECONDS,
+        # Two gateways: the standby's tunnel is down by design (the failover agent's role,
+        # in facts.role_path: the state directory, which WG_S2S_STATE_DIR moves).
+        highly_available=facts.highly_available,
+        state_dir=PROBE_STATE_DIR,
     )
 
 
@@ -345,11 +354,81 @@ def render_apply_unit(facts: GatewayFacts) -> str:
     return _render("apply.service.j2", interface=facts.interface, apply_path=APPLY_PATH)
 
 
+# The failover agent's source: a typed, linted, unit-tested Python module (tests import it);
+# render_failover installs it with its site's settings.
+FAILOVER_SOURCE = TEMPLATES / "failover.py"
+
+
+def without_comments(text: str) -> str:
+    """`text` without its comment-only lines (`#` first; a `#!` first line and shellcheck's
+    directives stay).
+
+    Only for scripts whose `#` lines are all comments (shell, Python, awk and systemd; no
+    here-document of ours carries a `#` line as data): the user data of a site with two
+    gateways holds the failover agent too, and would not fit EC2's 16 KB with them.
+    """
+    lines = text.splitlines(keepends=True)
+    kept = [
+        line
+        for number, line in enumerate(lines)
+        if not line.lstrip().startswith("#")
+        or line.lstrip().startswith("# shellcheck ")
+        or (number == 0 and line.startswith("#!"))
+    ]
+    return "".join(kept)
+
+
+def render_failover(facts: GatewayFacts) -> str:
+    """The failover agent of a site with two gateways, installed at FAILOVER_AGENT_PATH:
+    cloud-init/failover.py without its comment and blank lines (the same program: a test
+    compares their syntax trees), then its site's settings and the call of its main."""
+    body = "".join(
+        line
+        for line in without_comments(FAILOVER_SOURCE.read_text()).splitlines(True)
+        if line.strip()
+    )
+    return _render(
+        "failover.py.j2",
+        name=PurePosixPath(FAILOVER_AGENT_PATH).name,
+        body=body,
+        sbin=_sbin(),
+        site=facts.name,
+        stack=facts.stack,
+        interface=facts.interface,
+        failover_path=facts.failover_path,
+        state_dir=PROBE_STATE_DIR,
+        aws_call=PurePosixPath(AWS_CALL_PATH).name,
+        namespace=health.NAMESPACE,
+        dimensions={
+            "Stack": health.DIMENSION_STACK,
+            "Site": health.DIMENSION_SITE,
+            "InstanceId": health.DIMENSION_INSTANCE,
+        },
+        metrics={
+            "Active": health.ACTIVE,
+            "StandbyReady": health.STANDBY_READY,
+            "Failovers": health.FAILOVERS,
+        },
+    )
+
+
+def render_failover_unit(facts: GatewayFacts) -> str:
+    return _render(
+        "failover.service.j2",
+        interface=facts.interface,
+        site=facts.name,
+        apply_unit=PurePosixPath(APPLY_UNIT_PATH).name,
+        agent_path=FAILOVER_AGENT_PATH,
+    )
+
+
 def render_bootstrap(facts: GatewayFacts) -> Bootstrap:
     """The user data: packages, scripts and the units that apply the desired state.
 
     Nothing in it changes on day 2 (firewall, keepalive, MTU, keys, the peer), so a day-2
-    change never replaces the instance.
+    change never replaces the instance. A site with two gateways also gets the failover
+    agent and its unit (and no wg-quick@ at boot: the agent brings the tunnel up on the
+    active only), every file without its comment lines (EC2's 16 KB).
     """
     files = {
         SYSCTL_PATH: (render_sysctl(facts), "0644"),
@@ -360,6 +439,10 @@ def render_bootstrap(facts: GatewayFacts) -> Bootstrap:
         APPLY_UNIT_PATH: (render_apply_unit(facts), "0644"),
         **{path: (text, "0644") for path, text in render_probe_units(facts).items()},
     }
+    if facts.highly_available:
+        files[FAILOVER_AGENT_PATH] = (render_failover(facts), "0700")
+        files[FAILOVER_UNIT_PATH] = (render_failover_unit(facts), "0644")
+        files = {path: (without_comments(text), mode) for path, (text, mode) in files.items()}
     user_data = _render(
         "user-data.yaml.j2",
         instance_type=facts.site.instance_type,
@@ -370,6 +453,7 @@ def render_bootstrap(facts: GatewayFacts) -> Bootstrap:
         files=[(path, content, mode) for path, (content, mode) in files.items()],
         apply_unit=PurePosixPath(APPLY_UNIT_PATH).name,
         probe_timer=PurePosixPath(PROBE_TIMER_PATH).name,
+        failover_unit=(PurePosixPath(FAILOVER_UNIT_PATH).name if facts.highly_available else None),
     )
     # Parsing the document back proves it says what we meant before it reaches an instance.
     written = {path: entry["content"] for path, entry in written_files(user_data).items()}
@@ -494,6 +578,9 @@ def render_probe(
         received_bytes=health.RECEIVED_BYTES,
         sent_bytes=health.SENT_BYTES,
         units=health.METRICS,
+        # Two gateways: the standby measures no tunnel (the failover agent publishes its
+        # Active and StandbyReady).
+        highly_available=facts.highly_available,
     )
 
 

@@ -7,4 +7,8 @@ SSM. But `send-command` returns at once, and the AWS CLI's `command-executed` wa
 after about 100 s, shorter than a first boot. So this module sends `AWS-RunShellScript`, polls
 `get_command_invocation` with its own deadline, and turns the outcome into an exit status and a
 few clear lines that `pulumi up` shows: `python -m deployer apply` and `python -m deployer verify`.
+
+A site with two gateways adds two: `python -m deployer public-ipv4` (the interface's
+AssociatePublicIpAddress, which pulumi-aws cannot set) and `python -m deployer drain` (before a
+gateway is replaced, the other one takes the site over if this one holds it).
 """

@@ -14,6 +14,9 @@ STATE_DIR = Path("/run/wg-site-to-site-lab")
 STATE_FILE = STATE_DIR / "state.json"
 NETNS_ETC = Path("/etc/netns")
 WIREGUARD_RUN = Path("/var/run/wireguard")
+# core.facts.PROBE_STATE_DIR: a gateway's role file and probe markers. Each gateway of a
+# site with two gateways gets its own, bind-mounted over it (lab.build.run_dir).
+GATEWAY_RUN = Path("/run/wg-site-to-site")
 REPO = Path(__file__).resolve().parent.parent
 LINK_NOTE = (
     "links: 9001-byte MTU everywhere; the internet drops packets over 1500 bytes;"

@@ -15,6 +15,16 @@ it, so the probe and the check read a real answer (ec2:DescribeNetworkInterfaceA
 The instance metadata stand-in answers each gateway by the address its requests arrive
 from (its Elastic IP, after the internet gateway's mapping): its instance id (the plan's),
 its MAC and that interface's id in moto, as IMDS answers an instance about itself.
+
+A site with two gateways (gateways: 2) exists in moto's EC2 as `pulumi up` makes it: its
+VPC, three subnets, both gateways' interfaces at their fixed addresses, one route table per
+subnet with the routes to the first gateway's interface, and the Elastic IP (allocated at
+the plan's address, associated with nothing: the gateways associate it themselves). moto
+makes its own ids (moto 5.2 takes no custom id for interfaces, route tables or addresses),
+so the lab translates the plan's ids into moto's where the gateways read them: the
+desired state's `failover` section (translate_ids). The Elastic IP moves between the two
+gateways, so the metadata stand-in answers each of them on a port of its own instead of
+by address (WG_S2S_IMDS_ENDPOINT in the environment of what the lab runs on it).
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from lab import PREFIX, REPO, STATE_DIR, LabError, netns
-from lab.topology import Site
+from lab.topology import Gateway, Site
 
 NAMESPACE = f"{PREFIX}aws"
 LINK = f"{PREFIX}awsl"  # its link's name on the internet's side
@@ -54,15 +64,30 @@ CREDENTIALS = {
 START_TIMEOUT = 30.0
 
 
-def gateway_env() -> dict[str, str]:
-    """What a gateway's scripts get in the lab instead of IMDS and AWS's endpoints."""
+def gateway_env(namespace: str | None = None) -> dict[str, str]:
+    """What a gateway's scripts get in the lab instead of IMDS and AWS's endpoints; a
+    gateway of a site with two gateways has its own metadata port."""
+    port = _imds_ports().get(namespace or "", IMDS_PORT)
     return {
         **CREDENTIALS,
         "WG_S2S_ENDPOINT_SSM": ENDPOINT,
         "WG_S2S_ENDPOINT_MONITORING": ENDPOINT,
         "WG_S2S_ENDPOINT_EC2": ENDPOINT,
-        "WG_S2S_IMDS_ENDPOINT": IMDS_ENDPOINT,
+        "WG_S2S_IMDS_ENDPOINT": f"http://{ADDRESS.ip}:{port}",
     }
+
+
+def _imds_ports() -> dict[str, int]:
+    try:
+        raw = json.loads(IMDS_PORTS_FILE.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): int(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+
+
+def imds_port(site: Site, gateway: Gateway) -> int:
+    """A gateway of a site with two gateways: its metadata stand-in's port."""
+    return IMDS_PORT + 100 + 2 * site.index + gateway.index
 
 
 def start() -> subprocess.Popen[bytes]:
@@ -123,20 +148,137 @@ def put_parameters(parameters: list[dict[str, str]]) -> None:
     )
 
 
-def mac(site: Site) -> str:
+def mac(site: Site, gateway: Gateway | None = None) -> str:
     """The gateway's device-0 MAC, as its IMDS names it (locally administered)."""
-    return f"0e:00:00:00:00:{site.index + 1:02x}"
+    index = gateway.index if gateway is not None else 0
+    return f"0e:00:00:00:{index:02x}:{site.index + 1:02x}"
 
 
 # The gateways' interface ids in moto (site -> ENI) and the metadata stand-in's pid, so
 # that a site added on day 2 gets its own and the stand-in answers for every gateway.
 ENIS_FILE = STATE_DIR / "enis.json"
 IMDS_PID_FILE = STATE_DIR / "imds.pid"
+IMDS_PORTS_FILE = STATE_DIR / "imds-ports.json"  # namespace -> port (two gateways a site)
+# A site with two gateways: the plan's ids -> moto's (interfaces, route tables, the
+# allocation), and per site what lab.controller follows.
+IDS_FILE = STATE_DIR / "moto-ids.json"
+SITES_FILE = STATE_DIR / "ha-sites.json"
+CONTROLLER_LOG = STATE_DIR / "controller.log"  # each change lab.controller made, timed
+CONTROLLER_READY = STATE_DIR / "controller.ready"  # written after its first poll
+
+
+def _ha_request(site: Site) -> dict[str, Any]:
+    """What moto gets for a site with two gateways: its subnets (first public, private,
+    second public, each with its route table, in the plan's table order), both interfaces,
+    the Elastic IP, and each table's routes to a gateway (by the gateway's index)."""
+    assert site.second is not None and site.second_public_table is not None
+    layout = site.facts.layout
+    index_of = {g.private_address.ip: g.index for g in site.gateways}
+    tables = [site.public_table, site.private_table, site.second_public_table]
+    return {
+        "ha": True,
+        "region": site.facts.site.aws_region,
+        "cidr": str(site.facts.site.cidr),
+        "subnets": [
+            str(layout.public_subnet),
+            str(layout.private_subnet),
+            str(site.second.private_address.network),
+        ],
+        "gateways": [
+            {
+                "subnet": 0 if g.index == 0 else 2,
+                "privateIp": str(g.private_address.ip),
+                "sourceDestCheck": g.source_dest_check,
+            }
+            for g in site.gateways
+        ],
+        "elasticIp": str(site.gateway.elastic_ip),
+        "routes": [
+            [
+                [str(route.destination), index_of[route.via]]
+                for route in table.routes
+                if route.kind == "gateway" and route.via in index_of
+            ]
+            for table in tables
+        ],
+    }
+
+
+def _record_ha(sites: Sequence[Site], created: Sequence[dict[str, Any]]) -> None:
+    """The plan -> moto id map, and what the controller follows per site."""
+    ids = moto_ids()  # a site added on day 2 joins those already made
+    followed = ha_sites()
+    for site, made in zip(sites, created, strict=True):
+        assert site.second_public_table is not None
+        plan_tables = [site.public_table.id, site.private_table.id, site.second_public_table.id]
+        ids.update(zip(plan_tables, made["tables"], strict=True))
+        ids.update(zip([g.eni for g in site.gateways], made["enis"], strict=True))
+        ids[site.allocation_id] = made["allocation"]
+        tables = [site.public_table, site.private_table, site.second_public_table]
+        followed.append(
+            {
+                "site": site.name,
+                "region": site.facts.site.aws_region,
+                "namespace": site.vpc_namespace,
+                "allocation": made["allocation"],
+                "tables": {moto: t.table for moto, t in zip(made["tables"], tables, strict=True)},
+                "elasticIp": str(site.gateway.elastic_ip),
+                "gateways": {
+                    moto: {
+                        "ip": str(g.private_address.ip),
+                        "link": g.link,
+                        "auto": str(g.auto_public_ip),
+                    }
+                    for moto, g in zip(made["enis"], site.gateways, strict=True)
+                },
+            }
+        )
+    STATE_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    IDS_FILE.write_text(json.dumps(ids, indent=1) + "\n")
+    SITES_FILE.write_text(json.dumps(followed, indent=1) + "\n")
+
+
+def ha_sites() -> list[dict[str, Any]]:
+    """What lab.controller follows: per site with two gateways, its moto ids."""
+    try:
+        raw = json.loads(SITES_FILE.read_text())
+    except (OSError, ValueError):
+        return []
+    return list(raw) if isinstance(raw, list) else []
+
+
+def moto_ids() -> dict[str, str]:
+    """The plan's ids -> moto's, for the sites with two gateways (empty without)."""
+    try:
+        raw = json.loads(IDS_FILE.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+
+
+def translate_ids(value: str, ids: dict[str, str]) -> str:
+    """A desired state with its `failover` section naming moto's ids instead of the
+    plan's (the gateways call moto with them); any other value as it is."""
+    if not ids or '"failover"' not in value:
+        return value
+    state = json.loads(value)
+    failover = state["failover"]
+    failover["allocationId"] = ids.get(failover["allocationId"], failover["allocationId"])
+    for gateway in failover["gateways"]:
+        eni = gateway["networkInterfaceId"]
+        gateway["networkInterfaceId"] = ids.get(eni, eni)
+    for route in failover["routes"]:
+        route["routeTableId"] = ids.get(route["routeTableId"], route["routeTableId"])
+    return json.dumps(state, sort_keys=True)
 
 
 def _create_interfaces(sites: Sequence[Site]) -> dict[str, str]:
+    """Gateway namespace -> its interface's id in moto (for a site with two gateways, the
+    whole site is made there: _ha_request)."""
     request = [
-        {
+        _ha_request(site)
+        if site.highly_available
+        else {
             "region": site.facts.site.aws_region,
             "cidr": str(site.facts.site.cidr),
             "subnet": str(site.facts.layout.public_subnet),
@@ -150,8 +292,15 @@ def _create_interfaces(sites: Sequence[Site]) -> dict[str, str]:
         input_text=json.dumps(request),
         env={"PYTHONPATH": str(REPO)},
     )
-    enis: list[str] = json.loads(created.stdout)
-    return {site.name: eni for site, eni in zip(sites, enis, strict=True)}
+    made: list[dict[str, Any]] = json.loads(created.stdout)
+    ha = [(site, one) for site, one in zip(sites, made, strict=True) if site.highly_available]
+    if ha:
+        _record_ha([site for site, _ in ha], [one for _, one in ha])
+    return {
+        gateway.namespace: eni
+        for site, one in zip(sites, made, strict=True)
+        for gateway, eni in zip(site.gateways, one["enis"], strict=True)
+    }
 
 
 def serve_gateways(sites: Sequence[Site]) -> dict[str, str]:
@@ -179,16 +328,35 @@ def add_gateways(sites: Sequence[Site], added: Sequence[Site]) -> dict[str, str]
 
 
 def _serve_metadata(sites: Sequence[Site], enis: dict[str, str]) -> None:
-    metadata = {
-        str(site.gateway.elastic_ip): {
-            "instance-id": site.gateway.instance_id,
-            "mac": mac(site),
-            f"network/interfaces/macs/{mac(site)}/interface-id": enis[site.name],
+    def about(site: Site, gateway: Gateway) -> dict[str, str]:
+        return {
+            "instance-id": gateway.instance_id,
+            "mac": mac(site, gateway),
+            f"network/interfaces/macs/{mac(site, gateway)}/interface-id": enis[gateway.namespace],
         }
+
+    metadata = {
+        str(site.gateway.elastic_ip): about(site, site.gateway)
         for site in sites
+        if not site.highly_available
     }
+    ports = {
+        gateway.namespace: imds_port(site, gateway)
+        for site in sites
+        if site.highly_available
+        for gateway in site.gateways
+    }
+    by_port = {
+        str(imds_port(site, gateway)): about(site, gateway)
+        for site in sites
+        if site.highly_available
+        for gateway in site.gateways
+    }
+    STATE_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    IMDS_PORTS_FILE.write_text(json.dumps(ports) + "\n")
+    request = json.dumps({"byAddress": metadata, "byPort": by_port})
     process = subprocess.Popen(
-        netns.in_ns(NAMESPACE, [sys.executable, "-m", "lab.aws", "imds", json.dumps(metadata)]),
+        netns.in_ns(NAMESPACE, [sys.executable, "-m", "lab.aws", "imds", request]),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={**netns.clean_env(), "PYTHONPATH": str(REPO)},
@@ -284,8 +452,11 @@ def _ec2(region: str) -> Any:
 
 
 def _interfaces_from_stdin() -> None:
-    enis = []
+    made: list[dict[str, Any]] = []
     for item in json.load(sys.stdin):
+        if item.get("ha"):
+            made.append(_ha_site(item))
+            continue
         client = _ec2(item["region"])
         vpc = client.create_vpc(CidrBlock=item["cidr"])["Vpc"]["VpcId"]
         subnet = client.create_subnet(VpcId=vpc, CidrBlock=item["subnet"])["Subnet"]
@@ -294,8 +465,78 @@ def _interfaces_from_stdin() -> None:
             NetworkInterfaceId=eni["NetworkInterfaceId"],
             SourceDestCheck={"Value": bool(item["sourceDestCheck"])},
         )
-        enis.append(eni["NetworkInterfaceId"])
-    json.dump(enis, sys.stdout)
+        made.append({"enis": [eni["NetworkInterfaceId"]]})
+    json.dump(made, sys.stdout)
+
+
+def _ha_site(item: dict[str, Any]) -> dict[str, Any]:
+    """A site with two gateways in moto's EC2, as `pulumi up` makes it (_ha_request)."""
+    client = _ec2(item["region"])
+    vpc = client.create_vpc(CidrBlock=item["cidr"])["Vpc"]["VpcId"]
+    subnets = [
+        client.create_subnet(VpcId=vpc, CidrBlock=cidr)["Subnet"]["SubnetId"]
+        for cidr in item["subnets"]
+    ]
+    enis = []
+    for gateway in item["gateways"]:
+        eni = client.create_network_interface(
+            SubnetId=subnets[gateway["subnet"]], PrivateIpAddress=gateway["privateIp"]
+        )["NetworkInterface"]["NetworkInterfaceId"]
+        client.modify_network_interface_attribute(
+            NetworkInterfaceId=eni, SourceDestCheck={"Value": bool(gateway["sourceDestCheck"])}
+        )
+        enis.append(eni)
+    tables = []
+    for subnet, routes in zip(subnets, item["routes"], strict=True):
+        table = client.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
+        client.associate_route_table(RouteTableId=table, SubnetId=subnet)
+        for destination, gateway_index in routes:
+            client.create_route(
+                RouteTableId=table,
+                DestinationCidrBlock=destination,
+                NetworkInterfaceId=enis[gateway_index],
+            )
+        tables.append(table)
+    # At the plan's address (AllocateAddress's Address, which moto honours), associated
+    # with nothing: the gateways associate it (issue 16's design: no EipAssociation).
+    allocation = client.allocate_address(Domain="vpc", Address=item["elasticIp"])
+    return {"enis": enis, "tables": tables, "allocation": allocation["AllocationId"]}
+
+
+def ec2_view() -> dict[str, dict[str, Any]]:
+    """What moto's EC2 says of each site with two gateways, by private address: site ->
+    {"holder": the private address of the interface holding the Elastic IP (None: none),
+    "routes": ["<table> <destination> -> <private address>", ...]}."""
+    result = netns.ns_run(
+        NAMESPACE, [sys.executable, "-m", "lab.aws", "ec2-view"], env={"PYTHONPATH": str(REPO)}
+    )
+    view: dict[str, dict[str, Any]] = json.loads(result.stdout)
+    return view
+
+
+def _ec2_view() -> None:
+    view = {}
+    for spec in ha_sites():
+        client = _ec2(spec["region"])
+        gateways = spec["gateways"]
+        found = client.describe_addresses(AllocationIds=[spec["allocation"]])["Addresses"]
+        holder = next((a.get("NetworkInterfaceId") or None for a in found), None)
+        routes = []
+        tables = client.describe_route_tables(RouteTableIds=list(spec["tables"]))
+        for table in tables["RouteTables"]:
+            for route in table.get("Routes", []):
+                eni = route.get("NetworkInterfaceId")
+                if eni:
+                    target = gateways[eni]["ip"] if eni in gateways else eni
+                    routes.append(
+                        f"{spec['tables'][table['RouteTableId']]}"
+                        f" {route['DestinationCidrBlock']} -> {target}"
+                    )
+        view[spec["site"]] = {
+            "holder": gateways[holder]["ip"] if holder in gateways else holder,
+            "routes": sorted(routes),
+        }
+    json.dump(view, sys.stdout)
 
 
 def _source_dest_check_from_stdin() -> None:
@@ -311,12 +552,23 @@ def _source_dest_check_from_stdin() -> None:
     print(eni)
 
 
-def _imds(metadata: dict[str, dict[str, str]]) -> None:
-    """IMDSv2 for the gateways: each asks from its Elastic IP and gets its own metadata."""
+def _imds(request: dict[str, dict[str, Any]]) -> None:
+    """IMDSv2 for the gateways: each asks from its Elastic IP and gets its own metadata,
+    or (a gateway of a site with two gateways) asks on its own port."""
+    import threading
+
     from lab import imds
 
+    by_address: dict[str, dict[str, str]] = request["byAddress"]
+    for port, metadata in request["byPort"].items():
+
+        def mine(_: str, answer: dict[str, str] = metadata) -> dict[str, str]:
+            return answer
+
+        server = imds.server((str(ADDRESS.ip), int(port)), IMDS_TOKEN, mine)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
     imds.server(
-        (str(ADDRESS.ip), IMDS_PORT), IMDS_TOKEN, lambda client: metadata.get(client, {})
+        (str(ADDRESS.ip), IMDS_PORT), IMDS_TOKEN, lambda client: by_address.get(client, {})
     ).serve_forever()
 
 
@@ -330,6 +582,7 @@ if __name__ == "__main__":
         "samples": _samples_from_stdin,
         "interfaces": _interfaces_from_stdin,
         "source-dest-check": _source_dest_check_from_stdin,
+        "ec2-view": _ec2_view,
     }
     if len(sys.argv) == 3 and sys.argv[1] == "imds":
         _imds(json.loads(sys.argv[2]))

@@ -26,7 +26,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from core.render import parse_user_data, written_files
-from lab import NETNS_ETC, PREFIX, REPO, STATE_DIR, LabError, aws, netns
+from lab import (
+    GATEWAY_RUN,
+    NETNS_ETC,
+    PREFIX,
+    REPO,
+    STATE_DIR,
+    LabError,
+    aws,
+    controller,
+    netns,
+)
 from lab.state import State
 from lab.topology import (
     EC2_MTU,
@@ -36,11 +46,13 @@ from lab.topology import (
     LINK_LAN,
     LINK_PRIVATE,
     LINK_PUBLIC,
+    LINK_PUBLIC2,
     LINK_STRANGER,
     LINK_UPLINK,
     PROBE_INTERFACE,
     STRANGER,
     STRANGER_ROUTER,
+    Gateway,
     Office,
     RouteTable,
     SecurityGroupRule,
@@ -96,6 +108,9 @@ def build(
         progress("VPC routers, internet gateways, security groups, the internet")
         notes += _network(topology)
         stand_in.result()
+    if any(site.highly_available for site in topology.sites):
+        progress("the lab's controller: VPC routers and internet gateways follow moto's EC2")
+        controller.start(state)
     state.implementation = _wireguard_implementation(topology.internet_namespace)
     state.save()
     names = ", ".join(site.name for site in topology.sites)
@@ -148,11 +163,12 @@ def install_offices(topology: Topology, state: State, office_keys: Mapping[str, 
 
 def boot_gateways(sites: tuple[Site, ...], state: State) -> list[str]:
     """Boots the gateways side by side, as EC2 boots instances; notes in site order."""
-    for site in sites:
-        state.add("etc_dirs", str(etc_dir(site.gateway.namespace)))
+    gateways = [(site, gateway) for site in sites for gateway in site.gateways]
+    for site, gateway in gateways:
+        state.add("etc_dirs", str(etc_dir(gateway.namespace)))
         state.add("interfaces", site.facts.interface)
-    with ThreadPoolExecutor(max_workers=max(1, len(sites))) as pool:
-        booted = list(pool.map(lambda site: _boot_gateway(site, state), sites))
+    with ThreadPoolExecutor(max_workers=max(1, len(gateways))) as pool:
+        booted = list(pool.map(lambda pair: boot_gateway(pair[0], pair[1], state), gateways))
     return [note for notes in booted for note in notes]
 
 
@@ -181,6 +197,11 @@ def _aws_contents(topology: Topology, moto: subprocess.Popen[bytes]) -> None:
     """What `pulumi up` puts in SSM, the gateways' interfaces (their source/dest check) and
     instance metadata, once moto answers."""
     aws.wait_for(moto)
+    if any(site.highly_available for site in topology.sites):
+        # The desired states name moto's ids of a site with two gateways: made first.
+        aws.serve_gateways(topology.sites)
+        put_parameters(topology)
+        return
     # Two clients of moto at once (each a Python with boto3 to start).
     with ThreadPoolExecutor(max_workers=1) as pool:
         parameters = pool.submit(put_parameters, topology)
@@ -189,10 +210,17 @@ def _aws_contents(topology: Topology, moto: subprocess.Popen[bytes]) -> None:
 
 
 def put_parameters(topology: Topology) -> None:
-    """Stores every gateway's parameters as the plan says `pulumi up` would."""
+    """Stores every gateway's parameters as the plan says `pulumi up` would (a desired
+    state's failover section with moto's ids: lab.aws.translate_ids)."""
+    ids = aws.moto_ids()
     aws.put_parameters(
         [
-            {"region": site.facts.site.aws_region, "name": name, "type": kind, "value": value}
+            {
+                "region": site.facts.site.aws_region,
+                "name": name,
+                "type": kind,
+                "value": aws.translate_ids(value, ids),
+            }
             for site in topology.sites
             for name, (kind, value) in site.gateway.parameters.items()
         ]
@@ -262,28 +290,46 @@ def _links(topology: Topology) -> None:
 
 def _site_links(inet: str, site: Site) -> None:
     netns.veth(inet, site.edge_link, site.vpc_namespace, LINK_IGW, EC2_MTU)
-    netns.veth(site.vpc_namespace, LINK_PUBLIC, site.gateway.namespace, LINK_HOST, EC2_MTU)
+    for gateway in site.gateways:
+        netns.veth(site.vpc_namespace, gateway.link, gateway.namespace, LINK_HOST, EC2_MTU)
     # One workload host per site: a veth is the subnet (a bridge would be the next step).
     for host in site.hosts:
         netns.veth(site.vpc_namespace, LINK_PRIVATE, host.namespace, LINK_HOST, EC2_MTU)
 
 
-def _table_routes(site: Site, table: RouteTable) -> list[str]:
+def gateway_link(site: Site, address: object) -> str:
+    """The VPC router's link to the gateway at `address` (its subnet's)."""
+    for gateway in site.gateways:
+        if gateway.private_address.ip == address:
+            return gateway.link
+    return LINK_PUBLIC
+
+
+def _subnet_routes(site: Site, number: int) -> list[str]:
+    """The VPC's subnets, each on its link, in routing table `number`."""
     layout = site.facts.layout
+    lines = [f"route add {layout.public_subnet} dev {LINK_PUBLIC} table {number}"]
+    if site.second is not None:
+        lines.append(
+            f"route add {site.second.private_address.network} dev {LINK_PUBLIC2} table {number}"
+        )
+    lines.append(f"route add {layout.private_subnet} dev {LINK_PRIVATE} table {number}")
+    return lines
+
+
+def _table_routes(site: Site, table: RouteTable) -> list[str]:
     lines = []
     for route in table.routes:
         number = table.table
         if route.kind == "local":
             lines += [
-                f"route add {layout.public_subnet} dev {LINK_PUBLIC} table {number}",
-                f"route add {layout.private_subnet} dev {LINK_PRIVATE} table {number}",
+                *_subnet_routes(site, number),
                 # The rest of the VPC CIDR has no subnet: AWS drops it.
                 f"route add blackhole {route.destination} table {number}",
             ]
         elif route.kind == "gateway":
-            lines.append(
-                f"route add {route.destination} via {route.via} dev {LINK_PUBLIC} table {number}"
-            )
+            link = gateway_link(site, route.via)
+            lines.append(f"route add {route.destination} via {route.via} dev {link} table {number}")
         elif route.kind == "internet":
             lines.append(
                 f"route add {route.destination} via {site.edge_peer.ip} dev {LINK_IGW}"
@@ -317,7 +363,6 @@ def _addresses_and_routes(topology: Topology) -> None:
 
 def _site_addresses(site: Site) -> list[str]:
     """A site's VPC router, gateway and hosts; returns the internet's lines for it."""
-    layout = site.facts.layout
     lines = [
         f"address add {site.public_router} dev {LINK_PUBLIC}",
         f"address add {site.private_router} dev {LINK_PRIVATE}",
@@ -326,35 +371,33 @@ def _site_addresses(site: Site) -> list[str]:
         f"link set {LINK_PRIVATE} up",
         f"link set {LINK_IGW} up",
         # What arrives through the internet gateway only reaches the VPC itself.
-        f"route add {layout.public_subnet} dev {LINK_PUBLIC} table {EDGE_TABLE}",
-        f"route add {layout.private_subnet} dev {LINK_PRIVATE} table {EDGE_TABLE}",
+        *_subnet_routes(site, EDGE_TABLE),
     ]
-    tables = {site.public_table.table: site.public_table}
-    tables[site.private_table.table] = site.private_table
-    for table in tables.values():
+    if site.second is not None:
+        lines[2:2] = [
+            f"address add {site.gateway_router(site.second)} dev {LINK_PUBLIC2}",
+            f"link set {LINK_PUBLIC2} up",
+        ]
+    for table in site.tables:
         lines += _table_routes(site, table)
     # The subnet a packet comes from picks its route table; nothing falls through to
     # the namespace's main table, so a missing route means no path, as in AWS.
-    for pref, link, number in (
+    rules = [
         (100, LINK_PUBLIC, site.public_table.table),
         (110, LINK_PRIVATE, site.private_table.table),
         (120, LINK_IGW, EDGE_TABLE),
-    ):
+    ]
+    if site.second_public_table is not None:
+        rules.append((130, LINK_PUBLIC2, site.second_public_table.table))
+    for pref, link, number in rules:
         lines += [
             f"rule add pref {pref} iif {link} lookup {number}",
             f"rule add pref {pref + 1} iif {link} blackhole",
         ]
     netns.ip_batch(site.vpc_namespace, lines)
 
-    gateway = site.gateway
-    netns.ip_batch(
-        gateway.namespace,
-        [
-            f"address add {gateway.private_address} dev {LINK_HOST}",
-            f"link set {LINK_HOST} up",
-            f"route add default via {site.public_router.ip} dev {LINK_HOST}",
-        ],
-    )
+    for gateway in site.gateways:
+        gateway_addresses(site, gateway)
     for host in site.hosts:
         netns.ip_batch(
             host.namespace,
@@ -364,11 +407,29 @@ def _site_addresses(site: Site) -> list[str]:
                 f"route add default via {host.router} dev {LINK_HOST}",
             ],
         )
-    return [
+    inet = [
         f"address add {site.edge_peer} dev {site.edge_link}",
         f"link set {site.edge_link} up",
-        f"route add {gateway.elastic_ip}/32 via {site.edge.ip} dev {site.edge_link}",
+        f"route add {site.gateway.elastic_ip}/32 via {site.edge.ip} dev {site.edge_link}",
     ]
+    for gateway in site.gateways:
+        if gateway.auto_public_ip is not None:
+            inet.append(
+                f"route add {gateway.auto_public_ip}/32 via {site.edge.ip} dev {site.edge_link}"
+            )
+    return inet
+
+
+def gateway_addresses(site: Site, gateway: Gateway) -> None:
+    """The gateway's interface: its fixed private address and its subnet's router."""
+    netns.ip_batch(
+        gateway.namespace,
+        [
+            f"address add {gateway.private_address} dev {LINK_HOST}",
+            f"link set {LINK_HOST} up",
+            f"route add default via {site.gateway_router(gateway).ip} dev {LINK_HOST}",
+        ],
+    )
 
 
 def add_site(topology: Topology, site: Site, state: State) -> None:
@@ -387,12 +448,12 @@ def update_routes(site: Site) -> None:
     """Day 2: the site's route tables as the plan now declares them. Routes are replaced
     (an unchanged one stays as it is) and added, never removed first."""
     lines = []
-    for table in dict.fromkeys((site.public_table, site.private_table)):
+    for table in site.tables:
         for route in table.routes:
             if route.kind == "gateway":
                 lines.append(
-                    f"route replace {route.destination} via {route.via} dev {LINK_PUBLIC}"
-                    f" table {table.table}"
+                    f"route replace {route.destination} via {route.via}"
+                    f" dev {gateway_link(site, route.via)} table {table.table}"
                 )
     netns.ip_batch(site.vpc_namespace, lines)
 
@@ -468,8 +529,8 @@ def _nat_router(office: Office) -> None:
 def security_groups(site: Site) -> None:
     """The gateway's and the hosts' groups as the plan declares them (again: replaced whole,
     in one transaction, as a rule change on AWS takes effect)."""
-    gateway = site.gateway
-    _security_group(gateway.namespace, gateway.ingress, gateway.egress, probe=True)
+    for gateway in site.gateways:
+        _security_group(gateway.namespace, gateway.ingress, gateway.egress, probe=True)
     for host in site.hosts:
         if host.ingress is not None and host.egress is not None:
             _security_group(host.namespace, host.ingress, host.egress, probe=False)
@@ -483,23 +544,36 @@ def _vpc_router_rules(site: Site) -> None:
         # AWS's VPC router is not a hop: undo the decrement forwarding will do.
         "-A PREROUTING -j TTL --ttl-inc 1",
         "COMMIT",
-        "*nat",
-        # The internet gateway's 1:1 mapping between the Elastic IP and the private
-        # address. Only the outer tunnel packets pass here; what is inside is not touched.
-        f"-A PREROUTING -i {LINK_IGW} -d {eip}/32 -j DNAT --to-destination {private_ip}",
-        f"-A POSTROUTING -o {LINK_IGW} -s {private_ip}/32 -j SNAT --to-source {eip}",
-        "COMMIT",
     ]
-    if gateway.source_dest_check:
+    if not site.highly_available:
         rules += [
-            "*filter",
-            ":source-dest-check - [0:0]",
-            "-A FORWARD -j source-dest-check",
-            f"-A source-dest-check -i {LINK_PUBLIC} ! -s {private_ip}/32 -j DROP",
-            f"-A source-dest-check -o {LINK_PUBLIC} ! -d {private_ip}/32 -j DROP",
+            "*nat",
+            # The internet gateway's 1:1 mapping between the Elastic IP and the private
+            # address. Only the outer tunnel packets pass here; what is inside is not touched.
+            f"-A PREROUTING -i {LINK_IGW} -d {eip}/32 -j DNAT --to-destination {private_ip}",
+            f"-A POSTROUTING -o {LINK_IGW} -s {private_ip}/32 -j SNAT --to-source {eip}",
             "COMMIT",
         ]
+    checked = [g for g in site.gateways if g.source_dest_check]
+    if checked:
+        rules += ["*filter", ":source-dest-check - [0:0]", "-A FORWARD -j source-dest-check"]
+        for each in checked:
+            address, link = each.private_address.ip, each.link
+            rules += [
+                f"-A source-dest-check -i {link} ! -s {address}/32 -j DROP",
+                f"-A source-dest-check -o {link} ! -d {address}/32 -j DROP",
+            ]
+        rules.append("COMMIT")
     netns.iptables_restore(site.vpc_namespace, "\n".join(rules) + "\n")
+    if site.highly_available:
+        netns.nft_apply(site.vpc_namespace, igw_nat_ruleset(site, None))
+
+
+def igw_nat_ruleset(site: Site, holder: str | None) -> str:
+    """The internet gateway's NAT of a site with two gateways whose gateway `holder` (the
+    plan's interface id; None: neither) holds the Elastic IP (lab.controller.nat_ruleset)."""
+    gateways = [(g.eni, str(g.private_address.ip), str(g.auto_public_ip)) for g in site.gateways]
+    return controller.nat_ruleset(str(site.gateway.elastic_ip), gateways, holder)
 
 
 _PROTOCOLS = {"6": "tcp", "17": "udp", "1": "icmp"}
@@ -668,7 +742,7 @@ case "$unit" in wg-quick@*) iface=${unit#wg-quick@} ;; *) exit 0 ;; esac
 case "$verb" in
     start) wg show "$iface" > /dev/null 2>&1 || exec wg-quick up "$iface" ;;
     restart) wg-quick down "$iface" > /dev/null 2>&1 || true; exec wg-quick up "$iface" ;;
-    stop) exec wg-quick down "$iface" ;;
+    stop) wg show "$iface" > /dev/null 2>&1 || exit 0; exec wg-quick down "$iface" ;;
     is-active) exec wg show "$iface" > /dev/null 2>&1 ;;
     *) exit 0 ;;
 esac
@@ -697,11 +771,54 @@ def gateway_run(
     check: bool = True,
     extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """A command on the gateway, as the instance runs it: its own /usr/local/sbin, /etc,
-    network and AWS credentials."""
+    """A command on the (first) gateway, as the instance runs it: its own /usr/local/sbin,
+    /etc, network and AWS credentials."""
     return host_run(
         site.gateway.namespace, state, argv, timeout=timeout, check=check, extra_env=extra_env
     )
+
+
+def run_dir(namespace: str) -> Path:
+    """The /run/wg-site-to-site of a gateway of a site with two gateways (bind-mounted
+    there for each of its commands): its role file and the probe's markers are its own,
+    as on an instance, though the two gateways' interfaces have one name."""
+    return STATE_DIR / namespace / "run"
+
+
+def _host_argv(namespace: str, argv: list[str]) -> list[str]:
+    """argv with the gateway's own /usr/local/sbin (and /run/wg-site-to-site) mounted."""
+    script = 'mount --bind "$0" ' + SBIN
+    own_run = run_dir(namespace)
+    if own_run.is_dir():
+        GATEWAY_RUN.mkdir(mode=0o755, exist_ok=True)
+        script += f' && mount --bind "{own_run}" {GATEWAY_RUN}'
+    return ["bash", "-c", script + ' && exec "$@"', str(sbin_dir(namespace)), *argv]
+
+
+def host_env(namespace: str, state: State, aws_env: bool = True) -> dict[str, str]:
+    return {
+        **(aws.gateway_env(namespace) if aws_env else {}),
+        **wg_env(state),
+        "PATH": f"{_shims()}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
+    }
+
+
+def start_daemon(namespace: str, state: State, argv: list[str]) -> int:
+    """A long-running service (systemd Type=simple) on the gateway, in the background, as
+    host_run would run it; recorded in the state (teardown and host failures stop it)."""
+    log = STATE_DIR / namespace / "daemons.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as output:
+        process = subprocess.Popen(
+            netns.in_ns(namespace, _host_argv(namespace, argv)),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=netns.clean_env(host_env(namespace, state)),
+            start_new_session=True,
+        )
+    state.add("daemons", f"{namespace} {process.pid}")
+    return process.pid
 
 
 def host_run(
@@ -717,16 +834,10 @@ def host_run(
     """A command on a gateway host (an AWS instance, or with `aws_env` False an office's
     router): its own /usr/local/sbin, /etc and network. `ip netns exec` gives each call a
     private mount namespace, so the bind mount ends with the command."""
-    env = {
-        **(aws.gateway_env() if aws_env else {}),
-        **wg_env(state),
-        "PATH": f"{_shims()}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
-        **(extra_env or {}),
-    }
-    script = 'mount --bind "$0" ' + SBIN + ' && exec "$@"'
+    env = {**host_env(namespace, state, aws_env), **(extra_env or {})}
     return netns.ns_run(
         namespace,
-        ["bash", "-c", script, str(sbin_dir(namespace)), *argv],
+        _host_argv(namespace, argv),
         env=env,
         timeout=timeout,
         check=check,
@@ -740,13 +851,22 @@ def _unit_exec_start(unit: str) -> list[str]:
     raise LabError("a unit in the user data has no ExecStart")
 
 
-def _boot_gateway(site: Site, state: State) -> list[str]:
+def _unit_type(unit: str) -> str:
+    for line in unit.splitlines():
+        if line.startswith("Type="):
+            return line.removeprefix("Type=").strip()
+    return "simple"  # systemd's default with ExecStart
+
+
+def boot_gateway(site: Site, gateway: Gateway, state: State) -> list[str]:
     """What cloud-init and systemd do with the user data, inside the gateway namespace."""
-    gateway, ns = site.gateway, site.gateway.namespace
+    ns = gateway.namespace
     etc = etc_dir(ns)
     # As the wireguard-tools package leaves it: only root may look inside.
     (etc / "wireguard").mkdir(mode=0o700, parents=True, exist_ok=True)
     (etc / "sysctl.d").mkdir(mode=0o755, parents=True, exist_ok=True)
+    if site.highly_available:
+        run_dir(ns).mkdir(mode=0o755, parents=True, exist_ok=True)
     files = written_files(gateway.user_data)
     units: dict[str, str] = {}
     notes = []
@@ -772,8 +892,14 @@ def _boot_gateway(site: Site, state: State) -> list[str]:
             # The lab runs the probe on its own, shorter schedule (lab.health).
             continue
         elif argv[0] == "systemctl" and "--now" in argv and argv[-1] in units:
-            # What systemd does with the unit: run its ExecStart (the apply, at boot).
-            gateway_run(site, state, _unit_exec_start(units[argv[-1]]), timeout=60)
+            unit = units[argv[-1]]
+            if _unit_type(unit) == "simple":
+                # A long-running service (the failover agent): systemd starts it and goes
+                # on; it runs until the instance stops (Restart=always).
+                start_daemon(ns, state, _unit_exec_start(unit))
+            else:
+                # What systemd does with a oneshot unit: run its ExecStart (the apply).
+                host_run(ns, state, _unit_exec_start(unit), timeout=60)
         elif argv[0] == "systemctl" and argv[1] in ("daemon-reload", "enable"):
             continue  # systemd's bookkeeping; the lab has no systemd
         else:

@@ -135,6 +135,14 @@ class ContinuousPing:
         run = range(last - self.FLOWING + 1, last + 1)
         return last - self.FLOWING >= newest_at_stop and all(seq in answered for seq in run)
 
+    def newest_answered(self) -> int:
+        """The highest sequence number answered so far (0: none)."""
+        return max(self._answered(), default=0)
+
+    def flowing_since(self, newest: int) -> bool:
+        """Replies flow again: the last FLOWING in a row answered, all after `newest`."""
+        return self._flowing_since(newest)
+
     def stop(self) -> tuple[int, int]:
         """(sent, lost). Pinging goes on after the change until replies flow again (or
         SETTLE_SECONDS), so that a loss outlasting the change is counted, not cut off.

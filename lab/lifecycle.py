@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from lab import NETNS_ETC, WIREGUARD_RUN, LabError
+from lab import GATEWAY_RUN, NETNS_ETC, WIREGUARD_RUN, LabError
 from lab.build import Progress, build
 from lab.checks import directions, wait_for_reply
 from lab.preflight import preflight
@@ -50,7 +50,9 @@ def up(
         created_netns_etc=not NETNS_ETC.exists(),
         created_wireguard_run=not WIREGUARD_RUN.exists(),
     )
-    record_created_host_dirs([str(d) for d in (NETNS_ETC, WIREGUARD_RUN) if not d.exists()])
+    # /run/wg-site-to-site: the mount point of each HA gateway's own (lab.build.run_dir).
+    host_dirs = (NETNS_ETC, WIREGUARD_RUN, GATEWAY_RUN)
+    record_created_host_dirs([str(d) for d in host_dirs if not d.exists()])
     state.save()
     try:
         notes = build(topology, state, progress, office_keys)

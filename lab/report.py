@@ -37,9 +37,17 @@ def layout(topology: Topology, implementation: str) -> list[str]:
             f" gateway {gw.private_address.ip} (EIP {gw.elastic_ip}, {facts.interface}"
             f" {facts.tunnel_address}, source/dest check {check}) in {gw.namespace}"
         )
+        if site.second is not None:
+            other = site.second
+            lines.append(
+                f"    second gateway {other.private_address.ip} in {other.namespace}; the EIP"
+                " maps to the gateway moto associates it with (lab.controller), the other's"
+                f" traffic to its auto-assigned address ({gw.auto_public_ip},"
+                f" {other.auto_public_ip})"
+            )
         for host in site.hosts:
             lines.append(f"    host {host.name} {host.address} in {host.namespace}")
-        for table in dict.fromkeys((site.public_table, site.private_table)):
+        for table in site.tables:
             routes = ", ".join(route.describe() for route in table.routes)
             lines.append(f"    route table {table.name}: {routes}")
         rules = "; ".join(rule.describe() for rule in gw.ingress + gw.egress)
@@ -67,7 +75,8 @@ def layout(topology: Topology, implementation: str) -> list[str]:
     return lines
 
 
-def explore(topology: Topology) -> list[str]:
+def explore(topology: Topology, stack: str | None = None) -> list[str]:
+    """Commands to look around; `stack` as the user named it (a name or a file's path)."""
     a, b = topology.members[:2]
     a1, b1 = a.hosts[0], b.hosts[0]
     gateway = a.gateway.namespace
@@ -91,6 +100,6 @@ def explore(topology: Topology) -> list[str]:
     return [
         *lines,
         f"  ip netns exec {topology.internet_namespace} iptables -L FORWARD -v -n",
-        f"  .venv/bin/python -m lab check {topology.stack}    # run the checks again",
+        f"  .venv/bin/python -m lab check {stack or topology.stack}    # run the checks again",
         "remove it with `make lab-down`",
     ]

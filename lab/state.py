@@ -20,6 +20,9 @@ class State:
     namespaces: list[str] = field(default_factory=list)
     etc_dirs: list[str] = field(default_factory=list)
     interfaces: list[str] = field(default_factory=list)  # WireGuard, for stale sockets
+    # Long-running processes the lab started: "<namespace> <pid>" of each gateway service
+    # (the failover agent) and "controller <pid>" (lab.controller).
+    daemons: list[str] = field(default_factory=list)
     implementation: str = ""  # "kernel" or "wireguard-go"
     created_netns_etc: bool = False  # /etc/netns did not exist before the lab
     created_wireguard_run: bool = False  # nor did /var/run/wireguard
@@ -45,7 +48,7 @@ def load() -> State | None:
     if not isinstance(raw, dict):
         return None
     state = State()
-    for key in ("namespaces", "etc_dirs", "interfaces"):
+    for key in ("namespaces", "etc_dirs", "interfaces", "daemons"):
         value = raw.get(key)
         if isinstance(value, list):
             setattr(state, key, [str(v) for v in value])

@@ -15,7 +15,7 @@ import socket
 import time
 from pathlib import Path
 
-from lab import NETNS_ETC, PREFIX, STATE_DIR, WIREGUARD_RUN, netns
+from lab import GATEWAY_RUN, NETNS_ETC, PREFIX, STATE_DIR, WIREGUARD_RUN, netns
 from lab.state import State, created_host_dirs, load
 from lab.topology import PROBE_INTERFACE
 
@@ -94,6 +94,13 @@ def teardown() -> list[str]:
     removed: list[str] = []
     present = set(netns.list_namespaces())
     pids = [pid for ns in namespaces if ns in present for pid in netns.namespace_pids(ns)]
+    # The lab's long-running processes first (the controller would otherwise go on
+    # changing the VPC routers while they go); only while they still run in a lab
+    # namespace: a recorded pid whose process died (a host failure) may be reused.
+    recorded = {entry.split()[-1] for entry in state.daemons}
+    daemons = [pid for pid in pids if str(pid) in recorded]
+    if daemons:
+        _stop(daemons)
     if pids:
         _stop(pids)
         removed.append(f"{len(pids)} processes")
@@ -123,6 +130,7 @@ def teardown() -> list[str]:
     for created, directory in (
         (state.created_netns_etc, NETNS_ETC),
         (state.created_wireguard_run, WIREGUARD_RUN),
+        (False, GATEWAY_RUN),  # only if recorded: a lab with two gateways per site made it
     ):
         if (
             (created or str(directory) in recorded)

@@ -35,11 +35,18 @@ EDGE_LINKS = IPv4Network("192.0.2.0/24")  # /30 per site between its IGW and the
 # (derive refuses a stack that admits it).
 STRANGER = IPv4Interface("198.51.100.200/24")
 STRANGER_ROUTER = IPv4Interface("198.51.100.1/24")
+# Each gateway of a site with two gateways has an auto-assigned public IPv4 address of its
+# own (the interface's AssociatePublicIpAddress attribute), used for its own egress (SSM,
+# EC2, CloudWatch) whenever it does not hold the site's Elastic IP: two per site, in site
+# order, out of the top of 192.0.2.0/24 (the edge links take its lower half, the AWS
+# stand-in 192.0.2.128/30); derive refuses a stack that admits one.
+AUTO_PUBLIC = IPv4Network("192.0.2.192/26")
 # A NATed office's uplink, between its gateway and its masquerading router: private
 # (RFC 6598 shared address space, as a carrier's NAT would hand out), one /30 per office.
 NAT_INSIDE = IPv4Network("100.64.0.0/16")
 # Names of links inside the lab's namespaces (IFNAMSIZ leaves 15 characters).
 LINK_PUBLIC = f"{PREFIX}pub"
+LINK_PUBLIC2 = f"{PREFIX}pub2"  # the second gateway's public subnet (gateways: 2)
 LINK_PRIVATE = f"{PREFIX}prv"
 LINK_IGW = f"{PREFIX}igw"
 LINK_HOST = f"{PREFIX}eth0"
@@ -141,6 +148,13 @@ class Gateway:
     parameters: dict[str, tuple[str, str]] = field(repr=False, default_factory=dict)
     # The instance's id (the mocks'): what the lab's IMDS answers, and the probe's metrics name.
     instance_id: str = ""
+    # With two gateways per site (gateways: 2): which one (0 or 1), its subnet's link on the
+    # VPC router and that subnet's router address, and its auto-assigned public address
+    # (None with one gateway: it always holds the Elastic IP).
+    index: int = 0
+    link: str = LINK_PUBLIC
+    router: IPv4Interface | None = None
+    auto_public_ip: IPv4Address | None = None
 
     @property
     def private_key(self) -> str:
@@ -167,10 +181,36 @@ class Site:
     gateway: Gateway
     hosts: tuple[Host, ...]
     notes: tuple[str, ...]
+    # A site with two gateways: the second one, its public subnet's route table, and the
+    # plan's Elastic IP allocation (no EipAssociation: the gateways associate it).
+    second: Gateway | None = None
+    second_public_table: RouteTable | None = None
+    allocation_id: str = ""
 
     @property
     def name(self) -> str:
         return self.facts.name
+
+    @property
+    def gateways(self) -> tuple[Gateway, ...]:
+        """Every gateway of the site, the first first."""
+        return (self.gateway,) if self.second is None else (self.gateway, self.second)
+
+    @property
+    def tables(self) -> tuple[RouteTable, ...]:
+        """Its route tables, each once (an existing VPC may give both subnets one)."""
+        tables = [self.public_table, self.private_table]
+        if self.second_public_table is not None:
+            tables.append(self.second_public_table)
+        return tuple(dict.fromkeys(tables))
+
+    @property
+    def highly_available(self) -> bool:
+        return self.second is not None
+
+    def gateway_router(self, gateway: Gateway) -> IPv4Interface:
+        """The VPC router's address in the gateway's subnet."""
+        return gateway.router or self.public_router
 
     @property
     def interface(self) -> str:
@@ -241,7 +281,7 @@ class Topology:
     def namespaces(self) -> list[str]:
         names = [self.internet_namespace, self.stranger_namespace]
         for site in self.sites:
-            names += [site.vpc_namespace, site.gateway.namespace]
+            names += [site.vpc_namespace, *(gateway.namespace for gateway in site.gateways)]
             names += [host.namespace for host in site.hosts]
         for office in self.offices:
             names.append(office.gateway.namespace)
@@ -262,7 +302,13 @@ class Topology:
     def gateway_namespaces(self) -> list[str]:
         """Every namespace that runs a WireGuard gateway (each gets its own
         /var/run/wireguard: lab.netns)."""
-        return [member.gateway.namespace for member in self.members]
+        names = []
+        for member in self.members:
+            if isinstance(member, Site):
+                names += [gateway.namespace for gateway in member.gateways]
+            else:
+                names.append(member.gateway.namespace)
+        return names
 
 
 def resource_id(resource: PlannedResource) -> str:
@@ -439,7 +485,7 @@ def _routes(
     table_id: str,
     *,
     facts: GatewayFacts,
-    gateways_by_eni: dict[str, tuple[str, IPv4Address]],
+    gateways_by_eni: dict[str, tuple[str, IPv4Address]],  # eni -> (label, address)
     igw_ids: set[str],
     assume_internet: bool,
 ) -> tuple[Route, ...]:
@@ -451,8 +497,8 @@ def _routes(
         destination = IPv4Network(str(_value(route, "destinationCidrBlock")))
         eni, igw = _value(route, "networkInterfaceId"), _value(route, "gatewayId")
         if isinstance(eni, str) and eni in gateways_by_eni:
-            site, address = gateways_by_eni[eni]
-            routes.append(Route(route.name, destination, "gateway", address, f"{site} gateway"))
+            label, address = gateways_by_eni[eni]
+            routes.append(Route(route.name, destination, "gateway", address, label))
         elif isinstance(igw, str) and igw in igw_ids:
             routes.append(Route(route.name, destination, "internet", None, "internet gateway"))
         else:
@@ -483,13 +529,24 @@ def derive(plan: Plan) -> Topology:
                 f"site {facts.name}: the lab's stranger {STRANGER.ip} is inside"
                 f" {external.admitted}, which the security groups admit"
             )
+        if external is not None and external.admitted.overlaps(AUTO_PUBLIC):
+            raise LabError(
+                f"site {facts.name}: {external.admitted} overlaps {AUTO_PUBLIC}, the lab's"
+                " auto-assigned public addresses of the gateways"
+            )
     both = [facts for facts in every if facts.is_aws]
     indexes = {facts.name: index for index, facts in enumerate(every)}
     instances = {f.name: _instance_for(plan, f) for f in both}
+    seconds = {f.name: _second_interface(plan, f, instances[f.name][1]) for f in both}
     gateways_by_eni: dict[str, tuple[str, IPv4Address]] = {}
     for facts in both:
         interface = instances[facts.name][0]
-        gateways_by_eni[resource_id(interface)] = (facts.name, _private_ip(interface, facts))
+        second = seconds[facts.name]
+        name = f"{facts.name} gateway" + (" 0" if second else "")
+        gateways_by_eni[resource_id(interface)] = (name, _private_ip(interface, facts))
+        if second is not None:
+            address = _private_ip(second[0], facts, second=True)
+            gateways_by_eni[resource_id(second[0])] = (f"{facts.name} gateway 1", address)
     igw_ids = {resource_id(igw) for igw in plan.by_type(TYPE_IGW)}
     workload_groups = _workload_groups(plan)
 
@@ -499,15 +556,16 @@ def derive(plan: Plan) -> Topology:
         index = indexes[facts.name]
         letter = LETTERS[index]
         interface, vpc_id, public_id, private_id = instances[facts.name]
-        instance = _gateway_instance(plan, facts, resource_id(interface))
         (pub_id, pub_name), (prv_id, prv_name), notes = _route_tables(
             plan, facts, vpc_id, public_id, private_id
         )
         existing = facts.site.uses_existing_vpc
-        tables = {}
-        for number, (table_id, table_name, public) in enumerate(
-            ((pub_id, pub_name, True), (prv_id, prv_name, False))
-        ):
+        wanted = [(pub_id, pub_name, True), (prv_id, prv_name, False)]
+        second = seconds[facts.name]
+        if second is not None:
+            wanted.append((*_second_route_table(plan, facts, second[1]), False))
+        tables = []
+        for number, (table_id, table_name, public) in enumerate(wanted):
             routes = _routes(
                 plan,
                 table_id,
@@ -516,35 +574,36 @@ def derive(plan: Plan) -> Topology:
                 igw_ids=igw_ids,
                 assume_internet=existing and public,
             )
-            tables[public] = RouteTable(table_id, table_name, 101 + number, routes)
+            tables.append(RouteTable(table_id, table_name, 101 + number, routes))
         if pub_id == prv_id:
-            tables[False] = tables[True]
-        interface_id = resource_id(interface)
-        group_ids = [str(g) for g in _value(interface, "securityGroups") or []]
-        check = _value(interface, "sourceDestCheck")
-        packed = _value(instance, "userDataBase64")
-        if not isinstance(packed, str):
-            raise LabError(f"plan: site {facts.name}'s gateway has no user data")
-        user_data = decode_user_data(packed)
-        gateway = Gateway(
-            namespace=f"{PREFIX}{facts.name}-gw",
-            instance=instance.name,
-            instance_id=resource_id(instance),
-            eni=interface_id,
-            private_address=IPv4Interface(
-                f"{_private_ip(interface, facts)}/{facts.layout.public_subnet.prefixlen}"
-            ),
-            elastic_ip=_elastic_ip(plan, interface_id, facts.name),
-            # AWS turns the check on unless told otherwise, and an instance whose check
-            # the provider does not suppress writes it on at the next `pulumi up`.
-            source_dest_check=provider_model.effective_source_dest_check(
-                reveal(instance.inputs), {"sourceDestCheck": check}
-            ),
-            ingress=_ingress_rules(plan, group_ids),
-            egress=_egress_rules(plan, group_ids),
-            user_data=user_data,
-            parameters=_parameters(plan, facts),
-        )
+            tables[1] = tables[0]
+        second_gateway = None
+        if second is None:
+            gateway = _gateway(plan, facts, interface, facts.layout.public_subnet)
+        else:
+            # Without an EipAssociation in the plan (the gateways associate the Elastic IP
+            # themselves), the site's Elastic IP is the one its outputs name.
+            elastic_ip, allocation_id = _site_elastic_ip(plan, facts)
+            subnet = facts.layout.second_public_subnet
+            assert subnet is not None
+            auto = list(AUTO_PUBLIC)[2 * index : 2 * index + 2]
+            gateway = _gateway(
+                plan,
+                facts,
+                interface,
+                facts.layout.public_subnet,
+                elastic_ip=elastic_ip,
+                auto_public_ip=auto[0],
+            )
+            second_gateway = _gateway(
+                plan,
+                facts,
+                second[0],
+                subnet,
+                elastic_ip=elastic_ip,
+                index=1,
+                auto_public_ip=auto[1],
+            )
         private = facts.layout.private_subnet
         workload_group = workload_groups.get(facts.name)
         host = Host(
@@ -569,11 +628,14 @@ def derive(plan: Plan) -> Topology:
                 edge=IPv4Interface(f"{edge_hosts[1]}/{edge_net.prefixlen}"),
                 edge_peer=IPv4Interface(f"{edge_hosts[0]}/{edge_net.prefixlen}"),
                 edge_link=f"{PREFIX}{letter}",
-                public_table=tables[True],
-                private_table=tables[False],
+                public_table=tables[0],
+                private_table=tables[1],
                 gateway=gateway,
                 hosts=(host,),
                 notes=tuple(notes),
+                second=second_gateway,
+                second_public_table=tables[2] if second is not None else None,
+                allocation_id=allocation_id if second is not None else "",
             )
         )
     offices = [
@@ -589,6 +651,90 @@ def derive(plan: Plan) -> Topology:
         offices=tuple(offices),
         hub=config.topology.hub,
     )
+
+
+def _gateway(
+    plan: Plan,
+    facts: GatewayFacts,
+    interface: PlannedResource,
+    subnet: IPv4Network,
+    *,
+    elastic_ip: IPv4Address | None = None,
+    index: int = 0,
+    auto_public_ip: IPv4Address | None = None,
+) -> Gateway:
+    """A gateway: its interface, the instance on it, its group, user data and keys."""
+    interface_id = resource_id(interface)
+    instance = _gateway_instance(plan, facts, interface_id)
+    group_ids = [str(g) for g in _value(interface, "securityGroups") or []]
+    check = _value(interface, "sourceDestCheck")
+    packed = _value(instance, "userDataBase64")
+    if not isinstance(packed, str):
+        raise LabError(f"plan: site {facts.name}'s gateway has no user data")
+    return Gateway(
+        namespace=f"{PREFIX}{facts.name}-gw" + ("2" if index else ""),
+        instance=instance.name,
+        instance_id=resource_id(instance),
+        eni=interface_id,
+        private_address=IPv4Interface(
+            f"{_private_ip(interface, facts, second=index == 1)}/{subnet.prefixlen}"
+        ),
+        elastic_ip=elastic_ip or _elastic_ip(plan, interface_id, facts.name),
+        # AWS turns the check on unless told otherwise, and an instance whose check
+        # the provider does not suppress writes it on at the next `pulumi up`.
+        source_dest_check=provider_model.effective_source_dest_check(
+            reveal(instance.inputs), {"sourceDestCheck": check}
+        ),
+        ingress=_ingress_rules(plan, group_ids),
+        egress=_egress_rules(plan, group_ids),
+        user_data=decode_user_data(packed),
+        parameters=_parameters(plan, facts),
+        index=index,
+        link=LINK_PUBLIC2 if index else LINK_PUBLIC,
+        router=_vpc_router(subnet) if index else None,
+        auto_public_ip=auto_public_ip,
+    )
+
+
+def _second_interface(
+    plan: Plan, facts: GatewayFacts, vpc_id: str | None
+) -> tuple[PlannedResource, str] | None:
+    """A site with two gateways: the second gateway's interface and its subnet's id."""
+    subnet = facts.layout.second_public_subnet
+    if not facts.highly_available or subnet is None:
+        return None
+    subnet_id = _subnet_id(plan, vpc_id, subnet)
+    found = [i for i in plan.by_type(TYPE_INTERFACE) if _value(i, "subnetId") == subnet_id]
+    if subnet_id is None or len(found) != 1:
+        raise LabError(
+            f"plan: expected one network interface in site {facts.name}'s second public"
+            f" subnet {subnet}, found {len(found)}"
+        )
+    return found[0], subnet_id
+
+
+def _second_route_table(plan: Plan, facts: GatewayFacts, subnet_id: str) -> tuple[str, str]:
+    """(id, name) of the route table of the second gateway's subnet."""
+    names = {resource_id(t): t.name for t in plan.by_type(TYPE_ROUTE_TABLE)}
+    for association in plan.by_type(TYPE_ASSOCIATION):
+        if _value(association, "subnetId") == subnet_id:
+            table = str(_value(association, "routeTableId"))
+            return table, names.get(table, table)
+    raise LabError(f"plan: site {facts.name}'s second public subnet has no route table")
+
+
+def _site_elastic_ip(plan: Plan, facts: GatewayFacts) -> tuple[IPv4Address, str]:
+    """(address, allocation id) of the site's Elastic IP: the one its `publicIp` output
+    names (a site with two gateways has no EipAssociation in the plan)."""
+    sites = plan.exports.get("sites")
+    wanted = sites.get(facts.name, {}).get("publicIp") if isinstance(sites, dict) else None
+    for eip in plan.by_type(TYPE_EIP):
+        public = reveal(eip.outputs.get("publicIp"))
+        if public is not None and str(public) == str(wanted):
+            allocation = reveal(eip.outputs.get("allocationId")) or resource_id(eip)
+            address = _documentation_address(public, f"Elastic IP of site {facts.name}")
+            return address, str(allocation)
+    raise LabError(f"plan: no Elastic IP is site {facts.name}'s publicIp output")
 
 
 # One letter per site in site order (hosts a1, b1, ...); the internet links take one
@@ -659,10 +805,16 @@ def _instance_for(
     return _gateway_interface(plan, facts, public_id), vpc_id, public_id, private_id
 
 
-def _private_ip(interface: PlannedResource, facts: GatewayFacts) -> IPv4Address:
+def _private_ip(
+    interface: PlannedResource, facts: GatewayFacts, *, second: bool = False
+) -> IPv4Address:
     declared = reveal(interface.inputs.get("privateIps"))
     if isinstance(declared, list) and declared and isinstance(declared[0], str):
         return IPv4Address(declared[0])
+    if second:
+        address = facts.layout.second_gateway_private_ip
+        assert address is not None
+        return address
     # An instance in an existing subnet gets its address from AWS; the lab uses the
     # nominal layout's.
     return facts.layout.gateway_private_ip

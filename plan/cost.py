@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.health import METRICS, PER_INSTANCE_METRICS, SOURCE_DEST_CHECK
+from core.health import METRICS, PER_INSTANCE_METRICS, SOURCE_DEST_CHECK, ha_custom_metric_count
 from plan.document import Document
 
 # The rates below are those the linked AWS pricing pages published in this month. They
@@ -144,6 +144,15 @@ def _peers(resource: dict[str, Any]) -> int:
     return len(peers) if isinstance(peers, list) else 1
 
 
+def _highly_available(resource: dict[str, Any]) -> bool:
+    """Whether a desired state is a two-gateway site's (it has a failover section)."""
+    value = resource["inputs"].get("insecureValue")
+    try:
+        return isinstance(value, str) and "failover" in json.loads(value)
+    except ValueError:
+        return False
+
+
 def _alarm_metrics(inputs: dict[str, Any]) -> int:
     """How many metrics an alarm watches: CloudWatch bills an alarm per metric."""
     queries = inputs.get("metricQueries")
@@ -194,6 +203,25 @@ def monthly_cost(document: Document) -> Cost:
             _cents(addresses * PUBLIC_IPV4_HOURLY * HOURS_PER_MONTH),
         )
     )
+    states = [
+        r
+        for r in resources
+        if r["type"] == _PARAMETER and str(r["name"]).endswith("-desired-state")
+    ]
+    # A site with two gateways: the one not holding the Elastic IP has a public IPv4 of
+    # its own (the interface's AssociatePublicIpAddress, for SSM, the EC2 API and
+    # CloudWatch), and AWS charges every public IPv4, in use or not (VPC_PRICING). The
+    # holder's own is released while the Elastic IP is on its interface: one per site.
+    standby = sum(1 for state in states if _highly_available(state))
+    if standby:
+        lines.append(
+            CostLine(
+                "public IPv4 (standby gateways)",
+                f"{standby} x {_price(PUBLIC_IPV4_HOURLY)}/h",
+                _cents(standby * PUBLIC_IPV4_HOURLY * HOURS_PER_MONTH),
+                "one per site with two gateways",
+            )
+        )
     for region, size in sorted(volumes.items()):
         item = f"EBS gp3 root volumes ({region})"
         per_gb = GP3_GB_MONTH.get(region)
@@ -210,20 +238,33 @@ def monthly_cost(document: Document) -> Cost:
     # site metrics once, the peer metrics once per peer and the per-instance ones once
     # more per peer. Offices publish nothing here (no AWS gateway), nor do canaries.
     gateways = sum(1 for r in resources if r["type"] == _INSTANCE and _is_gateway(r))
-    peers = sum(
-        _peers(r)
-        for r in resources
-        if r["type"] == _PARAMETER and str(r["name"]).endswith("-desired-state")
-    )
+    peers = sum(_peers(state) for state in states)
     per_peer = len(PEER_METRICS) + len(PER_INSTANCE_METRICS)
     metrics = len(SITE_METRICS) * gateways + per_peer * peers
+    note = (
+        f"{len(SITE_METRICS)} per gateway x {gateways} + {per_peer} per peer"
+        f" x {peers} gateway-peer pairs"
+    )
+    # A site with two gateways: both publish the site and per-peer metrics under the same
+    # dimensions (Stack, Site[, Peer]), whichever is active, so those count once per site;
+    # the per-instance ones (InstanceId) once more for the second gateway, and the
+    # failover agents add theirs (core.health: Active per gateway, StandbyReady, Failovers).
+    paired = [state for state in states if _highly_available(state)]
+    if paired:
+        sites = gateways - len(paired)
+        second = len(PER_INSTANCE_METRICS) * sum(_peers(state) for state in paired)
+        agents = ha_custom_metric_count(2) * len(paired)
+        metrics = len(SITE_METRICS) * sites + per_peer * peers + second + agents
+        note = (
+            f"{len(SITE_METRICS)} per site x {sites} + {per_peer} per peer x {peers} site-peer"
+            f" pairs + {second} per-instance of second gateways + {agents} failover metrics"
+        )
     lines.append(
         CostLine(
             "CloudWatch custom metrics",
             f"{metrics} x {_price(CUSTOM_METRIC_MONTHLY)}/month",
             _cents(metrics * CUSTOM_METRIC_MONTHLY),
-            f"{len(SITE_METRICS)} per gateway x {gateways} + {per_peer} per peer"
-            f" x {peers} gateway-peer pairs",
+            note,
         )
     )
     standard = high = 0

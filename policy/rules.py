@@ -1134,6 +1134,130 @@ def gateway_has_tunnel_alarm(resources: Sequence[Resource]) -> list[tuple[Resour
     return found
 
 
+ROUTE = "aws:ec2/route:Route"
+EIP_ASSOCIATION = "aws:ec2/eipAssociation:EipAssociation"
+# What a failover agent does to its site (README "High availability"): move the Elastic IP
+# and point the route tables at its own interface. Granted on `*`, or on another site's
+# ARNs, a gateway could take any site's address or routes.
+_MOVING_ACTIONS = ("ec2:associateaddress", "ec2:replaceroute")
+_EC2_ARN = re.compile(r"^arn:[\w-]+:ec2:[\w-]*:\d*:([\w-]+)/(.+)$")
+
+
+def _grants_moving(statement: Any) -> list[str]:
+    """The moving actions an Allow statement grants (by name or wildcard)."""
+    if not isinstance(statement, Mapping) or statement.get("Effect") != "Allow":
+        return []
+    if "NotAction" in statement:
+        excluded = [a.lower() for a in _as_list(statement["NotAction"]) if isinstance(a, str)]
+        return [m for m in _MOVING_ACTIONS if not any(fnmatch.fnmatchcase(m, a) for a in excluded)]
+    actions = [a.lower() for a in _as_list(statement.get("Action")) if isinstance(a, str)]
+    return [m for m in _MOVING_ACTIONS if any(fnmatch.fnmatchcase(m, a) for a in actions)]
+
+
+def _failover_ids(parameter: Resource) -> set[str] | None:
+    """Every id a desired state's failover section names (allocation, interfaces, route
+    tables), or None if it has none (or cannot be read)."""
+    value = parameter.props.get("insecureValue", parameter.props.get("value"))
+    try:
+        section = json.loads(value)["failover"] if isinstance(value, str) else None
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(section, Mapping):
+        return None
+    ids = {str(section.get("allocationId"))}
+    ids |= {str(g.get("networkInterfaceId")) for g in _as_list(section.get("gateways"))}
+    ids |= {str(r.get("routeTableId")) for r in _as_list(section.get("routes"))}
+    return ids
+
+
+def _own_site_ids(role: Resource, resources: Sequence[Resource]) -> set[str] | None:
+    """The ids of the site whose gateways run with `role`: their device-0 interfaces, the
+    route tables routing to those, the Elastic IP associated with them or named with them
+    in a desired state's failover section. None if an interface is not known yet."""
+    profiles = [r for r in resources if r.type == INSTANCE_PROFILE]
+    interfaces: set[str] = set()
+    for instance in (r for r in resources if r.type == INSTANCE):
+        attached = _device_zero(instance.props)
+        uses = any(
+            _resolve(profile.props.get("role"), profile, [role])
+            for profile in _resolve(instance.props.get("iamInstanceProfile"), instance, profiles)
+        )
+        if not uses or attached is None:
+            continue
+        if not isinstance(attached[1], str):
+            return None
+        interfaces.add(attached[1])
+    own = set(interfaces)
+    for other in resources:
+        if other.type == ROUTE and other.props.get("networkInterfaceId") in interfaces:
+            own.add(str(other.props.get("routeTableId")))
+        elif other.type == EIP_ASSOCIATION and other.props.get("networkInterfaceId") in interfaces:
+            own.add(str(other.props.get("allocationId")))
+        elif other.type == SSM_PARAMETER:
+            named = _failover_ids(other)
+            if named is not None and named & interfaces:
+                own |= named
+    return own
+
+
+def failover_rights_scoped(resources: Sequence[Resource]) -> list[tuple[Resource, str]]:
+    """(l) ec2:AssociateAddress and ec2:ReplaceRoute only on the role's own site's ARNs.
+
+    A gateway's role may move its own site's Elastic IP between the site's interfaces and
+    point its own route tables at them: never on `*` (any address or route table of the
+    account, in any region) and never on another site's. Its own: the interfaces of the
+    instances that run with the role, the route tables routing to them, and the Elastic
+    IP associated with them or named in their desired state's failover section.
+    """
+    found: list[tuple[Resource, str]] = []
+    for role in (r for r in resources if r.type == ROLE):
+        grants = [
+            (blame, f"{what} of role {role.name}: {', '.join(moving)}", statement)
+            for blame, what, document in _policy_documents(role, resources)
+            for statement in _statements(document)
+            for moving in [_grants_moving(statement)]
+            if moving
+        ]
+        own = _own_site_ids(role, resources) if grants else None
+        for blame, where, statement in grants:
+            found += [(blame, problem) for problem in _moving_problems(where, statement, own)]
+    return found
+
+
+def _statements(document: Any) -> list[Any]:
+    """A policy document's statements (none if it is unknown or cannot be read)."""
+    try:
+        parsed = json.loads(document) if isinstance(document, str) else None
+    except ValueError:
+        return []
+    return _as_list(parsed.get("Statement")) if isinstance(parsed, dict) else []
+
+
+def _moving_problems(where: str, statement: Mapping[str, Any], own: set[str] | None) -> list[str]:
+    """What is wrong with a statement granting moving actions; `own`: the ids of the role's
+    own site (None if not known yet: then only wildcards can be judged)."""
+    if "NotResource" in statement or "NotAction" in statement:
+        key = "NotResource" if "NotResource" in statement else "NotAction"
+        return [f"{where} with {key}: it reaches other sites' too"]
+    problems = []
+    for arn in _as_list(statement.get("Resource")):
+        if is_unknown(arn):
+            continue
+        if not isinstance(arn, str) or "*" in arn or "?" in arn:
+            problems.append(
+                f"{where} on {arn!r}, a wildcard: it could move any site's Elastic IP or "
+                "routes; name the site's own ARNs"
+            )
+            continue
+        match = _EC2_ARN.match(arn)
+        if own is not None and (match is None or match.group(2) not in own):
+            problems.append(
+                f"{where} on {arn}, which is not its own site's (Elastic IP, gateway "
+                "interfaces, route tables)"
+            )
+    return problems
+
+
 def _is_sns_arn(value: Any) -> bool:
     return isinstance(value, str) and re.match(r"^arn:aws[\w-]*:sns:", value) is not None
 
@@ -1269,6 +1393,12 @@ STACK_RULES: Final = (
         "gateway-has-tunnel-alarm",
         "Every gateway has a TunnelUp alarm with at least one alarm action.",
         gateway_has_tunnel_alarm,
+    ),
+    StackRule(
+        "failover-rights-scoped",
+        "ec2:AssociateAddress and ec2:ReplaceRoute only on the role's own site's Elastic IP, "
+        "gateway interfaces and route tables by ARN: never a wildcard, never another site's.",
+        failover_rights_scoped,
     ),
     StackRule(
         "alarm-reaches-a-subscriber",

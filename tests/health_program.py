@@ -52,21 +52,32 @@ for facts in gateway_facts(config, stack):
         f"{facts.name}-put-metrics", role=role.id, policy=gateway_metrics_policy(), opts=opts
     )
     profile = aws.iam.InstanceProfile(f"{facts.name}-gateway", role=role.name, opts=opts)
-    instance = aws.ec2.Instance(
-        f"{facts.name}-gateway",
-        ami="ami-0123456789abcdef0",
-        instance_type=facts.site.instance_type,
-        iam_instance_profile=profile.name,
-        source_dest_check=False,
-        metadata_options=aws.ec2.InstanceMetadataOptionsArgs(http_tokens="required"),
-        root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(encrypted=True),
-        user_data=(
-            "#cloud-config\nwrite_files:\n"
-            f"  - path: {facts.config_path}\n    content: |\n      [Interface]\n"
-        ),
-        opts=opts,
+    # A site with two gateways (gateways: 2) has a second instance, "<site>-gateway-1".
+    instances = [
+        aws.ec2.Instance(
+            f"{facts.name}-gateway" + (f"-{index}" if index else ""),
+            ami="ami-0123456789abcdef0",
+            instance_type=facts.site.instance_type,
+            iam_instance_profile=profile.name,
+            source_dest_check=False,
+            metadata_options=aws.ec2.InstanceMetadataOptionsArgs(http_tokens="required"),
+            root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(encrypted=True),
+            user_data=(
+                "#cloud-config\nwrite_files:\n"
+                f"  - path: {facts.config_path}\n    content: |\n      [Interface]\n"
+            ),
+            opts=opts,
+        )
+        for index in range(facts.gateway_count)
+    ]
+    sites.append(
+        HealthSite(
+            facts=facts,
+            provider=provider,
+            instance_id=instances[0].id,
+            second_instance_id=instances[1].id if facts.highly_available else None,
+        )
     )
-    sites.append(HealthSite(facts=facts, provider=provider, instance_id=instance.id))
 
 health = TunnelHealth(
     "tunnel-health",

@@ -15,7 +15,7 @@ import boto3
 import pytest
 from botocore.stub import ANY, Stubber
 
-from core.facts import APPLY_PATH, CHECK_PATH
+from core.facts import APPLY_PATH, CHECK_PATH, FAILOVER_AGENT_PATH
 from deployer.cli import WAIT_FOR_BOOT, journal_command, run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,25 +48,30 @@ class Result:
 
 
 class Ssm:
-    """One stubbed SSM client per region, and a runner of the CLI against them."""
+    """One stubbed SSM client (and EC2 client) per region, and a runner of the CLI against
+    them."""
 
     def __init__(self) -> None:
         self.clock = FakeClock()
         self.stubs: dict[str, Stubber] = {}
         self.clients: dict[str, Any] = {}
 
-    def stub(self, region: str = "eu-west-1") -> Stubber:
-        if region not in self.stubs:
+    def stub(self, region: str = "eu-west-1", service: str = "ssm") -> Stubber:
+        key = region if service == "ssm" else f"{service}:{region}"
+        if key not in self.stubs:
             client = boto3.client(
-                "ssm",
+                service,  # type: ignore[call-overload]
                 region_name=region,
                 aws_access_key_id="testing",
                 aws_secret_access_key="testing",
             )
-            self.clients[region] = client
-            self.stubs[region] = Stubber(client)
-            self.stubs[region].activate()
-        return self.stubs[region]
+            self.clients[key] = client
+            self.stubs[key] = Stubber(client)
+            self.stubs[key].activate()
+        return self.stubs[key]
+
+    def ec2(self, region: str = "eu-west-1") -> Stubber:
+        return self.stub(region, "ec2")
 
     def run(self, action: str, env: dict[str, str]) -> Result:
         out, err = io.StringIO(), io.StringIO()
@@ -74,6 +79,7 @@ class Ssm:
             [action],
             env,
             client_for=lambda region: self.clients[region],
+            ec2_for=lambda region: self.clients[f"ec2:{region}"],
             clock=self.clock,
             sleep=self.clock.sleep,
             out=out,
@@ -483,3 +489,271 @@ def test_python_m_deployer_apply_with_a_missing_variable_is_one_line_and_exit_2(
         "wg-site-to-site: environment variable WG_S2S_INSTANCE_ID is missing or empty"
     ]
     assert done.stdout == ""
+
+
+# ------------------------------------------------------------------ two gateways per site
+
+ENI0 = "eni-0a0a0a0a0a0a0a0a0"
+ENI1 = "eni-0b1b1b1b1b1b1b1b1"
+ELSEWHERE = "eni-0c2c2c2c2c2c2c2c2"
+ALLOCATION = "eipalloc-0123456789abcdef0"
+TAKEOVER = [WAIT_FOR_BOOT, f"{FAILOVER_AGENT_PATH} takeover"]
+
+
+def public_ipv4_env() -> dict[str, str]:
+    return {"WG_S2S_REGION": "eu-west-1", "WG_S2S_NETWORK_INTERFACE_ID": ENI1}
+
+
+def expect_public_ipv4(stub: Stubber, on: bool) -> None:
+    stub.add_response(
+        "describe_network_interface_attribute",
+        {"NetworkInterfaceId": ENI1, "AssociatePublicIpAddress": on},
+        {"NetworkInterfaceId": ENI1, "Attribute": "associatePublicIpAddress"},
+    )
+
+
+def test_public_ipv4_turns_on_associate_public_ip_address_on_the_interface(ssm):
+    stub = ssm.ec2()
+    expect_public_ipv4(stub, on=False)
+    stub.add_response(
+        "modify_network_interface_attribute",
+        {},
+        {"NetworkInterfaceId": ENI1, "AssociatePublicIpAddress": True},
+    )
+
+    result = ssm.run("public-ipv4", public_ipv4_env())
+
+    assert (result.code, result.err) == (0, "")
+    assert result.out.splitlines() == [
+        f"wg-site-to-site: public IPv4 on {ENI1} (eu-west-1): turned on (AssociatePublicIpAddress)"
+    ]
+
+
+def test_public_ipv4_is_idempotent_an_interface_that_has_it_is_not_modified(ssm):
+    # Only the read is stubbed: a modify call would be unexpected and fail the command.
+    expect_public_ipv4(ssm.ec2(), on=True)
+
+    result = ssm.run("public-ipv4", public_ipv4_env())
+
+    assert (result.code, result.err) == (0, "")
+    assert result.out.splitlines() == [
+        f"wg-site-to-site: public IPv4 on {ENI1} (eu-west-1): already on, nothing to do"
+    ]
+
+
+def test_public_ipv4_aws_error_is_one_line_and_exit_1(ssm):
+    stub = ssm.ec2()
+    expect_public_ipv4(stub, on=False)
+    stub.add_client_error(
+        "modify_network_interface_attribute",
+        "UnauthorizedOperation",
+        "not authorized to perform: ec2:ModifyNetworkInterfaceAttribute",
+    )
+
+    result = ssm.run("public-ipv4", public_ipv4_env())
+
+    assert result.code == 1
+    assert len(result.err_lines) == 1
+    assert result.err_lines[0].startswith(
+        f"wg-site-to-site: public IPv4 on {ENI1} (eu-west-1) failed calling AWS: "
+    )
+    assert "ec2:ModifyNetworkInterfaceAttribute" in result.err
+
+
+def drain_env(gateway: int = 1, deadline: int = 120) -> dict[str, str]:
+    own, other = (ENI0, ENI1) if gateway == 0 else (ENI1, ENI0)
+    return {
+        "WG_S2S_SITE": "alpha",
+        "WG_S2S_REGION": "eu-west-1",
+        "WG_S2S_GATEWAY": str(gateway),
+        "WG_S2S_NETWORK_INTERFACE_ID": own,
+        "WG_S2S_OTHER_NETWORK_INTERFACE_ID": other,
+        "WG_S2S_ALLOCATION_ID": ALLOCATION,
+        "WG_S2S_DEADLINE_SECONDS": str(deadline),
+    }
+
+
+def expect_holder(stub: Stubber, eni: str | None) -> None:
+    address: dict[str, Any] = {
+        "AllocationId": ALLOCATION,
+        "PublicIp": "203.0.113.10",
+        "Domain": "vpc",
+    }
+    if eni is not None:
+        address["NetworkInterfaceId"] = eni
+    stub.add_response(
+        "describe_addresses", {"Addresses": [address]}, {"AllocationIds": [ALLOCATION]}
+    )
+
+
+def expect_attachment(stub: Stubber, eni: str, instance: str | None) -> None:
+    interface: dict[str, Any] = {"NetworkInterfaceId": eni}
+    if instance is not None:
+        interface["Attachment"] = {"InstanceId": instance, "Status": "attached", "DeviceIndex": 0}
+    stub.add_response(
+        "describe_network_interfaces",
+        {"NetworkInterfaces": [interface]},
+        {"NetworkInterfaceIds": [eni]},
+    )
+
+
+def test_drain_of_the_holder_runs_takeover_on_the_other_and_waits_for_the_elastic_ip(ssm):
+    ec2 = ssm.ec2()
+    expect_holder(ec2, ENI0)
+    expect_attachment(ec2, ENI1, BETA)
+    # The move is seen on the second read after the takeover (1 s apart).
+    expect_holder(ec2, ENI0)
+    expect_holder(ec2, ENI1)
+    stub = ssm.stub()
+    expect_send(stub, BETA, TAKEOVER)
+    expect_status(stub, BETA, "InProgress")
+    expect_status(stub, BETA, "Success", stdout="failover: alpha gateway 1 took over\n")
+
+    result = ssm.run("drain", drain_env(gateway=0))
+
+    assert (result.code, result.err) == (0, "")
+    # 2 s of Run Command polling, then 1 s waiting for the Elastic IP to move.
+    assert ssm.clock.sleeps == [2.0, 1.0]
+    assert result.out.splitlines() == [
+        f"wg-site-to-site: drain of alpha gateway 0 ({ENI0}): the other gateway ({BETA}, "
+        f"{ENI1}) took over in 3 s"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("holder", "said"),
+    [
+        (ENI0, f"the Elastic IP {ALLOCATION} is on the other gateway's {ENI0}"),
+        (None, f"the Elastic IP {ALLOCATION} is associated with no interface"),
+        (ELSEWHERE, f"the Elastic IP {ALLOCATION} is on {ELSEWHERE}"),
+    ],
+    ids=["standby", "first-up", "elsewhere"],
+)
+def test_drain_of_a_gateway_that_does_not_hold_the_elastic_ip_does_nothing(ssm, holder, said):
+    expect_holder(ssm.ec2(), holder)
+    ssm.stub()  # no SSM answer: a Run Command would fail the drain
+
+    result = ssm.run("drain", drain_env(gateway=1))
+
+    assert (result.code, result.err) == (0, "")
+    assert result.out.splitlines() == [
+        f"wg-site-to-site: drain of alpha gateway 1 ({ENI1}): nothing to do, {said}"
+    ]
+
+
+def test_drain_when_the_other_gateway_has_no_instance_yet_does_nothing(ssm):
+    ec2 = ssm.ec2()
+    expect_holder(ec2, ENI1)
+    expect_attachment(ec2, ENI0, None)
+    ssm.stub()
+
+    result = ssm.run("drain", drain_env(gateway=1))
+
+    assert (result.code, result.err) == (0, "")
+    assert result.out.splitlines() == [
+        f"wg-site-to-site: drain of alpha gateway 1 ({ENI1}): nothing to do, the other "
+        f"gateway's interface {ENI0} has no instance to take over (the site has one gateway "
+        "until it has)"
+    ]
+
+
+def test_drain_fails_when_the_takeover_fails_with_the_gateways_output(ssm):
+    ec2 = ssm.ec2()
+    expect_holder(ec2, ENI1)
+    expect_attachment(ec2, ENI0, ALPHA)
+    stub = ssm.stub()
+    expect_send(stub, ALPHA, TAKEOVER)
+    expect_status(
+        stub, ALPHA, "Failed", code=1, stderr="wg-site-to-site-failover: wgA: config not applied\n"
+    )
+
+    result = ssm.run("drain", drain_env(gateway=1))
+
+    assert result.code == 1
+    assert result.out == ""
+    assert result.err_lines[0] == (
+        f"wg-site-to-site: drain of alpha gateway 1 ({ENI1}) failed: the takeover on {ALPHA} "
+        f"ended Failed (exit code 1, command {CMD1})"
+    )
+    assert "    wg-site-to-site-failover: wgA: config not applied" in result.err_lines
+
+
+def test_drain_fails_at_the_deadline_when_the_elastic_ip_does_not_move(ssm):
+    ec2 = ssm.ec2()
+    expect_holder(ec2, ENI1)
+    expect_attachment(ec2, ENI0, ALPHA)
+    stub = ssm.stub()
+    expect_send(stub, ALPHA, TAKEOVER)
+    expect_status(stub, ALPHA, "Success")
+    # Read at 0, 1, 2 and 3 s: the deadline is 3 s.
+    for _ in range(4):
+        expect_holder(ec2, ENI1)
+
+    result = ssm.run("drain", drain_env(gateway=1, deadline=3))
+
+    assert result.code == 1
+    assert ssm.clock.sleeps == [1.0, 1.0, 1.0]
+    assert result.err_lines == [
+        f"wg-site-to-site: drain of alpha gateway 1 ({ENI1}) did not finish within the deadline "
+        f"of 3 s (WG_S2S_DEADLINE_SECONDS): still waiting for the Elastic IP {ALLOCATION} to "
+        f"move to {ENI0} (the takeover on {ALPHA} succeeded; it is on {ENI1})"
+    ]
+
+
+def test_drain_aws_error_is_one_line_and_exit_1(ssm):
+    ssm.ec2().add_client_error(
+        "describe_addresses", "InvalidAllocationID.NotFound", "The allocation ID does not exist"
+    )
+
+    result = ssm.run("drain", drain_env())
+
+    assert result.code == 1
+    assert len(result.err_lines) == 1
+    assert result.err_lines[0].startswith(
+        f"wg-site-to-site: drain of alpha gateway 1 ({ENI1}) failed calling AWS: "
+    )
+    assert "InvalidAllocationID.NotFound" in result.err
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            {"WG_S2S_GATEWAY": "2"},
+            "wg-site-to-site: WG_S2S_GATEWAY='2' is not a gateway index (0 or 1)",
+        ),
+        (
+            {"WG_S2S_ALLOCATION_ID": "203.0.113.10"},
+            "wg-site-to-site: WG_S2S_ALLOCATION_ID='203.0.113.10' is not an Elastic IP "
+            "allocation id",
+        ),
+        (
+            {"WG_S2S_OTHER_NETWORK_INTERFACE_ID": ENI1},
+            f"wg-site-to-site: WG_S2S_OTHER_NETWORK_INTERFACE_ID='{ENI1}' is the gateway's own "
+            "interface (WG_S2S_NETWORK_INTERFACE_ID)",
+        ),
+        (
+            {"WG_S2S_OTHER_NETWORK_INTERFACE_ID": ""},
+            "wg-site-to-site: environment variable WG_S2S_OTHER_NETWORK_INTERFACE_ID is missing "
+            "or empty",
+        ),
+    ],
+    ids=["gateway", "allocation", "same-interface", "missing"],
+)
+def test_drain_bad_input_is_one_line_and_exit_2(ssm, change, expected):
+    ssm.ec2()  # no answer: nothing may be called
+    result = ssm.run("drain", {**drain_env(), **change})
+    assert (result.code, result.err_lines, result.out) == (2, [expected], "")
+
+
+def test_public_ipv4_bad_interface_is_one_line_and_exit_2(ssm):
+    ssm.ec2()
+    env = {**public_ipv4_env(), "WG_S2S_NETWORK_INTERFACE_ID": "i-0123456789abcdef0"}
+    result = ssm.run("public-ipv4", env)
+    assert (result.code, result.err_lines) == (
+        2,
+        [
+            "wg-site-to-site: WG_S2S_NETWORK_INTERFACE_ID='i-0123456789abcdef0' is not a "
+            "network interface id"
+        ],
+    )

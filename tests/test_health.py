@@ -277,3 +277,107 @@ def test_alarm_names_name_the_site_or_the_pair():
         health.alarm_name("dev", "alpha", health.SYSTEM_CHECK)
         == "wg-site-to-site-dev-alpha-system-check"
     )
+
+
+# --- two gateways per site ---------------------------------------------------------------
+
+READY: list[float | None] = [1.0] * 10
+
+
+def test_failover_metric_names_and_dimensions_the_agent_publishes():
+    assert (health.ACTIVE, health.STANDBY_READY, health.FAILOVERS) == (
+        "Active",
+        "StandbyReady",
+        "Failovers",
+    )
+    assert health.metric_dimensions(health.ACTIVE, "ha", "alpha", instance="i-1") == {
+        "Stack": "ha",
+        "Site": "alpha",
+        "InstanceId": "i-1",
+    }
+    with pytest.raises(ValueError, match="Active is published per instance"):
+        health.metric_dimensions(health.ACTIVE, "ha", "alpha")
+    for metric in (health.STANDBY_READY, health.FAILOVERS):
+        assert health.metric_dimensions(metric, "ha", "alpha") == {"Stack": "ha", "Site": "alpha"}
+        with pytest.raises(ValueError, match="not published per instance"):
+            health.metric_dimensions(metric, "ha", "alpha", instance="i-1")
+    # Active per gateway, StandbyReady and Failovers per site; nothing with one gateway.
+    assert health.ha_custom_metric_count(2) == 4
+    assert health.ha_custom_metric_count(1) == 0
+
+
+def test_redundancy_lost_pages_when_the_standby_goes_silent():
+    # A dead standby publishes nothing: missing data is breaching.
+    values = [*READY, *([None] * 5)]
+    (alert,) = _alerts(health.REDUNDANCY_LOST, values)
+    # Periods 10-14 silent: CloudWatch evaluates the real points of its range (N + 2) as
+    # long as there are any and fills in as few missing ones as it can ("0 - - - -" is OK
+    # even when missing is breaching), so silence pages once the range is empty: 5 periods.
+    assert (alert.old, alert.new, alert.period) == ("OK", "ALARM", 14)
+    # The negative control: with silence as missing, a dead standby never pages.
+    quiet = replace(health.REDUNDANCY_LOST, treat_missing_data="missing")
+    assert _alerts(quiet, values) == []
+
+
+def test_redundancy_lost_pages_on_a_standby_that_cannot_take_over_and_clears_when_it_can():
+    values = [*READY, 0.0, 0.0, 0.0, 1.0]
+    found = health.notifications(health.REDUNDANCY_LOST, values)
+    assert [(n.period, n.old, n.new) for n in found] == [
+        (0, "INSUFFICIENT_DATA", "OK"),
+        (12, "OK", "ALARM"),
+        (13, "ALARM", "OK"),
+    ]
+    # One period in which nothing answered (a probe blip) is no page: 3 of 3.
+    assert _alerts(health.REDUNDANCY_LOST, [*READY, 0.0, None, 1.0, 1.0]) == []
+
+
+def test_redundancy_lost_pages_a_first_deploy_until_the_standby_is_ready():
+    # The README says so: until the standby reports ready, the site has no redundancy.
+    (alert, *_) = _alerts(health.REDUNDANCY_LOST, [None] * 5 + READY)
+    assert (alert.new, alert.period) == ("ALARM", 0)
+    assert health.states(health.REDUNDANCY_LOST, [None] * 5 + READY)[-1] == "OK"
+
+
+def test_failed_over_sends_one_message_per_failover_and_nothing_otherwise():
+    values: list[float | None] = [None] * 5 + [1.0] + [None] * 5
+    found = health.notifications(health.FAILED_OVER, values)
+    assert [(n.period, n.new) for n in found] == [(5, "ALARM")]
+    assert health.notifications(health.FAILED_OVER, [None] * 10) == []
+
+
+def test_ha_not_reporting_watches_active_so_a_gateway_turned_standby_is_not_silent():
+    # A gateway that was active and stepped down: it sends Active (0 now) every period and
+    # no TunnelUp any more. Per period, the rules' statistic (SampleCount) of each series:
+    tunnel_up: list[float | None] = [*([1.0] * 10), *([None] * 10)]
+    active: list[float | None] = [1.0] * 20
+    assert health.not_reporting_rule(True) is health.NOT_REPORTING_HA
+    assert health.not_reporting_rule(False) is NOT_REPORTING
+    assert (health.NOT_REPORTING_HA.metric, health.NOT_REPORTING_HA.per_instance) == (
+        "Active",
+        True,
+    )
+    assert _alerts(health.NOT_REPORTING_HA, active) == []
+    # The single-gateway rule on TunnelUp would page for a healthy standby.
+    assert _alerts(NOT_REPORTING, tunnel_up) != []
+    # ...and a gateway that stops sending Active does page, once.
+    assert [(n.old, n.new) for n in _alerts(health.NOT_REPORTING_HA, tunnel_up)] == [
+        ("OK", "INSUFFICIENT_DATA")
+    ]
+    assert health.alarm_dimensions(health.NOT_REPORTING_HA, "ha", "alpha", None, "i-1") == (
+        health.metric_dimensions(health.ACTIVE, "ha", "alpha", instance="i-1")
+    )
+
+
+def test_the_second_gateways_alarms_end_in_gateway_1_and_the_first_keeps_its_names():
+    assert health.alarm_name("ha", "alpha", NOT_REPORTING, gateway=1) == (
+        "wg-site-to-site-ha-alpha-not-reporting-gateway-1"
+    )
+    assert health.alarm_name("ha", "alpha", TUNNEL_DOWN, "beta", gateway=1) == (
+        "wg-site-to-site-ha-alpha-beta-tunnel-down-gateway-1"
+    )
+    assert health.alarm_name("ha", "alpha", TUNNEL_DOWN, "beta", gateway=0) == (
+        health.alarm_name("ha", "alpha", TUNNEL_DOWN, "beta")
+    )
+    assert health.alarm_name("ha", "alpha", health.REDUNDANCY_LOST) == (
+        "wg-site-to-site-ha-alpha-redundancy-lost"
+    )

@@ -63,7 +63,7 @@ REFUSED = {
     "e2e": re.compile(r"^tools\.e2e: no AWS credentials"),
     "site-bundle": re.compile(r"^tools\.site_bundle: site 'alpha' is an AWS site"),
 }
-DRY = {"deps", "clean", "test", "plan-bench"}
+DRY = {"deps", "clean", "test", "plan-bench", "failover-bench"}
 TESTED = REAL | LAB | set(REFUSED) | DRY
 # make's own lines ("make: *** [Makefile:70: pin] Error 2"), not the tool's.
 MAKE_LINE = re.compile(r"^make(\[\d+\])?: ")
@@ -237,6 +237,21 @@ def test_make_plan_bench_runs_the_benchmark_with_its_defaults(env: dict[str, str
     )
     dry = make(env, "-n", "-o", "deps", "plan-bench", "SITES=4", "RUNS=1")
     assert "--sites 4 --runs 1" in dry.stdout, dry.stdout
+
+
+def test_make_failover_bench_runs_the_failover_command_then_takes_the_lab_down(
+    env: dict[str, str],
+) -> None:
+    # The command itself runs in tests/lab/test_failover.py (its lines, on both sites); here,
+    # the recipe: the HA example stack, five runs, and the lab down whatever the result.
+    dry = make(env, "-n", "-o", "deps", "failover-bench")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.strip() == (
+        ".venv/bin/python -m lab failover tests/stacks/Pulumi.ha.yaml --runs 5; status=$?;"
+        " .venv/bin/python -m lab down > /dev/null; exit $status"
+    )
+    dry = make(env, "-n", "-o", "deps", "failover-bench", "FAILOVER_STACK=x.yaml", "RUNS=1")
+    assert "-m lab failover x.yaml --runs 1;" in dry.stdout, dry.stdout
 
 
 def test_make_test_is_what_ci_runs(env: dict[str, str]) -> None:

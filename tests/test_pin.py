@@ -196,3 +196,52 @@ def test_check_of_a_bad_stack_file_is_one_line_and_exit_2(
     assert pin.main(["--check", "dev"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "wg-site-to-site:firewall is given twice" in err
+
+
+def _with_ha_stack(stacks: Path) -> Path:
+    """The example stack with two gateways per site, copied beside the shipped ones."""
+    path = stacks / "Pulumi.ha.yaml"
+    shutil.copy(Path(__file__).resolve().parent / "stacks" / "Pulumi.ha.yaml", path)
+    return path
+
+
+def test_pin_writes_the_second_zone_of_a_site_with_two_gateways(stacks: Path) -> None:
+    path = _with_ha_stack(stacks)
+    _unpin(path)
+    before = path.read_text()
+
+    report = pin.pin_stack("ha", FakeAws(), stacks)
+
+    # The stand-in offers zones c and b: the first zone b, the second another one, c.
+    assert report.splitlines() == [
+        "site alpha: image 20251201, zone us-east-1b, second zone us-east-1c",
+        "site beta: image 20251201, zone eu-west-1b, second zone eu-west-1c",
+    ]
+    added = [line for line in path.read_text().splitlines() if line not in before.splitlines()]
+    assert added == [
+        "      image: '20251201'",
+        "      availabilityZone: us-east-1b",
+        "      secondAvailabilityZone: us-east-1c",
+        "      image: '20251201'",
+        "      availabilityZone: eu-west-1b",
+        "      secondAvailabilityZone: eu-west-1c",
+    ]
+    # Pinned once, never moved: a second run keeps the file as it is.
+    pinned = path.read_text()
+    pin.pin_stack("ha", FakeAws(), stacks)
+    assert path.read_text() == pinned
+
+
+def test_check_names_a_missing_second_zone(stacks: Path) -> None:
+    path = _with_ha_stack(stacks)
+    assert pin.check_pinned("ha", stacks) == (
+        "stacks/Pulumi.ha.yaml: every site pinned (alpha 20251212 us-east-1a us-east-1b, "
+        "beta 20251212 eu-west-1a eu-west-1b)"
+    )
+    _unpin(path, site="beta", keys=("secondAvailabilityZone",))
+    with pytest.raises(pin.Unpinned) as caught:
+        pin.check_pinned("ha", stacks)
+    assert str(caught.value) == (
+        "stacks/Pulumi.ha.yaml: sites[1] (beta) has no secondAvailabilityZone: "
+        "run make pin STACK=ha"
+    )

@@ -206,6 +206,29 @@ def add_resource(type_: str, name: str, inputs: dict[str, Any]) -> Callable[[Doc
     return mutate
 
 
+def add_role_policy(name: str, role: str, statement: dict[str, Any]) -> Callable[[Document], None]:
+    """A role policy of `role` (by dependency, as a plan of inputs knows it) with one
+    statement; `{eni:SITE}` in its Resource is SITE's gateway interface id."""
+
+    def mutate(document: Document) -> None:
+        planted = json.loads(json.dumps(statement))
+        for site in ("alpha", "beta"):
+            interface = resource(document, INTERFACE, f"{site}-gateway")["id"]
+            planted["Resource"] = [
+                r.replace(f"{{eni:{site}}}", interface) for r in planted["Resource"]
+            ]
+        add_resource(
+            "aws:iam/rolePolicy:RolePolicy",
+            name,
+            {"role": role, "policy": json.dumps({"Version": "2012-10-17", "Statement": [planted]})},
+        )(document)
+        document["resources"][-1]["options"]["dependsOn"] = [
+            resource(document, "aws:iam/role:Role", role)["urn"]
+        ]
+
+    return mutate
+
+
 # A line of the apply script, indented as the files are inside the cloud-config.
 WG_LINE = "      set -euo pipefail\n"
 # Key-shaped, made up: not the key of anything.
@@ -572,6 +595,33 @@ CASES = [
         ),
         "alpha-put-any-metrics",
         "allows cloudwatch:PutMetricData without a StringEquals cloudwatch:namespace condition",
+    ),
+    (
+        "failover-rights-scoped",
+        add_role_policy(
+            "alpha-move-any-address",
+            "alpha-gateway",
+            {"Effect": "Allow", "Action": "ec2:AssociateAddress", "Resource": ["*"]},
+        ),
+        "alpha-move-any-address",
+        "role policy of role alpha-gateway: ec2:associateaddress on '*', a wildcard",
+    ),
+    (
+        "failover-rights-scoped",
+        add_role_policy(
+            "alpha-move-beta-address",
+            "alpha-gateway",
+            {
+                "Effect": "Allow",
+                "Action": "ec2:AssociateAddress",
+                "Resource": [
+                    "arn:aws:ec2:us-east-1:123456789012:network-interface/{eni:alpha}",
+                    "arn:aws:ec2:eu-west-1:123456789012:network-interface/{eni:beta}",
+                ],
+            },
+        ),
+        "alpha-move-beta-address",
+        "ec2:associateaddress on arn:aws:ec2:eu-west-1:123456789012:network-interface/eni-",
     ),
     (
         "no-nat",

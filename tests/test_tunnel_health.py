@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
-from components.tunnel_health import PEER_RULES
+from components.tunnel_health import PEER_RULES, HealthSite, dashboard_body
 from core import health
-from plan.engine import Plan, run_program
+from core.config import load_stack_config
+from core.facts import gateway_facts
+from plan.engine import Plan, read_stack_file, run_program
 from policy import offline, rules
 from tests.conftest import stack_config
 
@@ -325,3 +327,276 @@ def gateway_policy(plan: Plan) -> str:
     policy = plan.one("aws:iam/rolePolicy:RolePolicy", "beta-put-metrics").inputs["policy"]
     assert isinstance(policy, str)
     return policy
+
+
+# ------------------------------------------------------------------ two gateways per site
+
+HA_STACK = Path(__file__).resolve().parent / "stacks"
+
+
+@pytest.fixture(scope="module")
+def ha_plan() -> Iterator[Plan]:
+    """tests/stacks/Pulumi.ha.yaml (both sites with gateways: 2) under the health program."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("WG_S2S_TEST_ALERTS", json.dumps({"emails": ["ops@example.com"]}))
+        yield run_program("ha", read_stack_file("ha", HA_STACK), program=PROGRAM, preview=False)
+
+
+def gateway_ids(plan: Plan, site: str) -> tuple[str, str]:
+    first = plan.one("aws:ec2/instance:Instance", f"{site}-gateway").outputs["id"]
+    second = plan.one("aws:ec2/instance:Instance", f"{site}-gateway-1").outputs["id"]
+    return str(first), str(second)
+
+
+@pytest.mark.parametrize("site", ["alpha", "beta"])
+def test_ha_each_gateway_has_its_own_tunnel_down_and_a_not_reporting_on_active(ha_plan, site):
+    topic = topic_arn(ha_plan, REGIONS[site])
+    for index, instance in enumerate(gateway_ids(ha_plan, site)):
+        suffix = "-gateway-1" if index else ""
+        down = ha_plan.one(ALARM, f"{site}-{PEER[site]}-tunnel-down{suffix}")
+        assert down.inputs["name"] == f"wg-site-to-site-ha-{site}-{PEER[site]}-tunnel-down{suffix}"
+        assert (down.inputs["metricName"], down.inputs["treatMissingData"]) == (
+            "TunnelUp",
+            "missing",
+        )
+        assert down.inputs["dimensions"] == {
+            "Stack": "ha",
+            "Site": site,
+            "Peer": PEER[site],
+            "InstanceId": instance,
+        }
+        assert down.inputs["tags"][health.GATEWAY_TAG] == instance
+        silent = ha_plan.one(ALARM, f"{site}-not-reporting{suffix}")
+        inputs = silent.inputs
+        assert inputs["name"] == f"wg-site-to-site-ha-{site}-not-reporting{suffix}"
+        # The standby sends no TunnelUp: each gateway's silence is read on its Active series.
+        assert (inputs["namespace"], inputs["metricName"], inputs["statistic"]) == (
+            "WgSiteToSite",
+            "Active",
+            "SampleCount",
+        )
+        assert inputs["dimensions"] == {"Stack": "ha", "Site": site, "InstanceId": instance}
+        assert (inputs["evaluationPeriods"], inputs["treatMissingData"]) == (1, "missing")
+        assert inputs["insufficientDataActions"] == [topic]
+        assert inputs.get("alarmActions") is None
+        for alarm in (down, silent):
+            assert alarm.options["replaceOnChanges"] == ["dimensions"]
+            assert alarm.options["deleteBeforeReplace"] is True
+        recovery = ha_plan.one(ALARM, f"{site}-system-check{suffix}")
+        assert recovery.inputs["dimensions"] == {"InstanceId": instance}
+        assert recovery.inputs["alarmActions"][0] == f"arn:aws:automate:{REGIONS[site]}:ec2:recover"
+    # The handshake age is the site's (whichever gateway is active sends it): one alarm.
+    stale = [a.name for a in ha_plan.by_type(ALARM) if a.name.startswith(f"{site}-")]
+    assert [name for name in stale if "handshake-stale" in name] == [
+        f"{site}-{PEER[site]}-handshake-stale"
+    ]
+
+
+@pytest.mark.parametrize("site", ["alpha", "beta"])
+def test_ha_site_has_a_redundancy_lost_alarm_on_standby_ready_missing_breaching(ha_plan, site):
+    alarm = ha_plan.one(ALARM, f"{site}-redundancy-lost")
+    inputs = alarm.inputs
+    topic = topic_arn(ha_plan, REGIONS[site])
+    assert ha_plan.region_of(alarm) == REGIONS[site]
+    assert inputs["name"] == f"wg-site-to-site-ha-{site}-redundancy-lost"
+    assert (inputs["namespace"], inputs["metricName"]) == ("WgSiteToSite", "StandbyReady")
+    assert inputs["dimensions"] == {"Stack": "ha", "Site": site}
+    assert (inputs["statistic"], inputs["comparisonOperator"], inputs["threshold"]) == (
+        "Maximum",
+        "LessThanThreshold",
+        1,
+    )
+    assert (inputs["period"], inputs["evaluationPeriods"], inputs["datapointsToAlarm"]) == (
+        health.DEFAULT_PROBE_INTERVAL_SECONDS,
+        3,
+        3,
+    )
+    # A dead standby publishes nothing: silence pages.
+    assert inputs["treatMissingData"] == "breaching"
+    assert (inputs["alarmActions"], inputs["okActions"]) == ([topic], [topic])
+
+
+@pytest.mark.parametrize("site", ["alpha", "beta"])
+def test_ha_site_has_a_failed_over_alarm_counting_failovers(ha_plan, site):
+    inputs = ha_plan.one(ALARM, f"{site}-failed-over").inputs
+    assert (inputs["metricName"], inputs["statistic"], inputs["comparisonOperator"]) == (
+        "Failovers",
+        "Sum",
+        "GreaterThanOrEqualToThreshold",
+    )
+    assert inputs["dimensions"] == {"Stack": "ha", "Site": site}
+    assert inputs["treatMissingData"] == "notBreaching"
+    assert inputs["alarmActions"] == [topic_arn(ha_plan, REGIONS[site])]
+    assert inputs.get("okActions") is None
+
+
+def test_ha_outputs_name_both_gateways_alarms_and_the_sites(ha_plan):
+    assert ha_plan.exports["alarmNames"]["alpha"] == {
+        "not-reporting": "wg-site-to-site-ha-alpha-not-reporting",
+        "not-reporting-gateway-1": "wg-site-to-site-ha-alpha-not-reporting-gateway-1",
+        "system-check": "wg-site-to-site-ha-alpha-system-check",
+        "system-check-gateway-1": "wg-site-to-site-ha-alpha-system-check-gateway-1",
+        "redundancy-lost": "wg-site-to-site-ha-alpha-redundancy-lost",
+        "failed-over": "wg-site-to-site-ha-alpha-failed-over",
+    }
+    assert ha_plan.exports["peerAlarmNames"]["alpha"] == {
+        "beta": {
+            "tunnel-down": "wg-site-to-site-ha-alpha-beta-tunnel-down",
+            "tunnel-down-gateway-1": "wg-site-to-site-ha-alpha-beta-tunnel-down-gateway-1",
+            "handshake-stale": "wg-site-to-site-ha-alpha-beta-handshake-stale",
+        }
+    }
+
+
+def test_ha_dashboard_row_shows_active_per_gateway_standby_ready_and_failovers(ha_plan):
+    (dashboard,) = ha_plan.by_type("aws:cloudwatch/dashboard:Dashboard")
+    widgets = json.loads(dashboard.inputs["dashboardBody"])["widgets"]
+    for site, y in (("alpha", 5), ("beta", 15)):
+        row = {
+            w["properties"]["metrics"][0][1]: w
+            for w in widgets
+            if w["y"] == y and w["properties"]["title"].startswith(f"{site}:")
+        }
+        assert set(row) == {"Active", "StandbyReady", "Failovers"}
+        first, second = gateway_ids(ha_plan, site)
+        assert [line[:8] for line in row["Active"]["properties"]["metrics"]] == [
+            ["WgSiteToSite", "Active", "Stack", "ha", "Site", site, "InstanceId", first],
+            ["WgSiteToSite", "Active", "Stack", "ha", "Site", site, "InstanceId", second],
+        ]
+        assert [m[-1]["label"] for m in row["Active"]["properties"]["metrics"]] == [
+            f"gateway 0 ({first})",
+            f"gateway 1 ({second})",
+        ]
+        assert row["StandbyReady"]["properties"]["metrics"][0][:6] == [
+            "WgSiteToSite",
+            "StandbyReady",
+            "Stack",
+            "ha",
+            "Site",
+            site,
+        ]
+        assert row["Failovers"]["properties"]["stat"] == "Sum"
+    # The tunnel rows move down to make room: no widget overlaps another.
+    cells = [
+        (x, y)
+        for w in widgets
+        for x in range(w["x"], w["x"] + w["width"])
+        for y in range(w["y"], w["y"] + w["height"])
+    ]
+    assert len(cells) == len(set(cells))
+    assert sorted({w["y"] for w in widgets}) == [0, 5, 10, 15]
+
+
+def test_ha_plan_passes_every_policy(ha_plan):
+    resources = offline.resources_from_plan(ha_plan)
+    assert rules.evaluate(resources) == []
+    assert health_violations(resources) == []
+
+
+def test_ha_site_without_its_second_instance_is_refused_and_a_single_one_with_it_too():
+    ha = gateway_facts(load_stack_config(read_stack_file("ha", HA_STACK)), "ha")[0]
+    single = gateway_facts(load_stack_config(stack_config("dev")), "dev")[0]
+    with pytest.raises(
+        ValueError, match="alpha has 2 gateway\\(s\\): second_instance_id is required"
+    ):
+        _ = HealthSite(facts=ha, provider=None, instance_id="i-1").instance_ids  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="for two gateways only"):
+        _ = HealthSite(
+            facts=single,
+            provider=None,  # type: ignore[arg-type]
+            instance_id="i-1",
+            second_instance_id="i-2",
+        ).instance_ids
+    with pytest.raises(ValueError, match="the dashboard needs both gateways' ids"):
+        dashboard_body("ha", [ha], {"alpha": ["i-1"]})
+    # One gateway: the dashboard needs no instance ids, as before.
+    assert dashboard_body("dev", [single]) == dashboard_body("dev", [single], {})
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _readme_cost_rows() -> dict[str, list[str]]:
+    """The README's HA cost table: first cell -> the other cells."""
+    text = README.read_text()
+    section = text[text.index("## High availability") :]
+    section = section[section.index("| per site, per month |") :]
+    rows = {}
+    for line in section.splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip().strip("*") for cell in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def _figure(cell: str) -> int | None:
+    """The cell's amount in cents ($ figure after the last colon), None for "–"."""
+    if cell == "–":
+        return None
+    amount = cell.rsplit("$", 1)[1]
+    dollars_, cents = amount.split(".")
+    return int(dollars_) * 100 + int(cents)
+
+
+def test_readme_ha_cost_table_is_computed_from_plan_cost_and_the_plans(update_plan, ha_plan):
+    """Per site (alpha: us-east-1, t4g.nano, one peer): the README's figures from
+    plan/cost.py's prices and the counts the plans and core.health give."""
+    from plan import cost
+    from tests.conftest import shipped_plan
+
+    region, hours = "us-east-1", cost.HOURS_PER_MONTH
+    gateway = shipped_plan("dev").one("aws:ec2/instance:Instance", "alpha-gateway").inputs
+    instance_type = gateway["instanceType"]
+    volume = gateway["rootBlockDevice"]["volumeSize"]
+
+    def alarms(plan: Plan) -> int:
+        return sum(1 for a in plan.by_type(ALARM) if plan.region_of(a) == region)
+
+    peers = 1
+    metrics = {
+        1: health.custom_metric_count(peers),
+        # The per-peer and per-site series are the site's whichever gateway sends them; the
+        # per-instance TunnelUp is each gateway's; plus the failover agents' metrics.
+        2: health.custom_metric_count(peers)
+        + len(health.PER_INSTANCE_METRICS) * peers
+        + health.ha_custom_metric_count(2),
+    }
+    expected: dict[int, dict[str, int]] = {}
+    for gateways, plan in ((1, update_plan), (2, ha_plan)):
+        figures = {
+            "EC2": gateways * cost.INSTANCE_HOURLY[region][instance_type] * hours,
+            # The Elastic IP, and with two gateways the standby's own public IPv4.
+            "public IPv4": gateways * cost.PUBLIC_IPV4_HOURLY * hours,
+            "EBS": gateways * volume * cost.GP3_GB_MONTH[region],
+            "KMS": cost.KMS_KEY_MONTHLY,
+            "CloudWatch custom metrics": metrics[gateways] * cost.CUSTOM_METRIC_MONTHLY,
+            "CloudWatch alarms": alarms(plan) * cost.ALARM_METRIC_MONTHLY,
+        }
+        expected[gateways] = {key: cost._cents(value) for key, value in figures.items()}
+        expected[gateways]["total"] = sum(expected[gateways].values())
+
+    rows = _readme_cost_rows()
+    seen = set()
+    for label, cells in rows.items():
+        key = next((k for k in expected[1] if label.startswith(k) or label == k), None)
+        if key is None:
+            assert label.startswith("VPN connection")
+            assert [_figure(c) for c in cells] == [None, None, cost.vpn_monthly_cents()]
+            continue
+        seen.add(key)
+        assert [_figure(c) for c in cells] == [
+            expected[1][key],
+            expected[2][key],
+            (cost.vpn_monthly_cents() if key == "total" else None),
+        ], label
+    assert seen == set(expected[1])
+    # The counts the table names.
+    assert rows["CloudWatch alarms ($0.10/month)"][:2] == [
+        f"{alarms(update_plan)}: {cost.dollars(expected[1]['CloudWatch alarms'])}",
+        f"{alarms(ha_plan)}: {cost.dollars(expected[2]['CloudWatch alarms'])}",
+    ]
+    assert rows["CloudWatch custom metrics ($0.30/month)"][:2] == [
+        f"{metrics[1]}: {cost.dollars(expected[1]['CloudWatch custom metrics'])}",
+        f"{metrics[2]}: {cost.dollars(expected[2]['CloudWatch custom metrics'])}",
+    ]

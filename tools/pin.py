@@ -5,13 +5,15 @@ replaces the gateway with exactly that build; the zone, once written, never move
 AWS credentials that may read Canonical's public SSM parameters and describe images and
 instance-type offerings in each site's region.
 
-Only the `image` and `availabilityZone` lines of each site change: the rest of the file,
-comments included, stays byte for byte (the result is re-parsed and compared to prove it).
+Only the `image` and `availabilityZone` lines of each site change (and a two-gateway
+site's `secondAvailabilityZone`): the rest of the file, comments included, stays byte for
+byte (the result is re-parsed and compared to prove it).
 
 `python -m tools.pin --check STACK` needs nothing but the file: it exits 1 with one line
 naming `make pin` if a site has no `image` (or, for a site whose subnets the program
-makes, no `availabilityZone`). deploy.yml runs it before `pulumi up`, since an unpinned
-site boots Canonical's newest build, and every new build would replace the gateway.
+makes, no `availabilityZone`; with `gateways: 2`, no `secondAvailabilityZone`).
+deploy.yml runs it before `pulumi up`, since an unpinned site boots Canonical's newest
+build, and every new build would replace the gateway.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from core.facts import CANONICAL_OWNER, architecture, image_serial, ubuntu_ami_p
 
 STACKS = Path(__file__).resolve().parent.parent / "stacks"
 SITES_KEY = f"{PROJECT}:sites"
-KEYS = ("image", "availabilityZone")
+KEYS = ("image", "availabilityZone", "secondAvailabilityZone")
 
 ClientFactory = Callable[[str, str], Any]  # (service, region) -> a boto3 client
 
@@ -58,6 +60,7 @@ class Pin:
     site: str
     image: str
     availability_zone: str | None  # None: the site uses an existing VPC (no subnets made)
+    second_availability_zone: str | None = None  # the second gateway's (gateways: 2)
 
 
 def _boto3_client(service: str, region: str) -> Any:
@@ -73,7 +76,7 @@ def resolve(site: dict[str, Any], client: ClientFactory) -> Pin:
     try:
         ami = ssm.get_parameter(Name=ubuntu_ami_parameter(arch))["Parameter"]["Value"]
         images = ec2.describe_images(ImageIds=[ami], Owners=[CANONICAL_OWNER])["Images"]
-        zone = None
+        zone = second = None
         if not site.get("vpcId"):
             offerings = ec2.describe_instance_type_offerings(
                 LocationType="availability-zone",
@@ -83,11 +86,25 @@ def resolve(site: dict[str, Any], client: ClientFactory) -> Pin:
             if not zones:
                 raise PinError(f"site {name}: {instance_type} is not offered in {region}")
             zone = site.get("availabilityZone") or zones[0]  # a pinned zone never moves
+            if site.get("gateways") == 2:
+                # Another zone offering the type, as the program would choose it.
+                others = [z for z in zones if z != zone]
+                second = site.get("secondAvailabilityZone") or (others[0] if others else None)
+                if second is None:
+                    raise PinError(
+                        f"site {name}: gateways 2 needs a second zone offering "
+                        f"{instance_type}, and {region} offers it only in {zone}"
+                    )
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
         raise PinError(f"site {name} ({region}): {error}") from None
     if len(images) != 1:
         raise PinError(f"site {name}: Canonical's current image {ami} is not visible in {region}")
-    return Pin(site=name, image=image_serial(images[0]["Name"]), availability_zone=zone)
+    return Pin(
+        site=name,
+        image=image_serial(images[0]["Name"]),
+        availability_zone=zone,
+        second_availability_zone=second,
+    )
 
 
 def _site_blocks(lines: list[str]) -> dict[str, tuple[int, int, str]]:
@@ -125,7 +142,11 @@ def write_pins(text: str, pins: list[Pin]) -> str:
         if pin.site not in blocks:
             raise PinError(f"site {pin.site} is not a `- name: {pin.site}` entry")
         first, end, indent = blocks[pin.site]
-        values = {"image": f"'{pin.image}'", "availabilityZone": pin.availability_zone}
+        values = {
+            "image": f"'{pin.image}'",
+            "availabilityZone": pin.availability_zone,
+            "secondAvailabilityZone": pin.second_availability_zone,
+        }
         for key, value in values.items():
             found = [i for i in range(first, end) if re.match(rf"^{indent}{key}:", lines[i])]
             if value is None:
@@ -152,6 +173,8 @@ def _check_only_pins_changed(before: str, after: str, pins: list[Pin]) -> None:
             assert site["image"] == pin.image
             if pin.availability_zone:
                 assert site["availabilityZone"] == pin.availability_zone
+            if pin.second_availability_zone:
+                assert site["secondAvailabilityZone"] == pin.second_availability_zone
         for key in KEYS:
             site.pop(key, None)
     for site in old["config"][SITES_KEY]:
@@ -186,12 +209,16 @@ def check_pinned(stack: str, stacks: Path = STACKS) -> str:
         keys = ["image"] * (site.image is None)
         if site.availability_zone is None and not site.uses_existing_vpc:
             keys.append("availabilityZone")
+        if site.gateways == 2 and site.second_availability_zone is None:
+            keys.append("secondAvailabilityZone")
         if keys:
             missing.append(f"sites[{index}] ({site.name}) has no {' and no '.join(keys)}")
     if missing:
         raise Unpinned(f"{shown}: {'; '.join(missing)}: run make pin STACK={stack}")
     pins = ", ".join(
-        f"{site.name} {site.image}" + f" {site.availability_zone}" * bool(site.availability_zone)
+        f"{site.name} {site.image}"
+        + f" {site.availability_zone}" * bool(site.availability_zone)
+        + f" {site.second_availability_zone}" * bool(site.second_availability_zone)
         for site in config.sites
     )
     return f"{shown}: every site pinned ({pins})"
@@ -209,6 +236,7 @@ def pin_stack(stack: str, client: ClientFactory = _boto3_client, stacks: Path = 
     return "\n".join(
         f"site {p.site}: image {p.image}"
         + (f", zone {p.availability_zone}" * bool(p.availability_zone))
+        + (f", second zone {p.second_availability_zone}" * bool(p.second_availability_zone))
         for p in pins
     )
 

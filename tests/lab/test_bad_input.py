@@ -85,7 +85,9 @@ def test_invalid_stack(root, tmp_path: Path, monkeypatch, capsys):
         "    - {name: alpha, region: us-east-1, cidr: 10.1.0.0/16, interface: wgA}\n"
         "    - {name: beta, region: eu-west-1, cidr: 10.1.0.0/16, interface: wgB}\n"
     )
-    monkeypatch.setattr("lab.cli.plan_stack", lambda stack: plan_stack(stack, stacks_dir=tmp_path))
+    monkeypatch.setattr(
+        "lab.cli.plan_stack", lambda stack, **_: plan_stack(stack, stacks_dir=tmp_path)
+    )
     assert main(["up", "bad"]) == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1, lines

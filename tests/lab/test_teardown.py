@@ -117,7 +117,7 @@ def test_a_failed_build_leaves_nothing(dev_plan, monkeypatch):
     def broken(*_args, **_kwargs):
         raise LabError("injected failure after the namespaces exist")
 
-    monkeypatch.setattr("lab.build._boot_gateway", broken)
+    monkeypatch.setattr("lab.build.boot_gateway", broken)
     with pytest.raises(LabError, match="removed again: injected failure"):
         up(dev_plan)
     assert leftovers() == []
