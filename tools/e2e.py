@@ -81,6 +81,9 @@ LOSS_ALLOWED = {"firewall rule added": 3, "key rotation": 100}
 BOOT_TIMEOUT = 900.0  # a first boot: cloud-init, the SSM agent registering
 TTL_HOURS = 2  # `make test-stack-sweep` destroys an interrupted run's stack after this
 COMMAND_POLL_SECONDS = 1.0
+# How long the e2e agent's servers may take to say "ready": 60 tries 0.25 s apart at least.
+SERVICES_START_TRIES = 60
+SERVICES_START_POLL_SECONDS = 0.25
 NO_CREDENTIALS = (
     "tools.e2e: no AWS credentials (botocore found none in the environment, "
     "the shared files or an instance role); nothing was created"
@@ -267,10 +270,13 @@ class SsmRunner:
             ' echo $! >"$log.pid"'
         )
         self._must(host, ["sh", "-c", start, "serve", log, *self.agent(), "serve", *ports])
-        for _ in range(30):
+        # Tries spaced by at least SERVICES_START_POLL_SECONDS: with a stand-in that answers
+        # at once (poll 0), 30 tries without a pause were over before a loaded machine
+        # had started the agent's Python.
+        for _ in range(SERVICES_START_TRIES):
             if self.run(host, ["cat", log], timeout=10).stdout.strip().startswith("ready"):
                 break
-            self.sleep(self.poll)
+            self.sleep(max(self.poll, SERVICES_START_POLL_SECONDS))
         else:
             raise E2eError(f"{host}: the agent's servers did not start")
         try:
