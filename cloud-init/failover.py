@@ -41,6 +41,9 @@ HOLD_DOWN = 30.0
 # Nobody holds the address (a new site): gateway 0 claims at once, gateway 1 only after
 # it has been free this long, so the two do not race on the first boot.
 INITIAL_GRACE = 20.0
+# The pause before each round of route moves (the first at once; later rounds only for
+# the routes that failed): about 3 s in all, then the holder check's rhythm (2 s) goes on.
+ROUTE_MOVE_PAUSES = (0.0, 0.2, 0.4, 0.8, 1.6)
 # Active and StandbyReady go out at the probe's period (CloudWatch's 60 s alarm periods).
 METRIC_INTERVAL = 60.0
 # ping: one packet, one second for the answer, no name lookups.
@@ -356,23 +359,37 @@ class Agent:
         # Every route of every table to this ENI, all at once (ReplaceRoute: "Replaces an
         # existing route within a route table in a VPC"; one target per destination,
         # API_ReplaceRoute.html). The routes ignore their target in Pulumi's program.
+        # The calls go out right after AssociateAddress, whose move changes this gateway's
+        # own public address (its auto-assigned one is released for the Elastic IP): a
+        # call already under way when the new mapping takes effect loses its connection.
+        # So a failed move is tried again at once, a few times, rather than only at the
+        # next holder check (2 s later), and a one-shot takeover (a drain) does not fail.
         assert self.facts is not None and self.decider is not None
         own = self.decider.own
-        calls = [
-            subprocess.Popen(
-                self.ec2(
-                    "ReplaceRoute",
-                    RouteTableId=table,
-                    DestinationCidrBlock=destination,
-                    NetworkInterfaceId=own,
-                ),
-                stdout=subprocess.DEVNULL,
-            )
-            for table, destination in self.facts.routes
-        ]
-        self.routes_pending = not all(call.wait(timeout=60) == 0 for call in calls)
+        pending = list(self.facts.routes)
+        for pause in ROUTE_MOVE_PAUSES:
+            time.sleep(pause)
+            calls = [
+                (
+                    route,
+                    subprocess.Popen(
+                        self.ec2(
+                            "ReplaceRoute",
+                            RouteTableId=route[0],
+                            DestinationCidrBlock=route[1],
+                            NetworkInterfaceId=own,
+                        ),
+                        stdout=subprocess.DEVNULL,
+                    ),
+                )
+                for route in pending
+            ]
+            pending = [route for route, call in calls if call.wait(timeout=60) != 0]
+            if not pending:
+                break
+        self.routes_pending = bool(pending)
         if self.routes_pending:
-            self.complain("not every route moved; trying again")
+            self.complain(f"{len(pending)} routes did not move; trying again")
         return not self.routes_pending
 
     def activate(self, action: Action) -> bool:

@@ -522,6 +522,41 @@ def test_takeover_moves_the_address_and_every_route_to_its_own_interface(
     assert gateway.metric(health.FAILOVERS, per_instance=False) == [1.0]
 
 
+# A connection that breaks under a call (the gateway's own public address changes when the
+# Elastic IP moves to it): the first FAILING ReplaceRoute calls fail, then the real helper.
+FLAKY_AWS_CALL = """#!/bin/sh
+if [ "$2" = ReplaceRoute ]; then
+    count=$(cat "$FAKE/replace-route-failures" 2>/dev/null || echo 0)
+    if [ "$count" -lt "$FAILING" ]; then
+        echo $((count + 1)) >"$FAKE/replace-route-failures"
+        echo "wg-site-to-site-aws: ec2 ReplaceRoute failed: no response (curl exit 56)" >&2
+        exit 1
+    fi
+fi
+exec "$(dirname "$0")/wg-site-to-site-aws.real" "$@"
+"""
+
+
+def test_a_route_move_that_fails_under_the_address_change_is_tried_again(
+    gateway_of: Callable[[int], Gateway],
+) -> None:
+    gateway = gateway_of(1)
+    site, bin_dir = gateway.site, gateway.root / "bin"
+    (bin_dir / "wg-site-to-site-aws").rename(bin_dir / "wg-site-to-site-aws.real")
+    _executable(bin_dir / "wg-site-to-site-aws", FLAKY_AWS_CALL)
+    routes = len(json.loads(site.failover_facts())["routes"])
+    # Every route's first call fails, and two more after that: three rounds in all.
+    gateway.env["FAILING"] = str(routes + 2)
+
+    result = gateway.run("takeover")
+
+    # The one-shot takeover (a drain) succeeds, with every route on this gateway.
+    assert result.returncode == 0, result.stderr
+    assert site.holder() == site.interfaces[1]
+    assert site.route_targets() == {site.interfaces[1]}
+    assert gateway.lines("replace-route-failures") == [str(routes + 2)]
+
+
 def test_status_reports_the_role_and_the_holder(gateway_of: Callable[[int], Gateway]) -> None:
     gateway = gateway_of(1)
     site = gateway.site
