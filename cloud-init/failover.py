@@ -392,6 +392,13 @@ class Agent:
             self.complain(f"{len(pending)} routes did not move; trying again")
         return not self.routes_pending
 
+    def holds_address(self) -> bool:
+        assert self.facts is not None and self.decider is not None
+        try:
+            return holder_of(self.call(self.describe()), self.facts.allocation) == self.decider.own
+        except Problem:
+            return False
+
     def activate(self, action: Action) -> bool:
         assert self.facts is not None and self.decider is not None
         decider = self.decider
@@ -409,9 +416,12 @@ class Agent:
             try:
                 self.call(associate)
             except Problem as problem:
-                self.complain(f"{problem}: gateway {decider.index} stays standby")
-                decider.failed()
-                return False
+                # The move changes this gateway's own public address, so the answer can be
+                # lost though the address moved: ask once before giving up.
+                if not self.holds_address():
+                    self.complain(f"{problem}: gateway {decider.index} stays standby")
+                    decider.failed()
+                    return False
         self.set_role(ACTIVE)
         self.bring_up()
         # WireGuard starts a handshake on the first packet for a peer: the tunnel is back
