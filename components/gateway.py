@@ -395,15 +395,20 @@ class WireGuardGateway(pulumi.ComponentResource):
                 opts=self._child,
             )
 
-    def _parameter_arn(self, name: str) -> pulumi.Output[str]:
+    def _arn(self, service: str, resource: pulumi.Input[str]) -> pulumi.Output[str]:
+        """An ARN of this site's region and account (known before the resource exists)."""
         args = self._inputs
         return pulumi.Output.format(
-            "arn:{0}:ssm:{1}:{2}:parameter{3}",
+            "arn:{0}:{1}:{2}:{3}:{4}",
             args.partition,
+            service,
             args.facts.site.aws_region,
             args.account_id,
-            name,
+            resource,
         )
+
+    def _parameter_arn(self, name: str) -> pulumi.Output[str]:
+        return self._arn("ssm", f"parameter{name}")
 
     def _desired_state_and_keys(
         self, interfaces: list[aws.ec2.NetworkInterface]
@@ -726,15 +731,7 @@ class WireGuardGateway(pulumi.ComponentResource):
         )
 
     def _ec2_arn(self, kind: str, id_: pulumi.Input[str]) -> pulumi.Output[str]:
-        args = self._inputs
-        return pulumi.Output.format(
-            "arn:{0}:ec2:{1}:{2}:{3}/{4}",
-            args.partition,
-            args.facts.site.aws_region,
-            args.account_id,
-            kind,
-            id_,
-        )
+        return self._arn("ec2", pulumi.Output.concat(kind, "/", id_))
 
     def _failover_rights(self, interfaces: list[aws.ec2.NetworkInterface]) -> aws.iam.RolePolicy:
         """What the failover agent may do: move THIS site's Elastic IP between its two

@@ -416,12 +416,7 @@ def dashboard_body(
                 "period": 60,
                 "metrics": [
                     [
-                        health.NAMESPACE,
-                        metric,
-                        health.DIMENSION_STACK,
-                        stack,
-                        health.DIMENSION_SITE,
-                        facts.name,
+                        *_site_metric(stack, facts, metric),
                         health.DIMENSION_PEER,
                         peer.name,
                         {"label": peer.name if len(metrics) == 1 else f"{peer.name} {metric}"},
@@ -456,19 +451,24 @@ def dashboard_body(
     return {"widgets": widgets}
 
 
+def _site_metric(stack: str, facts: GatewayFacts, metric: str) -> list[Any]:
+    """A dashboard line's metric with the site's dimensions (more may follow)."""
+    return [
+        health.NAMESPACE,
+        metric,
+        health.DIMENSION_STACK,
+        stack,
+        health.DIMENSION_SITE,
+        facts.name,
+    ]
+
+
 def _ha_widgets(
     stack: str, facts: GatewayFacts, ids: Sequence[str], y: int
 ) -> list[dict[str, Any]]:
     widgets = []
     for column, (title, metric, stat) in enumerate(_HA_COLUMNS):
-        site = [
-            health.NAMESPACE,
-            metric,
-            health.DIMENSION_STACK,
-            stack,
-            health.DIMENSION_SITE,
-            facts.name,
-        ]
+        site = _site_metric(stack, facts, metric)
         if metric in health.HA_GATEWAY_METRICS:
             lines = [
                 [
