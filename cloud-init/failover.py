@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -209,6 +210,7 @@ class Agent:
     instance: str = ""
     stamp: float = 0.0
     routes_pending: bool = False
+    stopping: bool = False
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def say(self, line: str) -> None:
@@ -489,12 +491,18 @@ class Agent:
         print(json.dumps(state))
         return 0
 
+    def stop(self, *_: object) -> None:
+        self.stopping = True
+
     def run(self) -> int:
+        # systemd's stop (a shutdown, an instance terminated) ends the loop between two
+        # steps, never in the middle of moving the site (the address moved, the routes not).
+        signal.signal(signal.SIGTERM, self.stop)
         if not os.path.exists(self.role_file):
             # Until it knows better, this gateway is no holder: the probe measures nothing.
             self.set_role(STANDBY)
         waiting = ""
-        while self.decider is None:
+        while self.decider is None and not self.stopping:
             try:
                 self.identify()
             except Problem as problem:
@@ -503,13 +511,15 @@ class Agent:
                     waiting = str(problem)
                 time.sleep(HOLDER_INTERVAL)
         decider = self.decider
+        if decider is None:
+            return 0
         metric_interval = float(os.environ.get("WG_S2S_METRIC_INTERVAL") or METRIC_INTERVAL)
         rounds: list[Round] = []
         holder: subprocess.Popen[str] | None = None
         next_probe = next_holder = time.monotonic()
         # The first metrics once the first rounds have answered (or not).
         next_metric = next_probe + MISSES * PROBE_INTERVAL
-        while True:
+        while not self.stopping:
             now = time.monotonic()
             facts = self.facts
             assert facts is not None
@@ -553,6 +563,7 @@ class Agent:
                 self.publish(values)
             self.children = [child for child in self.children if child.poll() is None]
             time.sleep(0.05)
+        return 0
 
 
 def main(argv: list[str], settings: Settings) -> int:
