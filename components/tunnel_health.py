@@ -408,39 +408,25 @@ def dashboard_body(
     y = 0
     for facts in sites:
         for column, (title, metrics, stat) in enumerate(_COLUMNS):
-            properties: dict[str, Any] = {
-                "title": f"{facts.name}: {title}",
-                "region": facts.site.aws_region,
-                "view": "timeSeries",
-                "stat": stat,
-                "period": 60,
-                "metrics": [
-                    [
-                        *_site_metric(stack, facts, metric),
-                        health.DIMENSION_PEER,
-                        peer.name,
-                        {"label": peer.name if len(metrics) == 1 else f"{peer.name} {metric}"},
-                    ]
-                    for peer in facts.peers
-                    for metric in metrics
-                ],
-            }
+            lines = [
+                [
+                    *_site_metric(stack, facts, metric),
+                    health.DIMENSION_PEER,
+                    peer.name,
+                    {"label": peer.name if len(metrics) == 1 else f"{peer.name} {metric}"},
+                ]
+                for peer in facts.peers
+                for metric in metrics
+            ]
+            widget = _metric_widget(facts, title, stat, lines, x=column * _WIDTH, y=y, width=_WIDTH)
+            properties = widget["properties"]
             if metrics == (health.HANDSHAKE_AGE,):
                 properties["annotations"] = {
                     "horizontal": [{"label": "stale", "value": health.HANDSHAKE_STALE_SECONDS}]
                 }
             if metrics == (health.TUNNEL_UP,):
                 properties["yAxis"] = {"left": {"min": 0, "max": 1}}
-            widgets.append(
-                {
-                    "type": "metric",
-                    "x": column * _WIDTH,
-                    "y": y,
-                    "width": _WIDTH,
-                    "height": _HEIGHT,
-                    "properties": properties,
-                }
-            )
+            widgets.append(widget)
         y += _HEIGHT
         if facts.highly_available:
             ids = (instances or {}).get(facts.name)
@@ -449,6 +435,34 @@ def dashboard_body(
             widgets += _ha_widgets(stack, facts, ids, y)
             y += _HEIGHT
     return {"widgets": widgets}
+
+
+def _metric_widget(
+    facts: GatewayFacts,
+    title: str,
+    stat: str,
+    lines: list[list[Any]],
+    *,
+    x: int,
+    y: int,
+    width: int,
+) -> dict[str, Any]:
+    """A time-series widget of the site's region, one minute per point."""
+    return {
+        "type": "metric",
+        "x": x,
+        "y": y,
+        "width": width,
+        "height": _HEIGHT,
+        "properties": {
+            "title": f"{facts.name}: {title}",
+            "region": facts.site.aws_region,
+            "view": "timeSeries",
+            "stat": stat,
+            "period": 60,
+            "metrics": lines,
+        },
+    }
 
 
 def _site_metric(stack: str, facts: GatewayFacts, metric: str) -> list[Any]:
@@ -481,24 +495,10 @@ def _ha_widgets(
             ]
         else:
             lines = [[*site, {"label": metric}]]
-        properties: dict[str, Any] = {
-            "title": f"{facts.name}: {title}",
-            "region": facts.site.aws_region,
-            "view": "timeSeries",
-            "stat": stat,
-            "period": 60,
-            "metrics": lines,
-        }
-        if stat == "Maximum":
-            properties["yAxis"] = {"left": {"min": 0, "max": 1}}
-        widgets.append(
-            {
-                "type": "metric",
-                "x": column * _HA_WIDTH,
-                "y": y,
-                "width": _HA_WIDTH,
-                "height": _HEIGHT,
-                "properties": properties,
-            }
+        widget = _metric_widget(
+            facts, title, stat, lines, x=column * _HA_WIDTH, y=y, width=_HA_WIDTH
         )
+        if stat == "Maximum":
+            widget["properties"]["yAxis"] = {"left": {"min": 0, "max": 1}}
+        widgets.append(widget)
     return widgets
