@@ -11,6 +11,7 @@ import fcntl
 import functools
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,12 @@ def under_ping(lab: Lab, action: Callable[[], Any]) -> tuple[Any, int, int]:
     a1, b1 = lab.topology.sites[0].hosts[0], lab.topology.sites[1].hosts[0]
     pinger = ContinuousPing(a1.namespace, str(b1.address.ip))
     try:
+        # The change's loss, not a cold path's: the first reply before the change starts
+        # (an idle tunnel's session may need a handshake first). No reply in 5 s: the
+        # change goes ahead and every unanswered ping counts.
+        deadline = time.monotonic() + 5.0
+        while pinger.newest_answered() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
         result = action()
     finally:
         sent, lost = pinger.stop()
