@@ -531,12 +531,16 @@ if [ "$2" = AssociateAddress ] && [ -n "$LOSE_ANSWER" ]; then
     exit 1
 fi
 if [ "$2" = ReplaceRoute ]; then
+    # The agent moves the routes in parallel: the count is read and written under a lock.
+    exec 9>"$FAKE/replace-route-failures.lock"
+    flock 9
     count=$(cat "$FAKE/replace-route-failures" 2>/dev/null || echo 0)
     if [ "$count" -lt "$FAILING" ]; then
         echo $((count + 1)) >"$FAKE/replace-route-failures"
         echo "wg-site-to-site-aws: ec2 ReplaceRoute failed: no response (curl exit 56)" >&2
         exit 1
     fi
+    exec 9>&-
 fi
 exec "$(dirname "$0")/wg-site-to-site-aws.real" "$@"
 """
