@@ -93,7 +93,8 @@ def endpoints(facts: GatewayFacts) -> dict[str, PeerEndpoint]:
 
 
 FAKE_WG = """#!/bin/sh
-# The real wg for key arithmetic; the interface's state from files the test controls.
+# The real wg for key arithmetic; the interface's state from files the test controls:
+# $FAKE/running.conf is what the interface runs (wg-quick up's config, then syncconf's).
 case "$1" in
     pubkey | genkey) exec "$REAL_WG" "$@" ;;
     show)
@@ -101,12 +102,25 @@ case "$1" in
         case "$3" in
             "") exit 0 ;;
             public-key) "$REAL_WG" pubkey < "$ETC_DIR/$2.key" ;;
+            allowed-ips)
+                awk '/^PublicKey/ { k = $3 } /^AllowedIPs/ { sub(/^AllowedIPs *= */, "");
+                    gsub(/, */, " "); print k "\t" $0 }' "$FAKE/running.conf" ;;
             *) exit 0 ;;
         esac
         ;;
     syncconf)
+        echo syncconf >> "$FAKE/wg-calls"
         [ -e "$FAKE/syncconf-fails" ] && { echo "syncconf: failed" >&2; exit 1; }
         cat "$3" > "$FAKE/syncconf"
+        cp "$FAKE/syncconf" "$FAKE/running.conf"
+        ;;
+    set)
+        # wg reads each key file it is given: one missing is an error, as in wg.
+        shift 2
+        echo "set $*" >> "$FAKE/wg-calls"
+        for word in "$@"; do
+            case "$word" in /*) [ -r "$word" ] || { echo "$word: missing" >&2; exit 1; } ;; esac
+        done
         ;;
     *) echo "unexpected: wg $*" >&2; exit 3 ;;
 esac
@@ -122,7 +136,8 @@ FAKE_IP = """#!/bin/sh
 FAKE_SYSTEMCTL = """#!/bin/sh
 echo "systemctl $*" >> "$FAKE/systemctl"
 case "$1" in
-    restart | start) : > "$FAKE/up" ;;
+    # wg-quick@IFACE up: the interface runs the installed config.
+    restart | start) : > "$FAKE/up"; cp "$ETC_DIR/${2#wg-quick@}.conf" "$FAKE/running.conf" ;;
 esac
 """
 FAKE_IPTABLES = """#!/bin/sh
@@ -226,6 +241,25 @@ class Gateway:
                 peers[current] = line.split("=", 1)[1].strip()
         return peers
 
+    def wg_calls(self) -> list[str]:
+        """The syncconf and set calls the script made, in order (set with its arguments)."""
+        calls = self.fake / "wg-calls"
+        return calls.read_text().splitlines() if calls.exists() else []
+
+    def set_peers(self) -> dict[str, dict[str, str]]:
+        """What the last `wg set` got, per peer: setting -> value, a key file read."""
+        words = next(c for c in reversed(self.wg_calls()) if c.startswith("set ")).split()[1:]
+        peers: dict[str, dict[str, str]] = {}
+        settings: dict[str, str] = {}
+        for name, value in zip(words[::2], words[1::2], strict=True):
+            if name == "peer":
+                settings = peers.setdefault(value, {})
+            elif name in ("private-key", "preshared-key"):
+                settings[name] = Path(value).read_text().strip() if value != "/dev/null" else ""
+            else:
+                settings[name] = value
+        return peers
+
     def psk_files(self) -> dict[str, str]:
         found = {}
         for path in sorted(self.etc.glob(f"{self.facts.interface}.*.psk")):
@@ -299,13 +333,16 @@ def test_three_peers_each_get_their_own_preshared_key(alpha: Gateway) -> None:
     started = alpha.run()
     assert started.returncode == 0, started.stderr
     assert started.stdout.strip() == "wg-site-to-site-apply: wgA: started"
-    # In place: syncconf is fed each peer's pre-shared key in its own [Peer].
+    # In place, every peer keeping its AllowedIPs: `wg set` gets each peer's pre-shared
+    # key file, the one holding that peer's key.
     applied = alpha.run()
 
     assert applied.returncode == 0, applied.stderr
     assert "applied in place" in applied.stdout
     keys = endpoints(alpha.facts)
-    assert alpha.fed_peers() == {keys[name].public_key: PSKS[name] for name in PSKS}
+    assert {key: peer["preshared-key"] for key, peer in alpha.set_peers().items()} == {
+        keys[name].public_key: PSKS[name] for name in PSKS
+    }
     assert alpha.psk_files() == {f"wgA.{name}.psk": PSKS[name] for name in PSKS}
     # The peers file: name, tunnel address and (gamma's canary) the probe target.
     assert (alpha.etc / "wgA.peers").read_text() == (
@@ -352,6 +389,60 @@ def test_a_removed_peer_loses_its_preshared_key_file(local_alpha: Gateway) -> No
     assert alpha.psk_files() == {f"wgA.{name}.psk": PSKS[name] for name in PSKS}
     assert alpha.fed_peers() == {endpoints(alpha.facts)[n].public_key: PSKS[n] for n in PSKS}
     assert not (alpha.fake / "aws-calls").exists()
+
+
+def test_a_change_that_keeps_every_peers_allowed_ips_is_set_without_replacing_them(
+    local_alpha: Gateway,
+) -> None:
+    alpha = local_alpha
+    alpha.put(alpha.parameters(alpha.facts, PSKS))
+    assert alpha.run().returncode == 0
+    config = mesh_config()
+    config["tunnel"]["persistentKeepalive"] = 10
+    alpha.put(alpha.parameters(facts_of(config, alpha.facts.stack, "alpha"), PSKS))
+
+    result = alpha.run()
+
+    assert result.returncode == 0, result.stderr
+    assert "applied in place" in result.stdout
+    # No syncconf (it would replace every peer's AllowedIPs and drop packets meanwhile):
+    # one `wg set`, which names no AllowedIPs and no key, only key files.
+    calls = alpha.wg_calls()
+    assert len(calls) == 1 and calls[0].startswith("set "), calls
+    assert "allowed-ips" not in calls[0]
+    for secret in [*PSKS.values(), planted_key("alpha-private")]:
+        assert secret not in calls[0]
+    keys = endpoints(alpha.facts)
+    peers = alpha.set_peers()
+    assert set(peers) == {endpoint.public_key for endpoint in keys.values()}
+    assert {peer["persistent-keepalive"] for peer in peers.values()} == {"10"}
+    # The AWS peers' endpoints as configured; the office's too (it has a static address).
+    assert {key: peer.get("endpoint") for key, peer in peers.items()} == {
+        e.public_key: f"{e.public_ip}:{alpha.facts.peer(name).port}"
+        for name, e in keys.items()
+    }
+    assert f"private-key {alpha.etc}/wgA.key" in calls[0]
+
+
+def test_a_peer_whose_allowed_ips_change_is_synced(local_alpha: Gateway) -> None:
+    alpha = local_alpha
+    alpha.put(alpha.parameters(alpha.facts, PSKS))
+    assert alpha.run().returncode == 0
+    config = mesh_config()
+    gamma = next(site for site in config["sites"] if site["name"] == "gamma")
+    gamma["cidr"] = "10.4.0.0/16"
+    moved = facts_of(config, alpha.facts.stack, "alpha")
+    alpha.put(alpha.parameters(moved, PSKS))
+
+    result = alpha.run()
+
+    assert result.returncode == 0, result.stderr
+    assert alpha.wg_calls() == ["syncconf"]
+    fed = (alpha.fake / "syncconf").read_text()
+    assert "10.4.0.0/16" in fed and "10.3.0.0/16" not in fed
+    # Once the interface runs it, the same config again keeps every peer's AllowedIPs.
+    assert alpha.run().returncode == 0
+    assert alpha.wg_calls()[-1].startswith("set ")
 
 
 def test_a_missing_preshared_key_is_one_line_and_changes_nothing(alpha: Gateway) -> None:

@@ -729,55 +729,57 @@ def test_bad_input_is_one_line(gateway_of: Callable[[int], Gateway]) -> None:
 # ------------------------------------------------------------- user data and scripts
 
 # sha256 of each single-gateway site's user data and desired state (planted peer keys and
-# addresses) as rendered before issue 16 (523703c): they must not change, or `pulumi up`
-# would replace every gateway in service. Change these only with a change that means to.
+# addresses): issue 16 (two gateways) left them as they were before it (523703c), or
+# `pulumi up` would have replaced every gateway in service. Change these only with a
+# change that means to, and say so: the apply's `wg set` path for changes that keep every
+# peer's AllowedIPs changed the user data (not the desired state) once.
 UNCHANGED = {
     "dev/alpha": (
-        "aba56f5bcea834a973818efa0c9a2dd59d254b3149dd1f911b4dfe5d851e57dc",
+        "ac9e6ce80897a5c947789b7f94300f9f3c5094d50e2a1a7cb136b709aa1d1b72",
         "664ec1332e6dfb0122fb04fa4975a99396d790051771451392fa39acf8a5c24f",
     ),
     "dev/beta": (
-        "b69652c8872cb686e2d3282ba73a26edadd5f93b4d6043905ad154469f5d9a73",
+        "a0496770a87b2fe8015e250cec07ef91d9e74efea852200f9909b35c24e3ad16",
         "e4ee144ff161b401cc33ad86659ce1b63c1739c6f2c7d1e9da1c93a49995e97d",
     ),
     "single-region/prod": (
-        "471d05571b30e26ab2aff5151837d5c43ade96bc641d6bc5f703e7acee1049c4",
+        "c3a8078de844894884775b09e560b746ecd029fc831983af5f80bd94d357e4a6",
         "d6a8c54ab1bfef349d4c559a343446e4b2bd3b94e2b3ca9a37244fa7db76d541",
     ),
     "single-region/shared": (
-        "44b0556059a43d08c4e3adac7a3876e771ac72e5ddc626a9dcb16fdc5078ecbd",
+        "f35f03d65a8dc9915469a0c87b4a385b40e7e51eb567224fdf0d10be048ae5b5",
         "258fba3c9b09151343735f0e8a30f063aeef921745495484cc5ad8f86185e55a",
     ),
     "mesh3/east": (
-        "64d07ecb8d76a6a000af7bc8c48fb9270e785955ac351c3f155c1129ae8adc4d",
+        "3c6a0eb0d6db5b847fb996e89b462e7cbab236ceb2de3eb672e4eb5a4d707e8a",
         "4a10d2cd64d0b8cf0a0c7d304971e7036976e2a37f90c466fbc33c9021b2e25d",
     ),
     "mesh3/west": (
-        "f047e6432d27c262ee5ad817a5d94b5179ad3e9a93384a725a8d596031960f74",
+        "0eb6b0e08c32790bc97a8ec9cd9b6f1ad165fb92590cdcc16e3aaf072a6f4377",
         "0b3de61907c5fa0d26c3b36401ba9ecdefd585535947e37a762564583bd9a072",
     ),
     "mesh3/central": (
-        "e4a947dab76279b0899ab88cd0333ca77279384711d721323440c702fea26871",
+        "bfe038471725c9b6eaeeb8697a7d4febee1d6bb725f206aa0458762cd50d7d31",
         "d95630aff98c703779be488f7b58592cd45abe3051ac5dee5b677b3a251d9eaf",
     ),
     "office-static/alpha": (
-        "aba93ee438a21f1e70894247e90368966cab28c03eb0dfd08f7efce31474f034",
+        "e550690c14099dfffb26b86ab77607a20a0738845b8c0a3279a579e7a4d3674e",
         "b14ecf89509f18a9887b53fb7f31b145d06701477b995c161dcba911766d3e11",
     ),
     "office-static/beta": (
-        "ac931c27d2f09ad018a98cba5c85e5479a991592a2ec69c4633b6019d9fb74ef",
+        "e46c5920793d988bdbb4df5bf2a5148b90f7f8161fe2674833b41aceb1c77a2a",
         "d110cbdecc1e7667124031ed7f7e22657cdab3b9eee090fa087e558a8decdc1a",
     ),
     "hub-nat/core": (
-        "91c3e28ab64bc5213092f2c0f65fc221daade9a5a1a869e51ccb1d7715ff8c56",
+        "8974f13914aeffbaf594676b868cf24945791e458dc088ea710211a34c644352",
         "264ed610d61c2671955ccf61af7f48e458070d3a8aff054027deeb99289d4029",
     ),
     "hub-nat/spoke-a": (
-        "22bb64a2547e3f889bb6aaf70082b6a665f1509177add7f659f5bfbcdf88dab5",
+        "172ed4eeeec9a9d3a94ed58526a1c9e415a063e66c4c136b9fffe2ec0ea7371a",
         "a0ef8694bb7efa2cef886910be1e220b35155e3afc70dd705d6e5d5b5d1d0e48",
     ),
     "hub-nat/spoke-b": (
-        "e4af41c3cf6fd3e15b6893bee19df7b43f3f5e49dd29ac4d6fe85b25d82a1a14",
+        "b8c14b5f2df4f2f9e33adbdb716ef0735c4826e16fc1e965205d523669d58569",
         "7480052f92f610a9cdfb08543ac96e4152232814d0ab4427da3ef5286103db7c",
     ),
 }
