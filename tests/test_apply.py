@@ -92,38 +92,77 @@ def endpoints(facts: GatewayFacts) -> dict[str, PeerEndpoint]:
     return found
 
 
-FAKE_WG = """#!/bin/sh
-# The real wg for key arithmetic; the interface's state from files the test controls:
-# $FAKE/running.conf is what the interface runs (wg-quick up's config, then syncconf's).
-case "$1" in
-    pubkey | genkey) exec "$REAL_WG" "$@" ;;
-    show)
-        [ -e "$FAKE/up" ] || { echo "Unable to access interface: No such device" >&2; exit 1; }
-        case "$3" in
-            "") exit 0 ;;
-            public-key) "$REAL_WG" pubkey < "$ETC_DIR/$2.key" ;;
-            allowed-ips)
-                awk '/^PublicKey/ { k = $3 } /^AllowedIPs/ { sub(/^AllowedIPs *= */, "");
-                    gsub(/, */, " "); print k "\t" $0 }' "$FAKE/running.conf" ;;
-            *) exit 0 ;;
-        esac
-        ;;
-    syncconf)
-        echo syncconf >> "$FAKE/wg-calls"
-        [ -e "$FAKE/syncconf-fails" ] && { echo "syncconf: failed" >&2; exit 1; }
-        cat "$3" > "$FAKE/syncconf"
-        cp "$FAKE/syncconf" "$FAKE/running.conf"
-        ;;
-    set)
-        # wg reads each key file it is given: one missing is an error, as in wg.
-        shift 2
-        echo "set $*" >> "$FAKE/wg-calls"
-        for word in "$@"; do
-            case "$word" in /*) [ -r "$word" ] || { echo "$word: missing" >&2; exit 1; } ;; esac
-        done
-        ;;
-    *) echo "unexpected: wg $*" >&2; exit 3 ;;
-esac
+FAKE_WG = r"""#!/usr/bin/env python3
+# The real wg for key arithmetic; the interface as a file the test reads and controls:
+# $FAKE/interface.json holds the private key and each peer's settings, set by `wg-quick
+# up` (fake-up, from the fake systemctl) and by `wg set`, which records its arguments.
+import json, os, subprocess, sys
+
+fake, state_file = os.environ["FAKE"], os.path.join(os.environ["FAKE"], "interface.json")
+args = sys.argv[1:]
+if args[0] in ("pubkey", "genkey"):
+    os.execv(os.environ["REAL_WG"], ["wg", *args])
+
+
+def read(path):
+    with open(path) as file:
+        return file.read().strip()
+
+
+def save(state):
+    with open(state_file, "w") as file:
+        json.dump(state, file)
+
+
+if args[0] == "fake-up":  # wg-quick up CONF: the config's peers, the installed key
+    conf, iface = args[1], os.path.basename(args[1])[: -len(".conf")]
+    peers, peer = {}, None
+    for line in open(conf):
+        name, _, value = (part.strip() for part in line.partition("="))
+        if line.startswith("[Peer]"):
+            peer = None
+        elif name == "PublicKey":
+            peer = peers.setdefault(value, {"allowed-ips": []})
+        elif name == "AllowedIPs" and peer is not None:
+            peer["allowed-ips"] = [p.strip() for p in value.split(",") if p.strip()]
+    save({"private-key": read(os.path.join(os.path.dirname(conf), iface + ".key")), "peers": peers})
+    sys.exit(0)
+if not os.path.exists(os.path.join(fake, "up")):
+    sys.exit("Unable to access interface: No such device")
+state = json.load(open(state_file))
+if args[0] == "show":
+    what = args[2] if len(args) > 2 else ""
+    if what == "public-key":
+        print(subprocess.run([os.environ["REAL_WG"], "pubkey"], input=state["private-key"],
+                             capture_output=True, text=True, check=True).stdout.strip())
+    elif what == "allowed-ips":
+        for key, peer in state["peers"].items():
+            print(key + "\t" + (" ".join(peer["allowed-ips"]) or "(none)"))
+    sys.exit(0)
+if args[0] != "set":
+    sys.exit(f"unexpected: wg {' '.join(args)}")
+with open(os.path.join(fake, "wg-calls"), "a") as calls:
+    calls.write("set " + " ".join(args[2:]) + "\n")
+if os.path.exists(os.path.join(fake, "set-fails")):
+    sys.exit("set: failed")
+words, peer = args[2:], None
+while words:
+    name, words = words[0], words[1:]
+    if name == "remove":
+        del state["peers"][peer_key]
+        continue
+    value, words = words[0], words[1:]
+    if name == "private-key":
+        state["private-key"] = read(value)  # wg reads the file: missing is an error
+    elif name == "peer":
+        peer_key, peer = value, state["peers"].setdefault(value, {"allowed-ips": []})
+    elif name == "preshared-key":
+        peer[name] = "" if value == "/dev/null" else read(value)
+    elif name == "allowed-ips":
+        peer[name] = [p for p in value.split(",") if p]
+    else:
+        peer[name] = value
+save(state)
 """
 FAKE_WG_QUICK = """#!/bin/sh
 [ "$1" = strip ] || { echo "unexpected: wg-quick $*" >&2; exit 3; }
@@ -136,8 +175,8 @@ FAKE_IP = """#!/bin/sh
 FAKE_SYSTEMCTL = """#!/bin/sh
 echo "systemctl $*" >> "$FAKE/systemctl"
 case "$1" in
-    # wg-quick@IFACE up: the interface runs the installed config.
-    restart | start) : > "$FAKE/up"; cp "$ETC_DIR/${2#wg-quick@}.conf" "$FAKE/running.conf" ;;
+    # wg-quick@IFACE up: the interface runs the installed config and key.
+    restart | start) : > "$FAKE/up"; wg fake-up "$ETC_DIR/${2#wg-quick@}.conf" ;;
 esac
 """
 FAKE_IPTABLES = """#!/bin/sh
@@ -224,41 +263,19 @@ class Gateway:
     def bundle(self) -> Path:
         return self.root / "bundle"
 
-    def fed_peers(self) -> dict[str, str | None]:
-        """What the last `wg syncconf` got: PublicKey -> PresharedKey, per [Peer]."""
-        peers: dict[str, str | None] = {}
-        current = None
-        for line in (self.fake / "syncconf").read_text().splitlines():
-            name = line.partition("=")[0].strip()
-            if line == "[Peer]":
-                current = None
-            elif name == "PublicKey":
-                current = line.split("=", 1)[1].strip()
-                peers[current] = None
-            elif name == "PresharedKey":
-                assert current is not None, "a PresharedKey outside a [Peer]"
-                assert peers[current] is None, f"two PresharedKeys for {current}"
-                peers[current] = line.split("=", 1)[1].strip()
-        return peers
+    def interface(self) -> dict[str, Any]:
+        """What the fake interface runs: private-key, and peers: key -> settings."""
+        state: dict[str, Any] = json.loads((self.fake / "interface.json").read_text())
+        return state
+
+    def peer_psks(self) -> dict[str, str]:
+        """Each running peer's pre-shared key."""
+        return {key: peer["preshared-key"] for key, peer in self.interface()["peers"].items()}
 
     def wg_calls(self) -> list[str]:
-        """The syncconf and set calls the script made, in order (set with its arguments)."""
+        """The `wg set` calls the script made, in order, each with its arguments."""
         calls = self.fake / "wg-calls"
         return calls.read_text().splitlines() if calls.exists() else []
-
-    def set_peers(self) -> dict[str, dict[str, str]]:
-        """What the last `wg set` got, per peer: setting -> value, a key file read."""
-        words = next(c for c in reversed(self.wg_calls()) if c.startswith("set ")).split()[1:]
-        peers: dict[str, dict[str, str]] = {}
-        settings: dict[str, str] = {}
-        for name, value in zip(words[::2], words[1::2], strict=True):
-            if name == "peer":
-                settings = peers.setdefault(value, {})
-            elif name in ("private-key", "preshared-key"):
-                settings[name] = Path(value).read_text().strip() if value != "/dev/null" else ""
-            else:
-                settings[name] = value
-        return peers
 
     def psk_files(self) -> dict[str, str]:
         found = {}
@@ -333,16 +350,14 @@ def test_three_peers_each_get_their_own_preshared_key(alpha: Gateway) -> None:
     started = alpha.run()
     assert started.returncode == 0, started.stderr
     assert started.stdout.strip() == "wg-site-to-site-apply: wgA: started"
-    # In place, every peer keeping its AllowedIPs: `wg set` gets each peer's pre-shared
-    # key file, the one holding that peer's key.
+    # In place: `wg set` gets each peer's pre-shared key file, the one holding its key.
     applied = alpha.run()
 
     assert applied.returncode == 0, applied.stderr
     assert "applied in place" in applied.stdout
     keys = endpoints(alpha.facts)
-    assert {key: peer["preshared-key"] for key, peer in alpha.set_peers().items()} == {
-        keys[name].public_key: PSKS[name] for name in PSKS
-    }
+    assert alpha.peer_psks() == {keys[name].public_key: PSKS[name] for name in PSKS}
+    assert alpha.interface()["private-key"] == planted_key("alpha-private")
     assert alpha.psk_files() == {f"wgA.{name}.psk": PSKS[name] for name in PSKS}
     # The peers file: name, tunnel address and (gamma's canary) the probe target.
     assert (alpha.etc / "wgA.peers").read_text() == (
@@ -362,15 +377,15 @@ def test_a_removed_peer_loses_its_preshared_key_file(local_alpha: Gateway) -> No
     without_office = facts_of(mesh_config(office=False), alpha.facts.stack, "alpha")
     alpha.put(alpha.parameters(without_office, PSKS))
 
-    # A syncconf that fails: every file back as it was, the removed key file too.
-    (alpha.fake / "syncconf-fails").touch()
+    # A `wg set` that fails: every file back as it was, the removed key file too.
+    (alpha.fake / "set-fails").touch()
     failed = alpha.run()
     assert failed.returncode == 1
     assert failed.stderr.splitlines()[-1] == (
         "wg-site-to-site-apply: wgA: applying in place failed; the previous config is restored"
     )
     assert {p.name: p.read_bytes() for p in alpha.etc.iterdir()} == before
-    (alpha.fake / "syncconf-fails").unlink()
+    (alpha.fake / "set-fails").unlink()
 
     result = alpha.run()
 
@@ -378,7 +393,9 @@ def test_a_removed_peer_loses_its_preshared_key_file(local_alpha: Gateway) -> No
     assert "applied in place" in result.stdout
     assert alpha.psk_files() == {f"wgA.{name}.psk": PSKS[name] for name in ("beta", "gamma")}
     keys = endpoints(without_office)
-    assert alpha.fed_peers() == {keys[n].public_key: PSKS[n] for n in ("beta", "gamma")}
+    assert alpha.peer_psks() == {keys[n].public_key: PSKS[n] for n in ("beta", "gamma")}
+    office_key = endpoints(alpha.facts)["office"].public_key
+    assert alpha.wg_calls()[-1].endswith(f"peer {office_key} remove")
     assert "office" not in (alpha.etc / "wgA.peers").read_text()
 
     # Back on day 2: the same script reads the new peer's key (it renders no peer name).
@@ -387,11 +404,13 @@ def test_a_removed_peer_loses_its_preshared_key_file(local_alpha: Gateway) -> No
     added = alpha.run()
     assert added.returncode == 0, added.stderr
     assert alpha.psk_files() == {f"wgA.{name}.psk": PSKS[name] for name in PSKS}
-    assert alpha.fed_peers() == {endpoints(alpha.facts)[n].public_key: PSKS[n] for n in PSKS}
+    assert alpha.peer_psks() == {endpoints(alpha.facts)[n].public_key: PSKS[n] for n in PSKS}
+    office = alpha.interface()["peers"][office_key]
+    assert office["allowed-ips"] == [str(n) for n in alpha.facts.peer("office").allowed_ips]
     assert not (alpha.fake / "aws-calls").exists()
 
 
-def test_a_change_that_keeps_every_peers_allowed_ips_is_set_without_replacing_them(
+def test_a_change_that_keeps_every_peers_allowed_ips_leaves_them_alone(
     local_alpha: Gateway,
 ) -> None:
     alpha = local_alpha
@@ -405,26 +424,25 @@ def test_a_change_that_keeps_every_peers_allowed_ips_is_set_without_replacing_th
 
     assert result.returncode == 0, result.stderr
     assert "applied in place" in result.stdout
-    # No syncconf (it would replace every peer's AllowedIPs and drop packets meanwhile):
-    # one `wg set`, which names no AllowedIPs and no key, only key files.
+    # One `wg set` that names no AllowedIPs (replacing them drops packets meanwhile) and no
+    # key, only key files.
     calls = alpha.wg_calls()
-    assert len(calls) == 1 and calls[0].startswith("set "), calls
+    assert len(calls) == 1, calls
     assert "allowed-ips" not in calls[0]
     for secret in [*PSKS.values(), planted_key("alpha-private")]:
         assert secret not in calls[0]
+    assert f"private-key {alpha.etc}/wgA.key" in calls[0]
     keys = endpoints(alpha.facts)
-    peers = alpha.set_peers()
+    peers = alpha.interface()["peers"]
     assert set(peers) == {endpoint.public_key for endpoint in keys.values()}
     assert {peer["persistent-keepalive"] for peer in peers.values()} == {"10"}
-    # The AWS peers' endpoints as configured; the office's too (it has a static address).
+    # The peers' endpoints as configured (the office has a static address too).
     assert {key: peer.get("endpoint") for key, peer in peers.items()} == {
-        e.public_key: f"{e.public_ip}:{alpha.facts.peer(name).port}"
-        for name, e in keys.items()
+        e.public_key: f"{e.public_ip}:{alpha.facts.peer(name).port}" for name, e in keys.items()
     }
-    assert f"private-key {alpha.etc}/wgA.key" in calls[0]
 
 
-def test_a_peer_whose_allowed_ips_change_is_synced(local_alpha: Gateway) -> None:
+def test_only_the_peer_whose_allowed_ips_change_gets_them_set(local_alpha: Gateway) -> None:
     alpha = local_alpha
     alpha.put(alpha.parameters(alpha.facts, PSKS))
     assert alpha.run().returncode == 0
@@ -437,12 +455,15 @@ def test_a_peer_whose_allowed_ips_change_is_synced(local_alpha: Gateway) -> None
     result = alpha.run()
 
     assert result.returncode == 0, result.stderr
-    assert alpha.wg_calls() == ["syncconf"]
-    fed = (alpha.fake / "syncconf").read_text()
-    assert "10.4.0.0/16" in fed and "10.3.0.0/16" not in fed
-    # Once the interface runs it, the same config again keeps every peer's AllowedIPs.
-    assert alpha.run().returncode == 0
-    assert alpha.wg_calls()[-1].startswith("set ")
+    [call] = alpha.wg_calls()
+    gamma_key = endpoints(moved)["gamma"].public_key
+    wanted = ",".join(str(net) for net in moved.peer("gamma").allowed_ips)
+    assert "10.4.0.0/16" in wanted
+    # Each peer's part of the call: only gamma's names AllowedIPs.
+    parts = {part.split()[0]: part for part in call.split(" peer ")[1:]}
+    assert [key for key, part in parts.items() if "allowed-ips" in part] == [gamma_key]
+    assert f"allowed-ips {wanted}" in parts[gamma_key]
+    assert alpha.interface()["peers"][gamma_key]["allowed-ips"] == wanted.split(",")
 
 
 def test_a_missing_preshared_key_is_one_line_and_changes_nothing(alpha: Gateway) -> None:

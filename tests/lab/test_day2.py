@@ -279,17 +279,17 @@ def test_apply_waits_for_the_lock(lab: Lab, baseline: None) -> None:
 def test_negative_control_an_apply_without_the_key_feed_is_caught(
     lab: Lab, baseline: None, record_property: Any
 ) -> None:
-    """The ceph bug: syncconf without the private key clears it and cuts the peer. A key
-    rotation takes syncconf (the peers' keys change; a change that keeps every peer's
-    AllowedIPs takes `wg set`, which is given the key file)."""
+    """The ceph bug: an apply that hands WireGuard a config without the private key (wg-quick
+    strip drops the PostUp that loads it) clears the key and cuts the peer. Here the apply
+    gives `wg set` /dev/null for the key file."""
     alpha = lab.topology.sites[0]
     script = sbin_dir(alpha.gateway.namespace) / Path(APPLY_PATH).name
     original = script.read_text()
-    feed = '{ getline k < key; close(key); print "PrivateKey = " k }'
+    feed = 'print "private-key"; print key'
     assert feed in original
-    script.write_text(original.replace(feed, "{ }"))
+    script.write_text(original.replace(feed, 'print "private-key"; print "/dev/null"'))
     try:
-        plan = changed(lambda c: c["tunnel"].update(keyGeneration=2))
+        plan = changed(lambda c: c["firewall"].append(dict(SYSLOG)))
         (_, results), sent, lost = under_ping(lab, lambda: push(lab, plan))
         report(record_property, "negative control: no key feed", sent, lost)
         caught = results[0].returncode != 0 or lost > 0 or check(lab, alpha).returncode != 0
