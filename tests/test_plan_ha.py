@@ -366,6 +366,25 @@ def test_an_image_roll_replaces_both_gateways_in_order_and_nothing_of_the_networ
             )
 
 
+def test_a_day2_change_applies_on_both_gateways_and_replaces_no_gateway(
+    ha_next_preview: Plan,
+) -> None:
+    config = _config()
+    config["tunnel"]["persistentKeepalive"] = 10
+    syslog = {"description": "syslog", "protocol": "udp", "port": 514, "action": "drop"}
+    config["firewall"].append(syslog)
+    day2 = planned("ha", config, preview=True, shared=True)
+
+    changes = diff.compare(public_document(ha_next_preview), public_document(day2))
+
+    # The standby's apply runs too: a takeover starts its tunnel from the files it wrote.
+    replaced = {c.name for c in changes if c.op == "replace"}
+    for site in SITES:
+        assert {f"{site}-apply", f"{site}-apply-2"} <= replaced
+    assert not [c for c in changes if c.type == INSTANCE and c.op != "same"]
+    assert not [c for c in changes if "-drain-" in c.name and c.op != "same"]
+
+
 # ----------------------------------------------------------------- Pulumi and failover
 
 

@@ -4,7 +4,8 @@ lab's VPC routers and internet gateways follow moto (lab.controller).
 
 The tests run in order on one lab: a host failure of alpha's active gateway, its return,
 a partition between alpha's two gateways, alpha's image roll, `python -m lab failover`
-on both sites, and last the peer-site-down control (beta's gateways stay down).
+on both sites, a day-2 change and a takeover after it, and last the peer-site-down
+control (beta's gateways stay down).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 
 from lab import aws, cli, netns
 from lab.checks import check_handshake, directions, expected_hops
-from lab.day2 import ContinuousPing
+from lab.day2 import ContinuousPing, push
 from lab.failover import (
     active_first,
     far_host,
@@ -35,7 +36,9 @@ from lab.failover import (
     wait_until,
 )
 from lab.lifecycle import Lab
+from lab.office import with_lab_keys
 from lab.topology import Gateway, Site
+from plan.engine import read_stack_file, run_program
 from tests.lab.support import EXAMPLES, example_lab
 
 pytestmark = pytest.mark.lab
@@ -218,6 +221,47 @@ def test_the_failover_command_refuses_a_stack_without_two_gateways(
     assert main(["failover", "dev"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["lab: stack dev has no site with two gateways (gateways: 2)"]
+
+
+def test_a_day2_change_reaches_the_standby_and_a_takeover_runs_it(lab: Lab) -> None:
+    site = _alpha(lab)
+    config, _ = with_lab_keys(read_stack_file(STACK, EXAMPLES))
+    config["tunnel"]["persistentKeepalive"] = 10
+    syslog = {"description": "no syslog", "protocol": "udp", "port": 514, "action": "drop"}
+    config["firewall"].append(syslog)
+
+    _, results = push(lab, run_program(STACK, config))
+
+    # Every gateway's apply: the active's applies in place, the standby's installs the
+    # files and leaves its tunnel down (only the agent brings it up).
+    assert [r.returncode for r in results] == [0] * 4, [r.output for r in results]
+    for result in results:
+        applied_site = next(s for s in lab.topology.sites if s.name == result.site)
+        gateway = next(g for g in applied_site.gateways if g.namespace == result.gateway)
+        if holder(applied_site) is gateway:
+            assert "applied in place" in result.output, result.output
+        else:
+            assert "stays down until the failover agent" in result.output, result.output
+    # The standby takes over from a dead active: its tunnel runs the new config.
+    active = holder(site)
+    assert active is not None
+    standby = partner(site, active)
+    wait_standby_ready(site, standby, lab.state)
+    failover, dead = kill_active(lab.topology, site, lab.state)
+    print(failover.line())
+    assert failover.took_over == standby.namespace
+    keepalive = netns.ns_run(
+        standby.namespace, ["wg", "show", site.interface, "persistent-keepalive"]
+    ).stdout.split()
+    assert keepalive[-1] == "10", keepalive
+    rules = netns.ns_run(standby.namespace, ["iptables-save", "-t", "filter"]).stdout
+    assert any(
+        line.startswith(f"-A s2s-fw-{site.interface}") and "--dport 514" in line
+        for line in rules.splitlines()
+    ), rules
+    # Back as it was for the next test: the dead gateway boots again, as the standby.
+    fresh_boot(site, dead, lab.state)
+    wait_standby_ready(site, dead, lab.state)
 
 
 def test_a_peer_site_down_causes_no_takeover(lab: Lab) -> None:
