@@ -4,8 +4,8 @@ lab's VPC routers and internet gateways follow moto (lab.controller).
 
 The tests run in order on one lab: a host failure of alpha's active gateway, its return,
 a partition between alpha's two gateways, alpha's image roll, `python -m lab failover`
-on both sites, a day-2 change and a takeover after it, and last the peer-site-down
-control (beta's gateways stay down).
+on both sites, a day-2 change and a takeover after it, the probe on both gateways, and
+last the peer-site-down control (beta's gateways stay down).
 """
 
 from __future__ import annotations
@@ -16,7 +16,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from core import health
+from core.facts import PROBE_PATH
 from lab import aws, cli, netns
+from lab.build import host_run
 from lab.checks import check_handshake, directions, expected_hops
 from lab.day2 import ContinuousPing, push
 from lab.failover import (
@@ -35,6 +38,7 @@ from lab.failover import (
     wait_standby_ready,
     wait_until,
 )
+from lab.health import samples
 from lab.lifecycle import Lab
 from lab.office import with_lab_keys
 from lab.topology import Gateway, Site
@@ -262,6 +266,31 @@ def test_a_day2_change_reaches_the_standby_and_a_takeover_runs_it(lab: Lab) -> N
     # Back as it was for the next test: the dead gateway boots again, as the standby.
     fresh_boot(site, dead, lab.state)
     wait_standby_ready(site, dead, lab.state)
+
+
+def test_only_the_active_gateway_reports_its_tunnel(lab: Lab) -> None:
+    # The probe (the timer's script) on both: the active publishes its own TunnelUp, the
+    # standby publishes none, so its per-gateway tunnel-down alarm stays quiet.
+    site = _alpha(lab)
+    active = holder(site)
+    assert active is not None
+    standby = partner(site, active)
+    assert active.instance_id != standby.instance_id
+    since = time.time() - 1.0
+    ran = {
+        g.namespace: host_run(g.namespace, lab.state, [PROBE_PATH], check=False)
+        for g in site.gateways
+    }
+    assert [r.returncode for r in ran.values()] == [0, 0], [r.stderr for r in ran.values()]
+    assert "standby, no tunnel to measure" in ran[standby.namespace].stdout
+
+    def reported(gateway: Gateway) -> list[float]:
+        points = samples(site, health.TUNNEL_UP, since, instance_id=gateway.instance_id)
+        return [value for _, value in points]
+
+    wait_until(lambda: bool(reported(active)), 10.0, "the active's TunnelUp in CloudWatch")
+    assert set(reported(active)) == {1.0}
+    assert reported(standby) == []
 
 
 def test_a_peer_site_down_causes_no_takeover(lab: Lab) -> None:
