@@ -77,11 +77,16 @@ def gateway_env(namespace: str | None = None) -> dict[str, str]:
     }
 
 
-def _imds_ports() -> dict[str, int]:
+def _saved(path: Path) -> Any:
+    """What the lab saved as JSON at `path`; None if it is missing or unreadable."""
     try:
-        raw = json.loads(IMDS_PORTS_FILE.read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
-        return {}
+        return None
+
+
+def _imds_ports() -> dict[str, int]:
+    raw = _saved(IMDS_PORTS_FILE)
     return {str(k): int(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
 
 
@@ -240,19 +245,13 @@ def _record_ha(sites: Sequence[Site], created: Sequence[dict[str, Any]]) -> None
 
 def ha_sites() -> list[dict[str, Any]]:
     """What lab.controller follows: per site with two gateways, its moto ids."""
-    try:
-        raw = json.loads(SITES_FILE.read_text())
-    except (OSError, ValueError):
-        return []
+    raw = _saved(SITES_FILE)
     return list(raw) if isinstance(raw, list) else []
 
 
 def moto_ids() -> dict[str, str]:
     """The plan's ids -> moto's, for the sites with two gateways (empty without)."""
-    try:
-        raw = json.loads(IDS_FILE.read_text())
-    except (OSError, ValueError):
-        return {}
+    raw = _saved(IDS_FILE)
     return {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
 
 

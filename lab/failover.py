@@ -29,6 +29,7 @@ from lab.build import (
     run_dir,
     sbin_dir,
 )
+from lab.checks import ping
 from lab.day2 import ContinuousPing
 from lab.state import State
 from lab.topology import LINK_HOST, Gateway, Host, Site, Topology
@@ -124,9 +125,8 @@ def interface_up(site: Site, gateway: Gateway) -> bool:
     return shown.returncode == 0
 
 
-def _pings(namespace: str, address: str) -> bool:
-    result = netns.ns_run(namespace, ["ping", "-c1", "-W1", "-n", address], check=False)
-    return result.returncode == 0
+def _answers(namespace: str, address: str) -> bool:
+    return ping(namespace, address, count=1).received == 1
 
 
 def standby_ready(site: Site, gateway: Gateway, state: State) -> bool:
@@ -140,8 +140,8 @@ def standby_ready(site: Site, gateway: Gateway, state: State) -> bool:
     if interface_up(site, gateway):
         return False
     targets = [str(peer.tunnel_address) for peer in site.facts.peers]
-    return _pings(gateway.namespace, str(other.private_address.ip)) and any(
-        _pings(gateway.namespace, target) for target in targets
+    return _answers(gateway.namespace, str(other.private_address.ip)) and any(
+        _answers(gateway.namespace, target) for target in targets
     )
 
 
